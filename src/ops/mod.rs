@@ -1,0 +1,1208 @@
+//! The ops both devices share: each checks shapes, dtypes and devices, then runs the CPU kernel
+//! (`crate::cpu`) or records the GPU kernel (`shaders/`). Forward ops return new tensors; backward ops
+//! return activation gradients and accumulate (`+=`) into the parameter gradients they are given.
+
+mod attention;
+mod params;
+
+pub use attention::{attention, attention_backward};
+
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Device, Tensor};
+use params::*;
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
+    let d = ts[0].device();
+    for t in &ts[1..] {
+        if !t.device().same(&d) {
+            return Err(Error::shape(
+                op,
+                format!("tensors on different devices: {:?} and {:?}", ts[0], t),
+            ));
+        }
+    }
+    Ok(d)
+}
+
+fn want_f32(op: &'static str, name: &str, t: &Tensor) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::shape(
+            op,
+            format!("`{name}` must be f32, got {:?}", t.dtype()),
+        ));
+    }
+    Ok(())
+}
+
+fn want_shape(op: &'static str, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
+    if t.shape() != shape {
+        return Err(Error::shape(
+            op,
+            format!("`{name}` has shape {:?}, expected {shape:?}", t.shape()),
+        ));
+    }
+    Ok(())
+}
+
+/// Splits a shape into (rows, last dimension); rejects zero-sized and rank-0 shapes.
+fn rows_cols(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
+    let s = t.shape();
+    if s.is_empty() || s.contains(&0) {
+        return Err(Error::shape(
+            op,
+            format!("needs a non-empty tensor, got shape {s:?}"),
+        ));
+    }
+    let cols = *s.last().unwrap();
+    Ok((t.numel() / cols, cols))
+}
+
+fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Limit {
+        op,
+        msg: format!("{what} = {v} does not fit in 32 bits"),
+    })
+}
+
+/// Workgroups of `wg` invocations covering `n` items.
+fn groups(n: usize, wg: usize) -> u64 {
+    n.div_ceil(wg) as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul
+
+/// Where one operand lives in its buffer: element (r, c) of batch (z0, z1) of the stored matrix is at
+/// `offset + z0*bs[0] + z1*bs[1] + r*ld + c`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Strides {
+    pub offset: usize,
+    pub ld: usize,
+    pub bs: [usize; 2],
+}
+
+impl Strides {
+    /// A contiguous stack of (rows, cols) matrices.
+    pub fn contiguous(rows: usize, cols: usize) -> Self {
+        Strides {
+            offset: 0,
+            ld: cols,
+            bs: [rows * cols, 0],
+        }
+    }
+}
+
+/// A batched, strided matmul: C[z] = alpha · op(A[z]) · op(B[z]) (+ bias) (+ C[z] if accumulate),
+/// op(A) is (m, k), op(B) is (k, n), C is (m, n); z runs over batch[0] × batch[1].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MatmulDesc {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: [usize; 2],
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub a: Strides,
+    pub b: Strides,
+    pub c: Strides,
+    pub alpha: f32,
+    pub accumulate: bool,
+}
+
+impl MatmulDesc {
+    /// A plain contiguous (batch, m, k)·(batch, k, n) product, with op(·) = transpose when asked.
+    pub fn contiguous(
+        batch: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Self {
+        let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
+        let (br, bc) = if trans_b { (n, k) } else { (k, n) };
+        MatmulDesc {
+            m,
+            n,
+            k,
+            batch: [batch, 1],
+            trans_a,
+            trans_b,
+            a: Strides::contiguous(ar, ac),
+            b: Strides::contiguous(br, bc),
+            c: Strides::contiguous(m, n),
+            alpha: 1.0,
+            accumulate: false,
+        }
+    }
+
+    /// Proves every addressed element of A, B and C lies within buffers of the given lengths.
+    pub fn check(&self, a_len: usize, b_len: usize, c_len: usize) -> Result<()> {
+        let op = "matmul";
+        if self.m == 0 || self.n == 0 || self.k == 0 || self.batch[0] == 0 || self.batch[1] == 0 {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "zero-sized dimension in m={} n={} k={} batch={:?}",
+                    self.m, self.n, self.k, self.batch
+                ),
+            ));
+        }
+        let (ar, ac) = if self.trans_a {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        };
+        let (br, bc) = if self.trans_b {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
+        let span = |s: &Strides, rows: usize, cols: usize, len: usize, name: &str| -> Result<()> {
+            if s.ld < cols {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "{name}: row stride {} is shorter than a row of {cols}",
+                        s.ld
+                    ),
+                ));
+            }
+            let last = s.offset
+                + (self.batch[0] - 1) * s.bs[0]
+                + (self.batch[1] - 1) * s.bs[1]
+                + (rows - 1) * s.ld
+                + (cols - 1);
+            if last >= len {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "{name}: a {rows}×{cols} operand (batch {:?}, strides {s:?}) reaches element {last} of a tensor of {len}",
+                        self.batch
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        span(&self.a, ar, ac, a_len, "A")?;
+        span(&self.b, br, bc, b_len, "B")?;
+        span(&self.c, self.m, self.n, c_len, "C")
+    }
+}
+
+/// Which GPU matmul kernel to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    Naive,
+    Tiled,
+}
+
+/// Runs `d` writing into `c`: the general form every other matmul goes through.
+pub fn matmul_into(
+    c: &mut Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    d: &MatmulDesc,
+) -> Result<()> {
+    matmul_into_with(c, a, b, bias, d, MatmulKernel::Tiled)
+}
+
+/// `matmul_into` with a choice of GPU kernel (for tests and benchmarks).
+pub fn matmul_into_with(
+    c: &mut Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    d: &MatmulDesc,
+    kernel: MatmulKernel,
+) -> Result<()> {
+    let op = "matmul";
+    let mut ts = vec![&*c, a, b];
+    ts.extend(bias);
+    let dev = device_of(op, &ts)?;
+    for (n, t) in [("A", a), ("B", b), ("C", &*c)] {
+        want_f32(op, n, t)?;
+    }
+    d.check(a.numel(), b.numel(), c.numel())?;
+    if let Some(bias) = bias {
+        want_f32(op, "bias", bias)?;
+        want_shape(op, "bias", bias, &[d.n])?;
+    }
+    match dev {
+        Device::Cpu => {
+            let bias_v = bias.map(|t| t.cpu_f32().to_vec());
+            cpu::matmul(
+                c.cpu_f32_mut(),
+                a.cpu_f32(),
+                b.cpu_f32(),
+                bias_v.as_deref(),
+                d,
+            );
+            Ok(())
+        }
+        Device::Gpu(g) => {
+            let p = MatmulParams::new(d, bias.is_some())?;
+            let entry = match kernel {
+                MatmulKernel::Naive => "matmul_naive",
+                MatmulKernel::Tiled => "matmul_tiled",
+            };
+            let tile = if kernel == MatmulKernel::Naive {
+                16
+            } else {
+                64
+            };
+            let batch = u32_of(op, "batch", d.batch[0] * d.batch[1])?;
+            let grid = [d.n.div_ceil(tile) as u32, d.m.div_ceil(tile) as u32, batch];
+            // An unused bias binding still needs a buffer: bind A.
+            let bias_buf = bias.map_or(a.buf(), |t| t.buf());
+            g.dispatch(
+                entry,
+                bytemuck::bytes_of(&p),
+                &[a.buf(), b.buf(), bias_buf],
+                &[c.buf()],
+                grid,
+            )
+        }
+    }
+}
+
+/// (…, m, k)·(…, k, n) for 2-D tensors or 3-D batches, with op(·) = transpose when asked.
+pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let op = "matmul";
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.len() != sb.len() || !(sa.len() == 2 || sa.len() == 3) {
+        return Err(Error::shape(
+            op,
+            format!("needs two 2-D or two 3-D tensors, got {sa:?} and {sb:?}"),
+        ));
+    }
+    let r = sa.len();
+    let batch = if r == 3 { sa[0] } else { 1 };
+    if r == 3 && sb[0] != batch {
+        return Err(Error::shape(
+            op,
+            format!("batch sizes differ: {sa:?} and {sb:?}"),
+        ));
+    }
+    let (m, ka) = if trans_a {
+        (sa[r - 1], sa[r - 2])
+    } else {
+        (sa[r - 2], sa[r - 1])
+    };
+    let (kb, n) = if trans_b {
+        (sb[r - 1], sb[r - 2])
+    } else {
+        (sb[r - 2], sb[r - 1])
+    };
+    if ka != kb {
+        return Err(Error::shape(
+            op,
+            format!(
+                "inner dimensions differ: {sa:?}{} · {sb:?}{}",
+                if trans_a { "ᵀ" } else { "" },
+                if trans_b { "ᵀ" } else { "" }
+            ),
+        ));
+    }
+    let out_shape: Vec<usize> = if r == 3 {
+        vec![batch, m, n]
+    } else {
+        vec![m, n]
+    };
+    let dev = device_of(op, &[a, b])?;
+    let mut c = dev.uninit(op, &out_shape)?;
+    matmul_into(
+        &mut c,
+        a,
+        b,
+        None,
+        &MatmulDesc::contiguous(batch, m, n, ka, trans_a, trans_b),
+    )?;
+    Ok(c)
+}
+
+/// y = x Wᵀ + b for x (…, in), W (out, in), b (out) — a PyTorch Linear.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let op = "linear";
+    let (rows, k) = rows_cols(op, x)?;
+    if w.shape().len() != 2 || w.dim(1) != k {
+        return Err(Error::shape(
+            op,
+            format!(
+                "input {:?} does not fit weight {:?} (out, in)",
+                x.shape(),
+                w.shape()
+            ),
+        ));
+    }
+    let n = w.dim(0);
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().unwrap() = n;
+    let dev = device_of(op, &[x, w])?;
+    let mut y = dev.uninit(op, &out_shape)?;
+    matmul_into(
+        &mut y,
+        x,
+        w,
+        b,
+        &MatmulDesc::contiguous(1, rows, n, k, false, true),
+    )?;
+    Ok(y)
+}
+
+/// Backward of `linear`: returns dx = dy W (when `need_dx`), and accumulates dW += dyᵀ x and
+/// db += Σ_rows dy into the gradients given.
+pub fn linear_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    dw: Option<&mut Tensor>,
+    db: Option<&mut Tensor>,
+    need_dx: bool,
+) -> Result<Option<Tensor>> {
+    let op = "linear_backward";
+    let (rows, k) = rows_cols(op, x)?;
+    let n = w.dim(0);
+    if w.shape() != [n, k] || dy.numel() != rows * n || dy.shape().last() != Some(&n) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "dy {:?}, x {:?} and W {:?} do not agree",
+                dy.shape(),
+                x.shape(),
+                w.shape()
+            ),
+        ));
+    }
+    if let Some(dw) = dw {
+        want_shape(op, "dW", dw, &[n, k])?;
+        let mut d = MatmulDesc::contiguous(1, n, k, rows, true, false);
+        d.accumulate = true;
+        matmul_into(dw, dy, x, None, &d)?;
+    }
+    if let Some(db) = db {
+        want_shape(op, "db", db, &[n])?;
+        sum_rows_into(db, dy, true)?;
+    }
+    if !need_dx {
+        return Ok(None);
+    }
+    let dev = device_of(op, &[dy, x, w])?;
+    let mut dx = dev.uninit(op, x.shape())?;
+    matmul_into(
+        &mut dx,
+        dy,
+        w,
+        None,
+        &MatmulDesc::contiguous(1, rows, k, n, false, false),
+    )?;
+    Ok(Some(dx))
+}
+
+// ---------------------------------------------------------------------------------------------
+// layer norm
+
+/// Layer norm over the last dimension: returns (y, mean, rstd); mean and rstd (rows) feed the backward.
+pub fn layernorm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "layernorm";
+    let (rows, cols) = rows_cols(op, x)?;
+    let dev = device_of(op, &[x, gamma, beta])?;
+    want_f32(op, "x", x)?;
+    want_shape(op, "gamma", gamma, &[cols])?;
+    want_shape(op, "beta", beta, &[cols])?;
+    let mut y = dev.uninit(op, x.shape())?;
+    let mut mean = dev.uninit(op, &[rows])?;
+    let mut rstd = dev.uninit(op, &[rows])?;
+    match &dev {
+        Device::Cpu => {
+            let (gv, bv) = (gamma.cpu_f32().to_vec(), beta.cpu_f32().to_vec());
+            let xv = x.cpu_f32().to_vec();
+            let (mut yv, mut mv, mut rv) =
+                (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
+            cpu::layernorm_forward(&mut yv, &mut mv, &mut rv, &xv, &gv, &bv, cols, eps);
+            y.cpu_f32_mut().copy_from_slice(&yv);
+            mean.cpu_f32_mut().copy_from_slice(&mv);
+            rstd.cpu_f32_mut().copy_from_slice(&rv);
+        }
+        Device::Gpu(g) => {
+            let p = LayerNormParams {
+                rows: u32_of(op, "rows", rows)?,
+                cols: u32_of(op, "cols", cols)?,
+                eps,
+                accumulate: 0,
+            };
+            let grid = g.grid(op, rows as u64)?;
+            g.dispatch(
+                "layernorm_forward",
+                bytemuck::bytes_of(&p),
+                &[x.buf(), gamma.buf(), beta.buf()],
+                &[y.buf(), mean.buf(), rstd.buf()],
+                grid,
+            )?;
+        }
+    }
+    Ok((y, mean, rstd))
+}
+
+/// Backward of `layernorm`: returns dx; accumulates dgamma and dbeta when given.
+pub fn layernorm_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    gamma: &Tensor,
+    dgamma: Option<&mut Tensor>,
+    dbeta: Option<&mut Tensor>,
+) -> Result<Tensor> {
+    let op = "layernorm_backward";
+    let (rows, cols) = rows_cols(op, x)?;
+    let dev = device_of(op, &[dy, x, mean, rstd, gamma])?;
+    want_shape(op, "dy", dy, x.shape())?;
+    want_shape(op, "mean", mean, &[rows])?;
+    want_shape(op, "rstd", rstd, &[rows])?;
+    want_shape(op, "gamma", gamma, &[cols])?;
+    if let Some(t) = &dgamma {
+        want_shape(op, "dgamma", t, &[cols])?;
+    }
+    if let Some(t) = &dbeta {
+        want_shape(op, "dbeta", t, &[cols])?;
+    }
+    let mut dx = dev.uninit(op, x.shape())?;
+    match &dev {
+        Device::Cpu => {
+            let mut dxv = vec![0.0; rows * cols];
+            let mut dg = dgamma;
+            let mut db = dbeta;
+            cpu::layernorm_backward(
+                &mut dxv,
+                dg.as_mut().map(|t| t.cpu_f32_mut()),
+                db.as_mut().map(|t| t.cpu_f32_mut()),
+                dy.cpu_f32(),
+                x.cpu_f32(),
+                mean.cpu_f32(),
+                rstd.cpu_f32(),
+                gamma.cpu_f32(),
+                cols,
+                false,
+            );
+            dx.cpu_f32_mut().copy_from_slice(&dxv);
+        }
+        Device::Gpu(g) => {
+            let p = LayerNormParams {
+                rows: u32_of(op, "rows", rows)?,
+                cols: u32_of(op, "cols", cols)?,
+                eps: 0.0,
+                accumulate: 0,
+            };
+            let grid = g.grid(op, rows as u64)?;
+            g.dispatch(
+                "layernorm_backward",
+                bytemuck::bytes_of(&p),
+                &[dy.buf(), x.buf(), mean.buf(), rstd.buf(), gamma.buf()],
+                &[dx.buf()],
+                grid,
+            )?;
+            match (dgamma, dbeta) {
+                (Some(dgm), Some(dbt)) => {
+                    g.dispatch(
+                        "layernorm_param_backward",
+                        bytemuck::bytes_of(&p),
+                        &[dy.buf(), x.buf(), mean.buf(), rstd.buf()],
+                        &[dgm.buf(), dbt.buf()],
+                        [groups(cols, 64) as u32, 1, 1],
+                    )?;
+                }
+                (Some(dgm), None) => {
+                    let scratch = dev.zeros(&[cols])?;
+                    g.dispatch(
+                        "layernorm_param_backward",
+                        bytemuck::bytes_of(&p),
+                        &[dy.buf(), x.buf(), mean.buf(), rstd.buf()],
+                        &[dgm.buf(), scratch.buf()],
+                        [groups(cols, 64) as u32, 1, 1],
+                    )?;
+                }
+                (None, Some(dbt)) => sum_rows_into(dbt, dy, true)?,
+                (None, None) => {}
+            }
+        }
+    }
+    Ok(dx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// elementwise
+
+/// out (+)= f(x); `out` None allocates a fresh output.
+fn map(
+    op: &'static str,
+    out: Option<&mut Tensor>,
+    x: &Tensor,
+    code: u32,
+    alpha: f32,
+) -> Result<Option<Tensor>> {
+    rows_cols(op, x)?;
+    want_f32(op, "x", x)?;
+    let dev = x.device();
+    let accumulate = out.is_some();
+    let mut fresh = None;
+    let out = match out {
+        Some(o) => {
+            want_shape(op, "out", o, x.shape())?;
+            device_of(op, &[o, x])?;
+            o
+        }
+        None => fresh.insert(dev.uninit(op, x.shape())?),
+    };
+    match &dev {
+        Device::Cpu => {
+            let mut r = vec![0.0; x.numel()];
+            match code {
+                MAP_GELU => cpu::gelu_forward(&mut r, x.cpu_f32()),
+                MAP_TANH => cpu::tanh_forward(&mut r, x.cpu_f32()),
+                _ => cpu::scale(&mut r, x.cpu_f32(), alpha),
+            }
+            let o = out.cpu_f32_mut();
+            if accumulate {
+                o.iter_mut().zip(r).for_each(|(o, v)| *o += v);
+            } else {
+                o.copy_from_slice(&r);
+            }
+        }
+        Device::Gpu(g) => {
+            let n = x.numel();
+            let p = ElementwiseParams {
+                n: u32_of(op, "n", n)?,
+                op: code,
+                y_len: 1,
+                accumulate: accumulate as u32,
+                alpha,
+                _pad: [0; 3],
+            };
+            g.dispatch(
+                "elementwise_map",
+                bytemuck::bytes_of(&p),
+                &[x.buf()],
+                &[out.buf()],
+                g.grid(op, groups(n, 256))?,
+            )?;
+        }
+    }
+    Ok(fresh)
+}
+
+/// out (+)= g(x, y) with y broadcast by wrapping; `out` None allocates a fresh output.
+fn zip(
+    op: &'static str,
+    out: Option<&mut Tensor>,
+    x: &Tensor,
+    y: &Tensor,
+    code: u32,
+    alpha: f32,
+) -> Result<Option<Tensor>> {
+    rows_cols(op, x)?;
+    rows_cols(op, y)?;
+    want_f32(op, "x", x)?;
+    want_f32(op, "y", y)?;
+    let (n, yl) = (x.numel(), y.numel());
+    if n % yl != 0 || (yl != n && x.shape().last() != y.shape().last()) {
+        return Err(Error::shape(
+            op,
+            format!("{:?} does not broadcast over {:?}", y.shape(), x.shape()),
+        ));
+    }
+    let dev = device_of(op, &[x, y])?;
+    let accumulate = out.is_some();
+    let mut fresh = None;
+    let out = match out {
+        Some(o) => {
+            want_shape(op, "out", o, x.shape())?;
+            device_of(op, &[o, x])?;
+            o
+        }
+        None => fresh.insert(dev.uninit(op, x.shape())?),
+    };
+    match &dev {
+        Device::Cpu => {
+            let (xv, yv) = (x.cpu_f32(), y.cpu_f32());
+            let o = out.cpu_f32_mut();
+            match code {
+                ZIP_MUL => cpu::mul(o, xv, yv, accumulate),
+                ZIP_GELU_BACKWARD => cpu::gelu_backward(o, xv, yv, accumulate),
+                ZIP_TANH_BACKWARD => cpu::tanh_backward(o, xv, yv, accumulate),
+                _ => cpu::add(o, xv, yv, alpha, accumulate),
+            }
+        }
+        Device::Gpu(g) => {
+            let p = ElementwiseParams {
+                n: u32_of(op, "n", n)?,
+                op: code,
+                y_len: yl as u32,
+                accumulate: accumulate as u32,
+                alpha,
+                _pad: [0; 3],
+            };
+            g.dispatch(
+                "elementwise_zip",
+                bytemuck::bytes_of(&p),
+                &[x.buf(), y.buf()],
+                &[out.buf()],
+                g.grid(op, groups(n, 256))?,
+            )?;
+        }
+    }
+    Ok(fresh)
+}
+
+/// GELU (erf form).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    Ok(map("gelu", None, x, MAP_GELU, 0.0)?.unwrap())
+}
+/// dx = dy * gelu'(x)
+pub fn gelu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    want_shape("gelu_backward", "x", x, dy.shape())?;
+    Ok(zip("gelu_backward", None, dy, x, ZIP_GELU_BACKWARD, 0.0)?.unwrap())
+}
+pub fn tanh(x: &Tensor) -> Result<Tensor> {
+    Ok(map("tanh", None, x, MAP_TANH, 0.0)?.unwrap())
+}
+/// dx = dy * (1 - y²) for y = tanh(x)
+pub fn tanh_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    want_shape("tanh_backward", "y", y, dy.shape())?;
+    Ok(zip("tanh_backward", None, dy, y, ZIP_TANH_BACKWARD, 0.0)?.unwrap())
+}
+/// alpha * x
+pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
+    Ok(map("scale", None, x, MAP_SCALE, alpha)?.unwrap())
+}
+/// x + y (y the same shape, or a bias broadcast over the last dimension)
+pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(zip("add", None, x, y, ZIP_ADD, 1.0)?.unwrap())
+}
+/// x * y (y the same shape, or broadcast over the last dimension)
+pub fn mul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(zip("mul", None, x, y, ZIP_MUL, 0.0)?.unwrap())
+}
+/// out += alpha * x (same shapes): residual branches and gradient accumulation.
+pub fn add_into(out: &mut Tensor, x: &Tensor, alpha: f32) -> Result<()> {
+    map("add_into", Some(out), x, MAP_SCALE, alpha).map(|_| ())
+}
+/// out += x * y (y the same shape or broadcast over the last dimension).
+pub fn mul_add_into(out: &mut Tensor, x: &Tensor, y: &Tensor) -> Result<()> {
+    zip("mul_add_into", Some(out), x, y, ZIP_MUL, 0.0).map(|_| ())
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax
+
+/// softmax(scale * x + mask[row / mask_div]) over the last dimension; `mask` is additive,
+/// shaped (rows / mask_div, len).
+pub fn softmax(x: &Tensor, mask: Option<(&Tensor, usize)>, scale: f32) -> Result<Tensor> {
+    let op = "softmax";
+    let (rows, len) = rows_cols(op, x)?;
+    want_f32(op, "x", x)?;
+    let mut ts = vec![x];
+    if let Some((m, div)) = mask {
+        if div == 0 || rows % div != 0 || m.numel() != (rows / div) * len {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "mask {:?} with one row per {div} rows does not fit x {:?}",
+                    m.shape(),
+                    x.shape()
+                ),
+            ));
+        }
+        want_f32(op, "mask", m)?;
+        ts.push(m);
+    }
+    let dev = device_of(op, &ts)?;
+    let mut y = dev.uninit(op, x.shape())?;
+    match &dev {
+        Device::Cpu => {
+            let mv = mask.map(|(m, d)| (m.cpu_f32(), d));
+            cpu::softmax_forward(y.cpu_f32_mut(), x.cpu_f32(), mv, len, scale);
+        }
+        Device::Gpu(g) => {
+            let (mbuf, div) = mask.map_or((x.buf(), 1), |(m, d)| (m.buf(), d));
+            let p = SoftmaxParams {
+                rows: u32_of(op, "rows", rows)?,
+                len: u32_of(op, "len", len)?,
+                mask_div: div as u32,
+                has_mask: mask.is_some() as u32,
+                scale,
+                _pad: [0; 3],
+            };
+            g.dispatch(
+                "softmax_forward",
+                bytemuck::bytes_of(&p),
+                &[x.buf(), mbuf],
+                &[y.buf()],
+                g.grid(op, rows as u64)?,
+            )?;
+        }
+    }
+    Ok(y)
+}
+
+/// dx = scale * y * (dy - Σ dy·y) over the last dimension.
+pub fn softmax_backward(dy: &Tensor, y: &Tensor, scale: f32) -> Result<Tensor> {
+    let op = "softmax_backward";
+    let (rows, len) = rows_cols(op, y)?;
+    want_shape(op, "dy", dy, y.shape())?;
+    let dev = device_of(op, &[dy, y])?;
+    let mut dx = dev.uninit(op, y.shape())?;
+    match &dev {
+        Device::Cpu => {
+            cpu::softmax_backward(dx.cpu_f32_mut(), dy.cpu_f32(), y.cpu_f32(), len, scale)
+        }
+        Device::Gpu(g) => {
+            let p = SoftmaxParams {
+                rows: u32_of(op, "rows", rows)?,
+                len: u32_of(op, "len", len)?,
+                mask_div: 1,
+                has_mask: 0,
+                scale,
+                _pad: [0; 3],
+            };
+            g.dispatch(
+                "softmax_backward",
+                bytemuck::bytes_of(&p),
+                &[dy.buf(), y.buf()],
+                &[dx.buf()],
+                g.grid(op, rows as u64)?,
+            )?;
+        }
+    }
+    Ok(dx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// embedding
+
+/// out[t] = table[ids[t]]: ids (…) u32, table (V, C) → (…, C).
+pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
+    let op = "embedding";
+    if ids.dtype() != DType::U32 {
+        return Err(Error::shape(op, "ids must be u32"));
+    }
+    let (_, cols) = rows_cols(op, table)?;
+    if table.shape().len() != 2 {
+        return Err(Error::shape(
+            op,
+            format!("table must be (vocab, dim), got {:?}", table.shape()),
+        ));
+    }
+    let dev = device_of(op, &[ids, table])?;
+    let mut shape = ids.shape().to_vec();
+    shape.push(cols);
+    let mut out = dev.uninit(op, &shape)?;
+    match &dev {
+        Device::Cpu => {
+            let ids_v = ids.cpu_u32();
+            let vocab = table.dim(0);
+            if let Some((t, &id)) = ids_v
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id as usize >= vocab)
+            {
+                return Err(Error::shape(
+                    op,
+                    format!("id {id} at position {t} is outside the vocabulary of {vocab}"),
+                ));
+            }
+            cpu::embedding_forward(out.cpu_f32_mut(), ids_v, table.cpu_f32(), cols);
+        }
+        Device::Gpu(g) => {
+            let n = ids.numel() * cols;
+            let p = EmbeddingParams {
+                tokens: u32_of(op, "tokens", ids.numel())?,
+                cols: cols as u32,
+                vocab: u32_of(op, "vocab", table.dim(0))?,
+                _pad: 0,
+            };
+            g.dispatch(
+                "embedding_forward",
+                bytemuck::bytes_of(&p),
+                &[ids.buf(), table.buf()],
+                &[out.buf()],
+                g.grid(op, groups(n, 256))?,
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// dtable[ids[t]] += dout[t]
+pub fn embedding_backward(dtable: &mut Tensor, dout: &Tensor, ids: &Tensor) -> Result<()> {
+    let op = "embedding_backward";
+    let (_, cols) = rows_cols(op, dtable)?;
+    if dout.numel() != ids.numel() * cols || ids.dtype() != DType::U32 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "dout {:?} does not match ids {:?} and table {:?}",
+                dout.shape(),
+                ids.shape(),
+                dtable.shape()
+            ),
+        ));
+    }
+    let dev = device_of(op, &[dtable, dout, ids])?;
+    match &dev {
+        Device::Cpu => {
+            let ids_v = ids.cpu_u32().to_vec();
+            let dv = dout.cpu_f32().to_vec();
+            cpu::embedding_backward(dtable.cpu_f32_mut(), &dv, &ids_v, cols);
+        }
+        Device::Gpu(g) => {
+            let p = EmbeddingParams {
+                tokens: u32_of(op, "tokens", ids.numel())?,
+                cols: cols as u32,
+                vocab: u32_of(op, "vocab", dtable.dim(0))?,
+                _pad: 0,
+            };
+            g.dispatch(
+                "embedding_backward",
+                bytemuck::bytes_of(&p),
+                &[ids.buf(), dout.buf()],
+                &[dtable.buf()],
+                [groups(cols, 64) as u32, 1, 1],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// pooling
+
+fn pool_dims(op: &'static str, x: &Tensor, mask: &Tensor) -> Result<(usize, usize, usize)> {
+    let s = x.shape();
+    if s.len() != 3 || s.contains(&0) {
+        return Err(Error::shape(
+            op,
+            format!("x must be (batch, tokens, dim), got {s:?}"),
+        ));
+    }
+    want_shape(op, "mask", mask, &[s[0], s[1]])?;
+    want_f32(op, "mask", mask)?;
+    Ok((s[0], s[1], s[2]))
+}
+
+/// Masked mean over tokens: x (B, T, C), mask (B, T) of 0/1 → (B, C).
+pub fn mean_pool(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let op = "mean_pool";
+    let (b, t, c) = pool_dims(op, x, mask)?;
+    let dev = device_of(op, &[x, mask])?;
+    let mut out = dev.uninit(op, &[b, c])?;
+    match &dev {
+        Device::Cpu => cpu::mean_pool_forward(out.cpu_f32_mut(), x.cpu_f32(), mask.cpu_f32(), t, c),
+        Device::Gpu(g) => {
+            let p = PoolParams {
+                batch: b as u32,
+                tokens: t as u32,
+                cols: c as u32,
+                _pad: 0,
+            };
+            g.dispatch(
+                "pool_mean_forward",
+                bytemuck::bytes_of(&p),
+                &[x.buf(), mask.buf()],
+                &[out.buf()],
+                [groups(c, 64) as u32, b as u32, 1],
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// Backward of `mean_pool`: dout (B, C) → dx (B, T, C).
+pub fn mean_pool_backward(dout: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let op = "mean_pool_backward";
+    if dout.shape().len() != 2 || mask.shape().len() != 2 || dout.dim(0) != mask.dim(0) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "dout {:?} does not match mask {:?}",
+                dout.shape(),
+                mask.shape()
+            ),
+        ));
+    }
+    let (b, t, c) = (dout.dim(0), mask.dim(1), dout.dim(1));
+    let dev = device_of(op, &[dout, mask])?;
+    let mut dx = dev.uninit(op, &[b, t, c])?;
+    match &dev {
+        Device::Cpu => {
+            cpu::mean_pool_backward(dx.cpu_f32_mut(), dout.cpu_f32(), mask.cpu_f32(), t, c)
+        }
+        Device::Gpu(g) => {
+            let p = PoolParams {
+                batch: b as u32,
+                tokens: t as u32,
+                cols: c as u32,
+                _pad: 0,
+            };
+            g.check_groups(op, [1, (b * t) as u32, 1])?;
+            g.dispatch(
+                "pool_mean_backward",
+                bytemuck::bytes_of(&p),
+                &[dout.buf(), mask.buf()],
+                &[dx.buf()],
+                [groups(c, 64) as u32, u32_of(op, "rows", b * t)?, 1],
+            )?;
+        }
+    }
+    Ok(dx)
+}
+
+/// Rows scaled to unit L2 norm: x / max(‖x‖, 1e-12).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let op = "l2_normalize";
+    let (rows, cols) = rows_cols(op, x)?;
+    let dev = x.device();
+    let mut y = dev.uninit(op, x.shape())?;
+    match &dev {
+        Device::Cpu => cpu::l2norm_forward(y.cpu_f32_mut(), x.cpu_f32(), cols),
+        Device::Gpu(g) => {
+            let p = PoolParams {
+                batch: u32_of(op, "rows", rows)?,
+                tokens: 1,
+                cols: cols as u32,
+                _pad: 0,
+            };
+            g.dispatch(
+                "pool_l2norm_forward",
+                bytemuck::bytes_of(&p),
+                &[x.buf()],
+                &[y.buf()],
+                [u32_of(op, "rows", rows)?, 1, 1],
+            )?;
+        }
+    }
+    Ok(y)
+}
+
+/// Backward of `l2_normalize`.
+pub fn l2_normalize_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let op = "l2_normalize_backward";
+    let (rows, cols) = rows_cols(op, x)?;
+    want_shape(op, "dy", dy, x.shape())?;
+    let dev = device_of(op, &[dy, x])?;
+    let mut dx = dev.uninit(op, x.shape())?;
+    match &dev {
+        Device::Cpu => cpu::l2norm_backward(dx.cpu_f32_mut(), dy.cpu_f32(), x.cpu_f32(), cols),
+        Device::Gpu(g) => {
+            let p = PoolParams {
+                batch: u32_of(op, "rows", rows)?,
+                tokens: 1,
+                cols: cols as u32,
+                _pad: 0,
+            };
+            g.dispatch(
+                "pool_l2norm_backward",
+                bytemuck::bytes_of(&p),
+                &[dy.buf(), x.buf()],
+                &[dx.buf()],
+                [u32_of(op, "rows", rows)?, 1, 1],
+            )?;
+        }
+    }
+    Ok(dx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// loss
+
+/// Softmax cross-entropy: logits (B, K), labels (B) u32 → (per-row loss (B), dlogits (B, K)) with
+/// dlogits scaled by `grad_scale` (1/B for the mean loss). Labels are checked on the host.
+pub fn cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    labels_host: &[u32],
+    grad_scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    let op = "cross_entropy";
+    let (b, k) = rows_cols(op, logits)?;
+    if labels.dtype() != DType::U32 || labels.numel() != b || labels_host.len() != b {
+        return Err(Error::shape(
+            op,
+            format!(
+                "labels {:?} do not match logits {:?}",
+                labels.shape(),
+                logits.shape()
+            ),
+        ));
+    }
+    if let Some((i, &l)) = labels_host
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= k)
+    {
+        return Err(Error::shape(
+            op,
+            format!("label {l} of row {i} is not one of the {k} classes"),
+        ));
+    }
+    let dev = device_of(op, &[logits, labels])?;
+    let mut loss = dev.uninit(op, &[b])?;
+    let mut dlogits = dev.uninit(op, &[b, k])?;
+    match &dev {
+        Device::Cpu => {
+            let mut lv = vec![0.0; b];
+            cpu::crossentropy(
+                &mut lv,
+                dlogits.cpu_f32_mut(),
+                logits.cpu_f32(),
+                labels.cpu_u32(),
+                k,
+                grad_scale,
+            );
+            loss.cpu_f32_mut().copy_from_slice(&lv);
+        }
+        Device::Gpu(g) => {
+            let p = CrossEntropyParams {
+                batch: b as u32,
+                classes: k as u32,
+                grad_scale,
+                _pad: 0,
+            };
+            g.dispatch(
+                "crossentropy_forward_backward",
+                bytemuck::bytes_of(&p),
+                &[logits.buf(), labels.buf()],
+                &[loss.buf(), dlogits.buf()],
+                [groups(b, 64) as u32, 1, 1],
+            )?;
+        }
+    }
+    Ok((loss, dlogits))
+}
+
+// ---------------------------------------------------------------------------------------------
+// reductions and the optimiser
+
+/// out (+)= Σ_rows x: x (…, C) → out (C).
+pub fn sum_rows_into(out: &mut Tensor, x: &Tensor, accumulate: bool) -> Result<()> {
+    let op = "sum_rows";
+    let (rows, cols) = rows_cols(op, x)?;
+    want_shape(op, "out", out, &[cols])?;
+    let dev = device_of(op, &[out, x])?;
+    match &dev {
+        Device::Cpu => {
+            let xv = x.cpu_f32().to_vec();
+            cpu::sum_rows(out.cpu_f32_mut(), &xv, cols, accumulate);
+        }
+        Device::Gpu(g) => {
+            let p = ReduceParams {
+                rows: u32_of(op, "rows", rows)?,
+                cols: cols as u32,
+                accumulate: accumulate as u32,
+                _pad: 0,
+            };
+            g.dispatch(
+                "reduce_sum_rows",
+                bytemuck::bytes_of(&p),
+                &[x.buf()],
+                &[out.buf()],
+                [groups(cols, 64) as u32, 1, 1],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// acc[0] += Σ x² (acc is a (1) tensor): the global gradient norm, kept on the device.
+pub fn sumsq_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
+    let op = "sumsq";
+    rows_cols(op, x)?;
+    want_shape(op, "acc", acc, &[1])?;
+    let dev = device_of(op, &[acc, x])?;
+    match &dev {
+        Device::Cpu => {
+            let s = cpu::sumsq(x.cpu_f32());
+            acc.cpu_f32_mut()[0] += s;
+        }
+        Device::Gpu(g) => {
+            let p = ReduceParams {
+                rows: 1,
+                cols: u32_of(op, "n", x.numel())?,
+                accumulate: 1,
+                _pad: 0,
+            };
+            g.dispatch(
+                "reduce_sumsq",
+                bytemuck::bytes_of(&p),
+                &[x.buf()],
+                &[acc.buf()],
+                [1, 1, 1],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub use cpu::AdamWStep;
+
+/// One AdamW step on `param` with moments `m`, `v`; the gradient is clipped by the global squared
+/// norm held in `norm_sq` (1) when `h.max_norm > 0`.
+pub fn adamw(
+    param: &mut Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    grad: &Tensor,
+    norm_sq: &Tensor,
+    h: &AdamWStep,
+) -> Result<()> {
+    let op = "adamw";
+    rows_cols(op, param)?;
+    for (name, t) in [("m", &*m), ("v", &*v), ("grad", grad)] {
+        want_shape(op, name, t, param.shape())?;
+    }
+    want_shape(op, "norm_sq", norm_sq, &[1])?;
+    let dev = device_of(op, &[param, m, v, grad, norm_sq])?;
+    match &dev {
+        Device::Cpu => {
+            let (g, ns) = (grad.cpu_f32().to_vec(), norm_sq.cpu_f32()[0]);
+            let mut mv = m.cpu_f32().to_vec();
+            let mut vv = v.cpu_f32().to_vec();
+            cpu::adamw(param.cpu_f32_mut(), &mut mv, &mut vv, &g, ns, h);
+            m.cpu_f32_mut().copy_from_slice(&mv);
+            v.cpu_f32_mut().copy_from_slice(&vv);
+        }
+        Device::Gpu(g) => {
+            let n = param.numel();
+            let p = AdamWParams {
+                n: u32_of(op, "n", n)?,
+                _pad: [0; 3],
+                lr: h.lr,
+                beta1: h.beta1,
+                beta2: h.beta2,
+                eps: h.eps,
+                weight_decay: h.weight_decay,
+                bc1: h.bc1,
+                bc2: h.bc2,
+                max_norm: h.max_norm,
+            };
+            g.dispatch(
+                "adamw_update",
+                bytemuck::bytes_of(&p),
+                &[grad.buf(), norm_sq.buf()],
+                &[param.buf(), m.buf(), v.buf()],
+                g.grid(op, groups(n, 256))?,
+            )?;
+        }
+    }
+    Ok(())
+}

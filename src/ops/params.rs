@@ -1,0 +1,143 @@
+//! Uniform blocks of the WGSL kernels, laid out as the `struct Params` of each shader
+//! (16-byte multiples, u32/f32 fields only).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::MatmulDesc;
+use crate::error::{Error, Result};
+
+pub const MAP_SCALE: u32 = 0;
+pub const MAP_GELU: u32 = 1;
+pub const MAP_TANH: u32 = 2;
+
+pub const ZIP_ADD: u32 = 0;
+pub const ZIP_MUL: u32 = 1;
+pub const ZIP_GELU_BACKWARD: u32 = 2;
+pub const ZIP_TANH_BACKWARD: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub flags: u32,
+    pub a: [u32; 4],
+    pub b: [u32; 4],
+    pub c: [u32; 4],
+    pub batch1: u32,
+    pub alpha: f32,
+    pub _pad: [u32; 2],
+}
+
+impl MatmulParams {
+    pub fn new(d: &MatmulDesc, has_bias: bool) -> Result<Self> {
+        let f = |v: usize| {
+            u32::try_from(v).map_err(|_| Error::Limit {
+                op: "matmul",
+                msg: format!("index {v} does not fit in 32 bits"),
+            })
+        };
+        let s = |st: &super::Strides| -> Result<[u32; 4]> {
+            Ok([f(st.offset)?, f(st.ld)?, f(st.bs[0])?, f(st.bs[1])?])
+        };
+        let flags = (d.trans_a as u32)
+            | (d.trans_b as u32) << 1
+            | (d.accumulate as u32) << 2
+            | (has_bias as u32) << 3;
+        Ok(MatmulParams {
+            m: f(d.m)?,
+            n: f(d.n)?,
+            k: f(d.k)?,
+            flags,
+            a: s(&d.a)?,
+            b: s(&d.b)?,
+            c: s(&d.c)?,
+            batch1: f(d.batch[1])?,
+            alpha: d.alpha,
+            _pad: [0; 2],
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ElementwiseParams {
+    pub n: u32,
+    pub op: u32,
+    pub y_len: u32,
+    pub accumulate: u32,
+    pub alpha: f32,
+    pub _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct LayerNormParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub eps: f32,
+    pub accumulate: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct SoftmaxParams {
+    pub rows: u32,
+    pub len: u32,
+    pub mask_div: u32,
+    pub has_mask: u32,
+    pub scale: f32,
+    pub _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct EmbeddingParams {
+    pub tokens: u32,
+    pub cols: u32,
+    pub vocab: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct PoolParams {
+    pub batch: u32,
+    pub tokens: u32,
+    pub cols: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct CrossEntropyParams {
+    pub batch: u32,
+    pub classes: u32,
+    pub grad_scale: f32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ReduceParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub accumulate: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AdamWParams {
+    pub n: u32,
+    pub _pad: [u32; 3],
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub bc1: f32,
+    pub bc2: f32,
+    pub max_norm: f32,
+}
