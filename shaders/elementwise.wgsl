@@ -23,9 +23,14 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;       // (n)
-@group(0) @binding(2) var<storage, read> y: array<f32>;       // (y_len), zip only
-@group(0) @binding(3) var<storage, read_write> out: array<f32>; // (n)
+// elementwise_map bindings
+@group(0) @binding(1) var<storage, read> map_x: array<f32>;          // (n)
+@group(0) @binding(2) var<storage, read_write> map_out: array<f32>;  // (n)
+
+// elementwise_zip bindings
+@group(0) @binding(1) var<storage, read> x: array<f32>;              // (n)
+@group(0) @binding(2) var<storage, read> y: array<f32>;              // (y_len)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;      // (n)
 
 // erf(x) from erfc by the Chebyshev fit of Numerical Recipes (fractional error < 1.2e-7).
 fn erf_approx(v: f32) -> f32 {
@@ -60,15 +65,15 @@ fn elementwise_map(
 ) {
     let i = flat_index(wid, nwg, lid);
     if (i >= p.n) { return; }
-    let v = x[i];
+    let v = map_x[i];
     var r: f32;
     switch p.op {
         case MAP_GELU: { r = gelu(v); }
         case MAP_TANH: { r = tanh(v); }
         default: { r = p.alpha * v; }
     }
-    if (p.accumulate != 0u) { r = r + out[i]; }
-    out[i] = r;
+    if (p.accumulate != 0u) { r = r + map_out[i]; }
+    map_out[i] = r;
 }
 
 @compute @workgroup_size(256, 1, 1)

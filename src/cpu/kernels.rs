@@ -511,11 +511,11 @@ pub fn sum_rows<T: Real>(out: &mut [T], x: &[T], cols: usize, accumulate: bool) 
     }
 }
 
-/// Σ x²
+/// Σ x², accumulated in f64.
 pub fn sumsq<T: Real>(x: &[T]) -> T {
-    let mut s = T::zero();
+    let mut s = 0.0f64;
     for &v in x {
-        s += v * v;
+        s += v.to_f64() * v.to_f64();
     }
-    s
+    T::from_f64(s)
 }

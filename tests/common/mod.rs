@@ -7,7 +7,8 @@ use localtune::{Device, Tensor};
 /// "no adapter" fails the test: CI installs lavapipe so the GPU path is always exercised.
 pub fn gpu() -> Option<Device> {
     static GPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
-    match GPU.get_or_init(|| futures::executor::block_on(Device::gpu()).map_err(|e| e.to_string())) {
+    match GPU.get_or_init(|| futures::executor::block_on(Device::gpu()).map_err(|e| e.to_string()))
+    {
         Ok(d) => Some(d.clone()),
         Err(e) => {
             if std::env::var_os("CI").is_some() {

@@ -1,0 +1,460 @@
+//! Every GPU kernel against the CPU device, on shapes that are not multiples of the workgroup
+//! sizes (1, 7, 33, 257) and on realistic BERT shapes; failures name the first bad index.
+//! Without an adapter these skip, except under CI where they fail (see common::gpu).
+
+mod common;
+
+use common::*;
+use localtune::ops::{self, MatmulDesc, MatmulKernel, Strides};
+use localtune::{Device, Tensor};
+
+const ODD: [usize; 4] = [1, 7, 33, 257];
+
+/// The same data on both devices.
+fn pair(cpu_data: &[f32], shape: &[usize], gpu: &Device) -> (Tensor, Tensor) {
+    (
+        Device::Cpu.tensor(cpu_data, shape).unwrap(),
+        gpu.tensor(cpu_data, shape).unwrap(),
+    )
+}
+
+fn compare(what: &str, g: &Tensor, c: &Tensor, atol: f32, rtol: f32) {
+    assert_eq!(g.shape(), c.shape(), "{what}: shapes");
+    assert_close(what, &host(g), &host(c), atol, rtol);
+}
+
+#[test]
+fn matmul_naive_and_tiled_all_layouts() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(1);
+    let mut shapes: Vec<(usize, usize, usize, usize)> = vec![];
+    for &m in &ODD {
+        for &n in &[1, 33, 257] {
+            shapes.push((1, m, n, [7, 257][(m + n) % 2]));
+        }
+    }
+    shapes.push((3, 33, 7, 65));
+    shapes.push((1, 64, 1536, 384)); // a BERT FFN up-projection
+    for &(batch, m, n, k) in &shapes {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let d = MatmulDesc::contiguous(batch, m, n, k, ta, tb);
+            let a = r.vec(batch * m * k, 1.0);
+            let b = r.vec(batch * k * n, 1.0);
+            let bias = r.vec(n, 1.0);
+            let c0 = r.vec(batch * m * n, 1.0);
+            let ash = [batch * m * k];
+            let bsh = [batch * k * n];
+            let (ac, ag) = pair(&a, &ash, &gpu);
+            let (bc, bg) = pair(&b, &bsh, &gpu);
+            let (biasc, biasg) = pair(&bias, &[n], &gpu);
+            for accumulate in [false, true] {
+                let d = MatmulDesc {
+                    accumulate,
+                    alpha: if accumulate { 0.5 } else { 1.0 },
+                    ..d
+                };
+                let (mut cc, _) = pair(&c0, &[batch * m * n], &gpu);
+                ops::matmul_into(&mut cc, &ac, &bc, Some(&biasc), &d).unwrap();
+                for kernel in [MatmulKernel::Naive, MatmulKernel::Tiled] {
+                    let mut cg = gpu.tensor(&c0, &[batch * m * n]).unwrap();
+                    ops::matmul_into_with(&mut cg, &ag, &bg, Some(&biasg), &d, kernel).unwrap();
+                    let what = format!("matmul {kernel:?} b{batch} m{m} n{n} k{k} ta={ta} tb={tb} acc={accumulate}");
+                    compare(&what, &cg, &cc, 1e-4 * (k as f32).sqrt(), 1e-4);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_strided_head_blocks() {
+    // The attention layout: (B, T, H·D) read as (B, H) blocks of (T, D) with an offset.
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(2);
+    let (b, t, h, dh) = (2, 7, 3, 5);
+    let c = h * dh;
+    let q = r.vec(b * t * c + 3, 1.0);
+    let k = r.vec(b * t * c, 1.0);
+    let heads = |off| Strides {
+        offset: off,
+        ld: c,
+        bs: [t * c, dh],
+    };
+    let d = MatmulDesc {
+        m: t,
+        n: t,
+        k: dh,
+        batch: [b, h],
+        trans_a: false,
+        trans_b: true,
+        a: heads(3),
+        b: heads(0),
+        c: Strides {
+            offset: 0,
+            ld: t,
+            bs: [h * t * t, t * t],
+        },
+        alpha: 0.25,
+        accumulate: false,
+    };
+    let (qc, qg) = pair(&q, &[q.len()], &gpu);
+    let (kc, kg) = pair(&k, &[k.len()], &gpu);
+    let mut sc = Device::Cpu.zeros(&[b * h * t * t]).unwrap();
+    ops::matmul_into(&mut sc, &qc, &kc, None, &d).unwrap();
+    for kernel in [MatmulKernel::Naive, MatmulKernel::Tiled] {
+        let mut sg = gpu.zeros(&[b * h * t * t]).unwrap();
+        ops::matmul_into_with(&mut sg, &qg, &kg, None, &d, kernel).unwrap();
+        compare(&format!("strided {kernel:?}"), &sg, &sc, 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn layernorm_forward_and_backward() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(3);
+    let mut shapes: Vec<(usize, usize)> = ODD
+        .iter()
+        .flat_map(|&a| ODD.iter().map(move |&b| (a, b)))
+        .collect();
+    shapes.push((64 * 8, 384));
+    for (rows, cols) in shapes {
+        let x = r.vec(rows * cols, 2.0);
+        let gm = r.vec(cols, 1.0);
+        let bt = r.vec(cols, 1.0);
+        let dy = r.vec(rows * cols, 1.0);
+        let (xc, xg) = pair(&x, &[rows, cols], &gpu);
+        let (gc, gg) = pair(&gm, &[cols], &gpu);
+        let (bc, bg) = pair(&bt, &[cols], &gpu);
+        let (dyc, dyg) = pair(&dy, &[rows, cols], &gpu);
+        let what = format!("layernorm {rows}x{cols}");
+        let (yc, mc, rc) = ops::layernorm(&xc, &gc, &bc, 1e-12).unwrap();
+        let (yg, mg, rg) = ops::layernorm(&xg, &gg, &bg, 1e-12).unwrap();
+        compare(&format!("{what} y"), &yg, &yc, 1e-5, 1e-4);
+        compare(&format!("{what} mean"), &mg, &mc, 1e-5, 1e-5);
+        // rstd of a 1-wide row is 1/sqrt(eps): compare relatively.
+        compare(&format!("{what} rstd"), &rg, &rc, 1e-5, 1e-4);
+        if cols == 1 {
+            continue;
+        }
+        let (mut dgc, mut dbc) = (
+            Device::Cpu.zeros(&[cols]).unwrap(),
+            Device::Cpu.zeros(&[cols]).unwrap(),
+        );
+        let (mut dgg, mut dbg) = (gpu.zeros(&[cols]).unwrap(), gpu.zeros(&[cols]).unwrap());
+        let dxc = ops::layernorm_backward(&dyc, &xc, &mc, &rc, &gc, Some(&mut dgc), Some(&mut dbc))
+            .unwrap();
+        let dxg = ops::layernorm_backward(&dyg, &xg, &mg, &rg, &gg, Some(&mut dgg), Some(&mut dbg))
+            .unwrap();
+        compare(&format!("{what} dx"), &dxg, &dxc, 1e-4, 1e-3);
+        compare(
+            &format!("{what} dgamma"),
+            &dgg,
+            &dgc,
+            1e-4 * (rows as f32).sqrt(),
+            1e-3,
+        );
+        compare(
+            &format!("{what} dbeta"),
+            &dbg,
+            &dbc,
+            1e-4 * (rows as f32).sqrt(),
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn elementwise_ops() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(4);
+    for n in ODD.into_iter().chain([64 * 1536, 300_000]) {
+        let x = r.vec(n, 5.0);
+        let y = r.vec(n, 1.0);
+        let (xc, xg) = pair(&x, &[n], &gpu);
+        let (yc, yg) = pair(&y, &[n], &gpu);
+        compare(
+            &format!("gelu {n}"),
+            &ops::gelu(&xg).unwrap(),
+            &ops::gelu(&xc).unwrap(),
+            1e-6,
+            1e-5,
+        );
+        compare(
+            &format!("gelu_backward {n}"),
+            &ops::gelu_backward(&yg, &xg).unwrap(),
+            &ops::gelu_backward(&yc, &xc).unwrap(),
+            1e-6,
+            1e-5,
+        );
+        compare(
+            &format!("tanh {n}"),
+            &ops::tanh(&xg).unwrap(),
+            &ops::tanh(&xc).unwrap(),
+            1e-6,
+            1e-5,
+        );
+        let tc = ops::tanh(&xc).unwrap();
+        let tg = ops::tanh(&xg).unwrap();
+        compare(
+            &format!("tanh_backward {n}"),
+            &ops::tanh_backward(&yg, &tg).unwrap(),
+            &ops::tanh_backward(&yc, &tc).unwrap(),
+            1e-6,
+            1e-5,
+        );
+        compare(
+            &format!("scale {n}"),
+            &ops::scale(&xg, -0.3).unwrap(),
+            &ops::scale(&xc, -0.3).unwrap(),
+            0.0,
+            1e-6,
+        );
+        compare(
+            &format!("add {n}"),
+            &ops::add(&xg, &yg).unwrap(),
+            &ops::add(&xc, &yc).unwrap(),
+            0.0,
+            1e-6,
+        );
+        compare(
+            &format!("mul {n}"),
+            &ops::mul(&xg, &yg).unwrap(),
+            &ops::mul(&xc, &yc).unwrap(),
+            0.0,
+            1e-6,
+        );
+        let (mut oc, mut og) = (xc.clone(), gpu.tensor(&x, &[n]).unwrap());
+        ops::add_into(&mut oc, &yc, 0.7).unwrap();
+        ops::add_into(&mut og, &yg, 0.7).unwrap();
+        compare(&format!("add_into {n}"), &og, &oc, 1e-6, 1e-6);
+        ops::mul_add_into(&mut oc, &xc, &yc).unwrap();
+        ops::mul_add_into(&mut og, &xg, &yg).unwrap();
+        compare(&format!("mul_add_into {n}"), &og, &oc, 1e-5, 1e-6);
+    }
+    // A bias broadcast over rows.
+    let (rows, cols) = (33, 7);
+    let x = r.vec(rows * cols, 1.0);
+    let b = r.vec(cols, 1.0);
+    let (xc, xg) = pair(&x, &[rows, cols], &gpu);
+    let (bc, bg) = pair(&b, &[cols], &gpu);
+    compare(
+        "bias add",
+        &ops::add(&xg, &bg).unwrap(),
+        &ops::add(&xc, &bc).unwrap(),
+        0.0,
+        1e-6,
+    );
+    // The kept input is not modified by add_into on a shared CPU tensor (copy-on-write).
+    let mut shared = xc.clone();
+    ops::add_into(&mut shared, &xc, 1.0).unwrap();
+    assert_eq!(host(&xc), x);
+}
+
+#[test]
+fn softmax_masked_forward_and_backward() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(5);
+    let mut cases: Vec<(usize, usize, usize)> = vec![];
+    for &rows in &ODD {
+        for &len in &ODD {
+            cases.push((rows, len, 1));
+        }
+    }
+    cases.push((2 * 12 * 64, 64, 12 * 64)); // attention: (B, H, T, T) with a (B, T) key mask
+    for (rows, len, div) in cases {
+        let x = r.vec(rows * len, 4.0);
+        let dy = r.vec(rows * len, 1.0);
+        let mask: Vec<f32> = (0..(rows / div) * len)
+            .map(|i| {
+                if i % len == len - 1 && len > 1 {
+                    -1e30
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let (xc, xg) = pair(&x, &[rows, len], &gpu);
+        let (mc, mg) = pair(&mask, &[rows / div, len], &gpu);
+        let (dyc, dyg) = pair(&dy, &[rows, len], &gpu);
+        let what = format!("softmax {rows}x{len}");
+        let yc = ops::softmax(&xc, Some((&mc, div)), 0.125).unwrap();
+        let yg = ops::softmax(&xg, Some((&mg, div)), 0.125).unwrap();
+        compare(&what, &yg, &yc, 1e-6, 1e-5);
+        let yc2 = ops::softmax(&xc, None, 1.0).unwrap();
+        let yg2 = ops::softmax(&xg, None, 1.0).unwrap();
+        compare(&format!("{what} unmasked"), &yg2, &yc2, 1e-6, 1e-5);
+        let dxc = ops::softmax_backward(&dyc, &yc, 0.125).unwrap();
+        let dxg = ops::softmax_backward(&dyg, &yg, 0.125).unwrap();
+        compare(&format!("{what} backward"), &dxg, &dxc, 1e-6, 1e-4);
+    }
+}
+
+#[test]
+fn attention_forward_and_backward() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(6);
+    for &(b, tq, tk, h, d) in &[
+        (1, 1, 1, 1, 1),
+        (2, 7, 7, 3, 5),
+        (1, 33, 40, 2, 7),
+        (2, 64, 64, 12, 32),
+    ] {
+        let c = h * d;
+        let q = r.vec(b * tq * c, 1.0);
+        let k = r.vec(b * tk * c, 1.0);
+        let v = r.vec(b * tk * c, 1.0);
+        let dout = r.vec(b * tq * c, 1.0);
+        let mask: Vec<f32> = (0..b * tk)
+            .map(|i| {
+                if i >= tk && i % tk > tk / 2 {
+                    -1e30
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let (qc, qg) = pair(&q, &[b, tq, c], &gpu);
+        let (kc, kg) = pair(&k, &[b, tk, c], &gpu);
+        let (vc, vg) = pair(&v, &[b, tk, c], &gpu);
+        let (mc, mg) = pair(&mask, &[b, tk], &gpu);
+        let (dc, dg) = pair(&dout, &[b, tq, c], &gpu);
+        let what = format!("attention b{b} tq{tq} tk{tk} h{h} d{d}");
+        let (oc, pc) = ops::attention(&qc, &kc, &vc, Some(&mc), h).unwrap();
+        let (og, pg) = ops::attention(&qg, &kg, &vg, Some(&mg), h).unwrap();
+        compare(&format!("{what} out"), &og, &oc, 1e-5, 1e-4);
+        compare(&format!("{what} probs"), &pg, &pc, 1e-6, 1e-4);
+        let (dqc, dkc, dvc) = ops::attention_backward(&dc, &qc, &kc, &vc, &pc, h).unwrap();
+        let (dqg, dkg, dvg) = ops::attention_backward(&dg, &qg, &kg, &vg, &pg, h).unwrap();
+        compare(&format!("{what} dq"), &dqg, &dqc, 1e-5, 1e-3);
+        compare(&format!("{what} dk"), &dkg, &dkc, 1e-5, 1e-3);
+        compare(&format!("{what} dv"), &dvg, &dvc, 1e-5, 1e-3);
+    }
+}
+
+#[test]
+fn embedding_forward_and_backward() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(7);
+    for &(vocab, cols, tokens) in &[(1, 1, 1), (7, 33, 7), (257, 7, 33), (30522, 384, 8 * 64)] {
+        let table = r.vec(vocab * cols, 1.0);
+        let ids: Vec<u32> = (0..tokens).map(|_| r.below(vocab as u32)).collect();
+        let dout = r.vec(tokens * cols, 1.0);
+        let (tc, tg) = pair(&table, &[vocab, cols], &gpu);
+        let ic = Device::Cpu.tensor_u32(&ids, &[tokens]).unwrap();
+        let ig = gpu.tensor_u32(&ids, &[tokens]).unwrap();
+        let what = format!("embedding V{vocab} C{cols} T{tokens}");
+        compare(
+            &what,
+            &ops::embedding(&ig, &tg).unwrap(),
+            &ops::embedding(&ic, &tc).unwrap(),
+            0.0,
+            0.0,
+        );
+        let (dc, dg) = pair(&dout, &[tokens, cols], &gpu);
+        let mut dtc = Device::Cpu.zeros(&[vocab, cols]).unwrap();
+        let mut dtg = gpu.zeros(&[vocab, cols]).unwrap();
+        ops::embedding_backward(&mut dtc, &dc, &ic).unwrap();
+        ops::embedding_backward(&mut dtg, &dg, &ig).unwrap();
+        compare(&format!("{what} backward"), &dtg, &dtc, 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn pooling_forward_and_backward() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(8);
+    for &(b, t, c) in &[(1, 1, 1), (7, 7, 33), (3, 33, 257), (8, 64, 384)] {
+        let x = r.vec(b * t * c, 1.0);
+        let mask: Vec<f32> = (0..b * t)
+            .map(|i| if i % t <= (i / t) % t { 1.0 } else { 0.0 })
+            .collect();
+        let dout = r.vec(b * c, 1.0);
+        let (xc, xg) = pair(&x, &[b, t, c], &gpu);
+        let (mc, mg) = pair(&mask, &[b, t], &gpu);
+        let (dc, dg) = pair(&dout, &[b, c], &gpu);
+        let what = format!("pool b{b} t{t} c{c}");
+        let pc = ops::mean_pool(&xc, &mc).unwrap();
+        let pg = ops::mean_pool(&xg, &mg).unwrap();
+        compare(&format!("{what} mean"), &pg, &pc, 1e-6, 1e-5);
+        compare(
+            &format!("{what} mean backward"),
+            &ops::mean_pool_backward(&dg, &mg).unwrap(),
+            &ops::mean_pool_backward(&dc, &mc).unwrap(),
+            1e-7,
+            1e-5,
+        );
+        compare(
+            &format!("{what} l2"),
+            &ops::l2_normalize(&pg).unwrap(),
+            &ops::l2_normalize(&pc).unwrap(),
+            1e-6,
+            1e-5,
+        );
+        compare(
+            &format!("{what} l2 backward"),
+            &ops::l2_normalize_backward(&dg, &pg).unwrap(),
+            &ops::l2_normalize_backward(&dc, &pc).unwrap(),
+            1e-5,
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn cross_entropy_loss_and_gradient() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(9);
+    for &(b, k) in &[(1, 1), (7, 2), (33, 7), (257, 3)] {
+        let logits = r.vec(b * k, 5.0);
+        let labels: Vec<u32> = (0..b).map(|_| r.below(k as u32)).collect();
+        let (lc, lg) = pair(&logits, &[b, k], &gpu);
+        let yc = Device::Cpu.tensor_u32(&labels, &[b]).unwrap();
+        let yg = gpu.tensor_u32(&labels, &[b]).unwrap();
+        let (losc, dc) = ops::cross_entropy(&lc, &yc, &labels, 1.0 / b as f32).unwrap();
+        let (losg, dg) = ops::cross_entropy(&lg, &yg, &labels, 1.0 / b as f32).unwrap();
+        compare(&format!("ce loss {b}x{k}"), &losg, &losc, 1e-5, 1e-5);
+        compare(&format!("ce dlogits {b}x{k}"), &dg, &dc, 1e-6, 1e-5);
+    }
+}
+
+#[test]
+fn reductions_and_adamw() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(10);
+    for &(rows, cols) in &[(1, 1), (7, 33), (257, 7), (512, 384)] {
+        let x = r.vec(rows * cols, 1.0);
+        let (xc, xg) = pair(&x, &[rows, cols], &gpu);
+        let mut sc = Device::Cpu.tensor(&vec![1.0; cols], &[cols]).unwrap();
+        let mut sg = gpu.tensor(&vec![1.0; cols], &[cols]).unwrap();
+        ops::sum_rows_into(&mut sc, &xc, true).unwrap();
+        ops::sum_rows_into(&mut sg, &xg, true).unwrap();
+        compare(&format!("sum_rows {rows}x{cols}"), &sg, &sc, 1e-4, 1e-5);
+
+        let mut nc = Device::Cpu.tensor(&[0.5], &[1]).unwrap();
+        let mut ng = gpu.tensor(&[0.5], &[1]).unwrap();
+        ops::sumsq_into(&mut nc, &xc).unwrap();
+        ops::sumsq_into(&mut ng, &xg).unwrap();
+        compare(&format!("sumsq {rows}x{cols}"), &ng, &nc, 1e-3, 1e-5);
+
+        // Two AdamW steps, clipped by the norm just computed.
+        let g = r.vec(rows * cols, 2.0);
+        let (gc, gg) = pair(&g, &[rows, cols], &gpu);
+        let (mut pc, mut pg) = (xc.clone(), gpu.tensor(&x, &[rows, cols]).unwrap());
+        let (mut mc, mut mg) = (
+            Device::Cpu.zeros(&[rows, cols]).unwrap(),
+            gpu.zeros(&[rows, cols]).unwrap(),
+        );
+        let (mut vc, mut vg) = (
+            Device::Cpu.zeros(&[rows, cols]).unwrap(),
+            gpu.zeros(&[rows, cols]).unwrap(),
+        );
+        for t in 1..=2 {
+            let h = ops::AdamWStep::new(1e-2, 0.9, 0.999, 1e-8, 0.01, 1.0, t);
+            ops::adamw(&mut pc, &mut mc, &mut vc, &gc, &nc, &h).unwrap();
+            ops::adamw(&mut pg, &mut mg, &mut vg, &gg, &ng, &h).unwrap();
+        }
+        compare(&format!("adamw param {rows}x{cols}"), &pg, &pc, 1e-6, 1e-5);
+        compare(&format!("adamw m {rows}x{cols}"), &mg, &mc, 1e-7, 1e-5);
+        compare(&format!("adamw v {rows}x{cols}"), &vg, &vc, 1e-7, 1e-5);
+    }
+}
