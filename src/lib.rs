@@ -4,6 +4,7 @@
 //! then dispatch); `tensor` holds tensors and the `Device` enum; `model` loads and runs BERT-family
 //! encoders.
 
+pub mod bench;
 pub mod cpu;
 pub mod error;
 pub mod gpu;

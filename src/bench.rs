@@ -1,0 +1,103 @@
+//! Benchmarks that print figures (`localtune bench …`). Each measures every device in one run so
+//! the figures can be read as ratios on a shared, noisy machine.
+
+use serde::Serialize;
+use web_time::Instant;
+
+use crate::error::Result;
+use crate::ops::{self, MatmulDesc, MatmulKernel};
+use crate::tensor::Device;
+
+/// One measured matmul configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatmulResult {
+    pub kernel: &'static str,
+    pub device: String,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub gflops: f64,
+    pub ms: f64,
+    pub reps: usize,
+}
+
+/// The shapes `bench matmul` measures: square sizes and BERT-layer shapes (tokens × in × out).
+pub const MATMUL_SHAPES: &[(usize, usize, usize)] = &[
+    (1024, 1024, 1024),
+    (512, 512, 512),
+    (256, 256, 256),
+    (128, 1536, 384), // FFN up-projection, 128 tokens
+    (128, 384, 1536), // FFN down-projection
+    (512, 384, 384),  // attention projection, batch 8 × 64 tokens
+];
+
+/// Repeats `f` until `budget_s` seconds have passed (at least once, after one warm-up call),
+/// returning (seconds per call, calls).
+pub fn time_it(budget_s: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize)> {
+    f()?; // warm-up: pipeline compilation, pool fill
+    let start = Instant::now();
+    let mut reps = 0;
+    loop {
+        f()?;
+        reps += 1;
+        let el = start.elapsed().as_secs_f64();
+        if el >= budget_s || reps >= 1000 {
+            return Ok((el / reps as f64, reps));
+        }
+    }
+}
+
+/// Measures C = A·B for each shape on the CPU and, when `gpu` is given, with the naive and the tiled
+/// GPU kernels. `budget_s` bounds the time spent per configuration (after one warm-up call).
+pub fn matmul(
+    gpu: Option<&Device>,
+    shapes: &[(usize, usize, usize)],
+    budget_s: f64,
+    mut report: impl FnMut(&MatmulResult),
+) -> Result<Vec<MatmulResult>> {
+    let mut out = vec![];
+    for &(m, n, k) in shapes {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let desc = MatmulDesc::contiguous(1, m, n, k, false, false);
+        let flops = 2.0 * (m * n * k) as f64;
+        let mut devices: Vec<(&'static str, Device, Option<MatmulKernel>)> =
+            vec![("cpu", Device::Cpu, None)];
+        if let Some(g) = gpu {
+            devices.push(("naive", g.clone(), Some(MatmulKernel::Naive)));
+            devices.push(("tiled", g.clone(), Some(MatmulKernel::Tiled)));
+        }
+        for (kernel, dev, which) in devices {
+            let ta = dev.tensor(&a, &[m, k])?;
+            let tb = dev.tensor(&b, &[k, n])?;
+            let mut tc = dev.zeros(&[m, n])?;
+            let (secs, reps) = time_it(budget_s, || {
+                match (&dev, which) {
+                    (Device::Gpu(g), Some(kind)) => {
+                        ops::matmul_into_with(&mut tc, &ta, &tb, None, &desc, kind)?;
+                        g.synchronize()?;
+                    }
+                    _ => ops::matmul_into(&mut tc, &ta, &tb, None, &desc)?,
+                }
+                Ok(())
+            })?;
+            let r = MatmulResult {
+                kernel,
+                device: dev.describe(),
+                m,
+                n,
+                k,
+                gflops: flops / secs / 1e9,
+                ms: secs * 1e3,
+                reps,
+            };
+            report(&r);
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
