@@ -63,3 +63,61 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
 pub fn host(t: &Tensor) -> Vec<f32> {
     t.to_vec_blocking().unwrap()
 }
+
+/// The default model folder (LOCALTUNE_MODEL or .cache/models/all-MiniLM-L6-v2), or None with a note
+/// when it is missing; under CI a missing model fails the test.
+pub fn model_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("LOCALTUNE_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2")
+        });
+    if dir.join("model.safetensors").exists() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "CI is set and the model is missing at {}: run scripts/fetch-assets.sh",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "skipping: no model at {} (run scripts/fetch-assets.sh)",
+        dir.display()
+    );
+    None
+}
+
+/// Both devices: the CPU, and the GPU when there is one.
+pub fn devices() -> Vec<Device> {
+    let mut d = vec![Device::Cpu];
+    d.extend(gpu());
+    d
+}
+
+/// Reads an I64 tensor of a fixture as u32.
+pub fn fixture_ids(st: &safetensors::SafeTensors, name: &str) -> Vec<u32> {
+    let v = st.tensor(name).unwrap();
+    assert_eq!(v.dtype(), safetensors::Dtype::I64, "{name}");
+    v.data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+        .collect()
+}
+
+/// Reads an F32 tensor of a fixture.
+pub fn fixture_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
+    let v = st.tensor(name).unwrap();
+    assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
+    v.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    dot / (na * nb)
+}

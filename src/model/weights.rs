@@ -1,0 +1,125 @@
+//! safetensors files as plain named f32 tensors on the host: the form that loading, adapters and
+//! merging all share. f16 and bf16 are widened to f32; non-float tensors are skipped.
+
+use std::collections::BTreeMap;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// A host tensor: shape and row-major f32 values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        HostTensor { shape, data }
+    }
+}
+
+/// Named tensors read from (or to be written to) one safetensors file.
+#[derive(Debug, Clone, Default)]
+pub struct NamedTensors {
+    /// The file they came from, for error messages.
+    pub origin: String,
+    pub tensors: BTreeMap<String, HostTensor>,
+    /// Names of tensors skipped because they are not floating point (e.g. `embeddings.position_ids`).
+    pub skipped: Vec<String>,
+}
+
+impl NamedTensors {
+    /// Parses safetensors bytes; `origin` names the file in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::file(origin, format!("not a valid safetensors file: {e}")))?;
+        let mut out = NamedTensors {
+            origin: origin.to_string(),
+            ..Default::default()
+        };
+        for (name, view) in st.tensors() {
+            let raw = view.data();
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Dtype::F16 => raw
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                Dtype::BF16 => raw
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                Dtype::F64 => raw
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .collect(),
+                _ => {
+                    out.skipped.push(name.to_string());
+                    continue;
+                }
+            };
+            out.tensors.insert(
+                name.to_string(),
+                HostTensor::new(view.shape().to_vec(), data),
+            );
+        }
+        Ok(out)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Removes and returns `name`, checking its shape; the error names the tensor, the file and both shapes.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.tensors.remove(name).ok_or_else(|| {
+            Error::tensor(
+                &self.origin,
+                name,
+                format!("missing (expected shape {shape:?})"),
+            )
+        })?;
+        if t.shape != shape {
+            return Err(Error::tensor(
+                &self.origin,
+                name,
+                format!("has shape {:?}, expected {shape:?}", t.shape),
+            ));
+        }
+        Ok(t.data)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, t: HostTensor) {
+        self.tensors.insert(name.into(), t);
+    }
+
+    /// Serialises as safetensors (F32, names in sorted order), with optional string metadata.
+    pub fn to_bytes(
+        &self,
+        metadata: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Vec<u8>> {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| {
+                let bytes: &[u8] = bytemuck::cast_slice(&t.data);
+                safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::tensor(&self.origin, name, e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        safetensors::serialize(views, metadata).map_err(|e| Error::file(&self.origin, e))
+    }
+}
