@@ -101,3 +101,83 @@ pub fn matmul(
     }
     Ok(out)
 }
+
+/// One measured forward configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardResult {
+    pub device: String,
+    pub batch: usize,
+    pub tokens: usize,
+    pub sentences_per_s: f64,
+    pub ms_per_batch: f64,
+    pub reps: usize,
+    /// GPU only: bytes held by the weights.
+    pub weight_bytes: Option<u64>,
+    /// GPU only: peak bytes of activations during one forward (above the weights).
+    pub activation_bytes: Option<u64>,
+}
+
+/// Synthetic inputs of exactly `tokens` tokens per sentence: [CLS] w… [SEP], no padding.
+pub fn synthetic_ids(model: &crate::model::Model, batch: usize, tokens: usize) -> Vec<u32> {
+    let tok = &model.tokenizer;
+    let vocab = tok.vocab_size() as u32;
+    let mut ids = Vec::with_capacity(batch * tokens);
+    for b in 0..batch {
+        ids.push(tok.cls_id());
+        for t in 1..tokens.saturating_sub(1) {
+            // ids from the ordinary word range (after the specials and unused tokens of BERT vocabularies)
+            ids.push(2000 + ((b * 7919 + t * 104_729) as u32 % (vocab - 2000)));
+        }
+        ids.push(tok.sep_id());
+    }
+    ids
+}
+
+/// Sentences/s of the sentence-embedding forward (tokens in, normalised embeddings read back) for
+/// each (batch, tokens) shape.
+pub fn forward(
+    model: &crate::model::Model,
+    shapes: &[(usize, usize)],
+    budget_s: f64,
+) -> Result<Vec<ForwardResult>> {
+    use crate::model::{Inputs, Mode};
+    let dev = &model.bert.device;
+    let mut out = vec![];
+    for &(batch, tokens) in shapes {
+        let ids = synthetic_ids(model, batch, tokens);
+        let ones = vec![1u32; ids.len()];
+        let zeros = vec![0u32; ids.len()];
+        let run = || -> Result<()> {
+            let inputs = Inputs::new(dev, &ids, &ones, &zeros, batch, tokens)?;
+            let o = model.bert.forward(&inputs, Mode::Inference, false)?;
+            let e = model.bert.sentence_embedding(&o.hidden, &inputs)?;
+            futures::executor::block_on(e.to_vec())?;
+            Ok(())
+        };
+        let mut memory = (None, None);
+        if let Device::Gpu(g) = dev {
+            run()?; // fill the pool
+            g.trim();
+            g.reset_peak();
+            let before = g.memory();
+            run()?;
+            let after = g.memory();
+            memory = (
+                Some(before.weight_bytes),
+                Some(after.peak_bytes - before.live_bytes),
+            );
+        }
+        let (secs, reps) = time_it(budget_s, run)?;
+        out.push(ForwardResult {
+            device: dev.describe(),
+            batch,
+            tokens,
+            sentences_per_s: batch as f64 / secs,
+            ms_per_batch: secs * 1e3,
+            reps,
+            weight_bytes: memory.0,
+            activation_bytes: memory.1,
+        });
+    }
+    Ok(out)
+}

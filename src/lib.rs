@@ -4,6 +4,7 @@
 //! then dispatch); `tensor` holds tensors and the `Device` enum; `model` loads and runs BERT-family
 //! encoders.
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod cpu;
 pub mod error;

@@ -287,3 +287,32 @@ fn f16_bf16_and_prefixed_checkpoints_load() {
         assert!(cos > 0.999, "{dtype:?}: cosine {cos}");
     }
 }
+
+#[test]
+fn a_repeated_forward_allocates_no_gpu_buffers() {
+    // The buffer pool: once a shape has run, running it again creates no buffer (readback included).
+    let Some(dir) = model_dir() else { return };
+    if gpu().is_none() {
+        return;
+    }
+    // A device of its own: tests running in parallel on the shared one would allocate meanwhile.
+    let gpu = futures::executor::block_on(localtune::Device::gpu()).unwrap();
+    let localtune::Device::Gpu(g) = &gpu else {
+        unreachable!()
+    };
+    let model = Model::load(&dir, &gpu).unwrap();
+    let texts = [
+        "first sentence here",
+        "and a second, longer one for padding",
+    ];
+    let run = || futures::executor::block_on(model.embed(&texts, 64, 2)).unwrap();
+    let first = run();
+    let after_first = g.memory().allocations;
+    let second = run();
+    assert_eq!(
+        g.memory().allocations,
+        after_first,
+        "the second forward allocated buffers"
+    );
+    assert_eq!(first, second);
+}

@@ -354,7 +354,7 @@ impl Gpu {
         writes: &[&wgpu::Buffer],
         groups: [u32; 3],
     ) -> Result<()> {
-        debug_assert!(params.len() as u64 <= PARAM_SLOT && params.len() % 16 == 0);
+        debug_assert!(params.len() as u64 <= PARAM_SLOT && params.len().is_multiple_of(16));
         self.check_groups(entry, groups)?;
         let kernel = self.kernel(entry, reads.len(), writes.len())?;
         let mut batch = lock(&self.inner.batch);
@@ -458,12 +458,7 @@ impl Gpu {
     /// Reads `bytes` bytes of `src` back to the host, after all recorded work.
     pub async fn read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         self.take_error()?;
-        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = self.staging(bytes.max(4).next_multiple_of(4));
         self.copy(src, 0, &staging, 0, bytes.next_multiple_of(4));
         self.flush();
         let (tx, rx) = futures::channel::oneshot::channel();
@@ -487,7 +482,23 @@ impl Gpu {
             view[..bytes as usize].to_vec()
         };
         staging.unmap();
+        lock(&self.inner.pool).return_staging(staging);
         Ok(data)
+    }
+
+    /// A MAP_READ staging buffer of at least `bytes`, reused across readbacks.
+    fn staging(&self, bytes: u64) -> wgpu::Buffer {
+        let size = pool::size_class(bytes);
+        if let Some(b) = lock(&self.inner.pool).take_staging(size) {
+            return b;
+        }
+        lock(&self.inner.pool).count_allocation();
+        self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
     }
 
     /// Waits until the device has finished all submitted work (natively); a no-op in the browser,

@@ -19,13 +19,14 @@ pub struct MemoryStats {
     pub weight_bytes: u64,
     /// Bytes kept in the free lists for reuse.
     pub cached_bytes: u64,
-    /// Buffers created since the device was opened (reuse does not count).
+    /// Buffers created since the device was opened, readback staging included (reuse does not count).
     pub allocations: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct Pool {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
+    staging: HashMap<u64, Vec<wgpu::Buffer>>,
     stats: MemoryStats,
 }
 
@@ -35,6 +36,15 @@ impl Pool {
     }
     pub(crate) fn reset_peak(&mut self) {
         self.stats.peak_bytes = self.stats.live_bytes;
+    }
+    pub(crate) fn take_staging(&mut self, size: u64) -> Option<wgpu::Buffer> {
+        self.staging.get_mut(&size).and_then(|v| v.pop())
+    }
+    pub(crate) fn return_staging(&mut self, b: wgpu::Buffer) {
+        self.staging.entry(b.size()).or_default().push(b);
+    }
+    pub(crate) fn count_allocation(&mut self) {
+        self.stats.allocations += 1;
     }
 }
 
@@ -145,10 +155,15 @@ impl Gpu {
     /// Drops every cached free buffer.
     pub fn trim(&self) {
         let mut pool = lock(&self.inner.pool);
-        for (_, bufs) in pool.free.drain() {
-            for b in bufs {
-                b.destroy();
-            }
+        let pool = &mut *pool;
+        let free: Vec<wgpu::Buffer> = pool
+            .free
+            .drain()
+            .chain(pool.staging.drain())
+            .flat_map(|(_, v)| v)
+            .collect();
+        for b in free {
+            b.destroy();
         }
         pool.stats.cached_bytes = 0;
     }

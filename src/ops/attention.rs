@@ -40,6 +40,7 @@ impl Dims {
             bs: [self.h * self.tq * self.tk, self.tq * self.tk],
         }
     }
+    #[allow(clippy::too_many_arguments)]
     fn desc(
         &self,
         m: usize,

@@ -52,7 +52,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     let mut worst = 0.0f32;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
-        if !(err <= atol + rtol * w.abs()) {
+        // Written so that a NaN fails too.
+        let within = err <= atol + rtol * w.abs();
+        if !within {
             panic!("{what}: first bad index {i}: got {g}, want {w} (|diff| {err}, atol {atol}, rtol {rtol})");
         }
         worst = worst.max(err);
