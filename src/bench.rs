@@ -57,16 +57,11 @@ pub fn matmul(
 ) -> Result<Vec<MatmulResult>> {
     let mut out = vec![];
     for &(m, n, k) in shapes {
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5)
-            .collect();
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
         let desc = MatmulDesc::contiguous(1, m, n, k, false, false);
         let flops = 2.0 * (m * n * k) as f64;
-        let mut devices: Vec<(&'static str, Device, Option<MatmulKernel>)> =
-            vec![("cpu", Device::Cpu, None)];
+        let mut devices: Vec<(&'static str, Device, Option<MatmulKernel>)> = vec![("cpu", Device::Cpu, None)];
         if let Some(g) = gpu {
             devices.push(("naive", g.clone(), Some(MatmulKernel::Naive)));
             devices.push(("tiled", g.clone(), Some(MatmulKernel::Tiled)));
@@ -135,11 +130,7 @@ pub fn synthetic_ids(model: &crate::model::Model, batch: usize, tokens: usize) -
 
 /// Sentences/s of the sentence-embedding forward (tokens in, normalised embeddings read back) for
 /// each (batch, tokens) shape.
-pub fn forward(
-    model: &crate::model::Model,
-    shapes: &[(usize, usize)],
-    budget_s: f64,
-) -> Result<Vec<ForwardResult>> {
+pub fn forward(model: &crate::model::Model, shapes: &[(usize, usize)], budget_s: f64) -> Result<Vec<ForwardResult>> {
     use crate::model::{Inputs, Mode};
     let dev = &model.bert.device;
     let mut out = vec![];
@@ -162,10 +153,7 @@ pub fn forward(
             let before = g.memory();
             run()?;
             let after = g.memory();
-            memory = (
-                Some(before.weight_bytes),
-                Some(after.peak_bytes - before.live_bytes),
-            );
+            memory = (Some(before.weight_bytes), Some(after.peak_bytes - before.live_bytes));
         }
         let (secs, reps) = time_it(budget_s, run)?;
         out.push(ForwardResult {

@@ -26,11 +26,7 @@ pub enum Error {
 
     /// A tensor missing from, or misshapen in, a weights file.
     #[error("{path}: tensor `{name}`: {msg}")]
-    Tensor {
-        path: String,
-        name: String,
-        msg: String,
-    },
+    Tensor { path: String, name: String, msg: String },
 
     /// A bad argument or configuration value.
     #[error("{0}")]
@@ -41,23 +37,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
-        Error::Shape {
-            op,
-            msg: msg.into(),
-        }
+        Error::Shape { op, msg: msg.into() }
     }
     pub fn file(path: impl AsRef<Path>, msg: impl std::fmt::Display) -> Self {
-        Error::File {
-            path: path.as_ref().display().to_string(),
-            msg: msg.to_string(),
-        }
+        Error::File { path: path.as_ref().display().to_string(), msg: msg.to_string() }
     }
     pub fn tensor(path: impl AsRef<Path>, name: &str, msg: impl Into<String>) -> Self {
-        Error::Tensor {
-            path: path.as_ref().display().to_string(),
-            name: name.to_string(),
-            msg: msg.into(),
-        }
+        Error::Tensor { path: path.as_ref().display().to_string(), name: name.to_string(), msg: msg.into() }
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())

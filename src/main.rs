@@ -104,6 +104,9 @@ mod cli {
             json: bool,
             #[arg(long, default_value_t = 2.0)]
             budget: f64,
+            /// Only the CPU device.
+            #[arg(long)]
+            cpu_only: bool,
         },
     }
 
@@ -116,9 +119,7 @@ mod cli {
     pub fn main() {
         // The CPU matmul's thread pool reads this once; default it to every available core.
         if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-            let n = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
+            let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
         }
         let cli = Cli::parse();
@@ -132,23 +133,10 @@ mod cli {
         match cli.command {
             Command::Info { json } => info(json),
             Command::Tokenize { model, input } => tokenize(&model, &input),
-            Command::Embed {
-                model,
-                input,
-                device,
-                batch,
-            } => embed(&model, &input, device, batch),
+            Command::Embed { model, input, device, batch } => embed(&model, &input, device, batch),
             Command::Bench { what } => match what {
-                BenchWhat::Matmul {
-                    json,
-                    budget,
-                    cpu_only,
-                } => bench_matmul(json, budget, cpu_only),
-                BenchWhat::Forward {
-                    model,
-                    json,
-                    budget,
-                } => bench_forward(&model, json, budget),
+                BenchWhat::Matmul { json, budget, cpu_only } => bench_matmul(json, budget, cpu_only),
+                BenchWhat::Forward { model, json, budget, cpu_only } => bench_forward(&model, json, budget, cpu_only),
             },
         }
     }
@@ -177,32 +165,22 @@ mod cli {
             return Ok(PathBuf::from(p));
         }
         let rel = Path::new(".cache/models/all-MiniLM-L6-v2");
-        let candidates = [
-            rel.to_path_buf(),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(rel),
-        ];
-        candidates
-            .into_iter()
-            .find(|p| p.join("config.json").exists())
-            .ok_or_else(|| Error::invalid("no model folder: pass --model DIR, set LOCALTUNE_MODEL, or run scripts/fetch-assets.sh"))
+        let candidates = [rel.to_path_buf(), Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)];
+        candidates.into_iter().find(|p| p.join("config.json").exists()).ok_or_else(|| {
+            Error::invalid("no model folder: pass --model DIR, set LOCALTUNE_MODEL, or run scripts/fetch-assets.sh")
+        })
     }
 
     fn check_max_len(max_len: usize) -> Result<()> {
         if !(2..=512).contains(&max_len) {
-            return Err(Error::invalid(format!(
-                "--max-len {max_len}: must be between 2 and 512"
-            )));
+            return Err(Error::invalid(format!("--max-len {max_len}: must be between 2 and 512")));
         }
         Ok(())
     }
 
     /// Reads the texts on stdin: one per line, or with --jsonl one JSON string or {"text": …} per line.
     /// Calls `f` with chunks of at most `chunk` texts, in order.
-    pub fn for_each_input(
-        jsonl: bool,
-        chunk: usize,
-        mut f: impl FnMut(&[String]) -> Result<()>,
-    ) -> Result<()> {
+    pub fn for_each_input(jsonl: bool, chunk: usize, mut f: impl FnMut(&[String]) -> Result<()>) -> Result<()> {
         let stdin = std::io::stdin();
         let mut reader = stdin.lock();
         let mut buf = Vec::new();
@@ -210,9 +188,7 @@ mod cli {
         let mut line_no = 0usize;
         loop {
             buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut buf)
-                .map_err(|e| Error::file("<stdin>", e))?;
+            let n = reader.read_until(b'\n', &mut buf).map_err(|e| Error::file("<stdin>", e))?;
             if n == 0 {
                 break;
             }
@@ -223,19 +199,14 @@ mod cli {
                     buf.pop();
                 }
             }
-            let line = std::str::from_utf8(&buf).map_err(|e| {
-                Error::file(
-                    format!("<stdin> line {line_no}"),
-                    format!("invalid UTF-8 ({e})"),
-                )
-            })?;
+            let line = std::str::from_utf8(&buf)
+                .map_err(|e| Error::file(format!("<stdin> line {line_no}"), format!("invalid UTF-8 ({e})")))?;
             let text = if jsonl {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-                    Error::file(format!("<stdin> line {line_no}"), format!("not JSON: {e}"))
-                })?;
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| Error::file(format!("<stdin> line {line_no}"), format!("not JSON: {e}")))?;
                 match v {
                     serde_json::Value::String(s) => s,
                     serde_json::Value::Object(o) => match o.get("text") {
@@ -306,10 +277,8 @@ mod cli {
             truncated += t;
             for e in embs {
                 // Serialising the Vec<f32> itself prints each value's shortest f32 form.
-                let values =
-                    serde_json::to_string(&e).map_err(|e| Error::invalid(e.to_string()))?;
-                writeln!(out, "{{\"embedding\":{values}}}")
-                    .map_err(|e| Error::file("<stdout>", e))?;
+                let values = serde_json::to_string(&e).map_err(|e| Error::invalid(e.to_string()))?;
+                writeln!(out, "{{\"embedding\":{values}}}").map_err(|e| Error::file("<stdout>", e))?;
             }
             Ok(())
         })?;
@@ -319,23 +288,19 @@ mod cli {
         Ok(())
     }
 
-    fn bench_forward(m: &ModelArgs, json: bool, budget: f64) -> Result<()> {
+    fn bench_forward(m: &ModelArgs, json: bool, budget: f64, cpu_only: bool) -> Result<()> {
         let dir = model_dir(&m.model)?;
         let mut devices = vec![Device::Cpu];
-        match futures::executor::block_on(Device::gpu()) {
-            Ok(g) => devices.push(g),
-            Err(e) => eprintln!("warning: {e}\nwarning: measuring the CPU device only"),
+        if !cpu_only {
+            match futures::executor::block_on(Device::gpu()) {
+                Ok(g) => devices.push(g),
+                Err(e) => eprintln!("warning: {e}\nwarning: measuring the CPU device only"),
+            }
         }
         if !json {
             println!(
                 "{:<50} {:>5} {:>6} {:>12} {:>10} {:>12} {:>14}",
-                "device",
-                "batch",
-                "tokens",
-                "sentences/s",
-                "ms/batch",
-                "weights MiB",
-                "activations MiB"
+                "device", "batch", "tokens", "sentences/s", "ms/batch", "weights MiB", "activations MiB"
             );
         }
         for dev in devices {
@@ -344,11 +309,8 @@ mod cli {
                 if json {
                     println!("{}", serde_json::to_string(&r).unwrap());
                 } else {
-                    let mib = |b: Option<u64>| {
-                        b.map_or("-".to_string(), |b| {
-                            format!("{:.1}", b as f64 / (1 << 20) as f64)
-                        })
-                    };
+                    let mib =
+                        |b: Option<u64>| b.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / (1 << 20) as f64));
                     println!(
                         "{:<50} {:>5} {:>6} {:>12.2} {:>10.1} {:>12} {:>14}",
                         r.device,
@@ -385,30 +347,12 @@ mod cli {
                 println!("  backend:        {}", i.backend);
                 println!("  device type:    {}", i.device_type);
                 println!("  driver:         {} {}", i.driver, i.driver_info);
-                println!(
-                    "  max buffer:                  {} MiB",
-                    i.max_buffer_size >> 20
-                );
-                println!(
-                    "  max storage binding:         {} MiB",
-                    i.max_storage_buffer_binding_size >> 20
-                );
-                println!(
-                    "  storage buffers per stage:   {}",
-                    i.max_storage_buffers_per_shader_stage
-                );
-                println!(
-                    "  workgroup memory:            {} KiB",
-                    i.max_compute_workgroup_storage_size >> 10
-                );
-                println!(
-                    "  invocations per workgroup:   {}",
-                    i.max_compute_invocations_per_workgroup
-                );
-                println!(
-                    "  workgroups per dimension:    {}",
-                    i.max_compute_workgroups_per_dimension
-                );
+                println!("  max buffer:                  {} MiB", i.max_buffer_size >> 20);
+                println!("  max storage binding:         {} MiB", i.max_storage_buffer_binding_size >> 20);
+                println!("  storage buffers per stage:   {}", i.max_storage_buffers_per_shader_stage);
+                println!("  workgroup memory:            {} KiB", i.max_compute_workgroup_storage_size >> 10);
+                println!("  invocations per workgroup:   {}", i.max_compute_invocations_per_workgroup);
+                println!("  workgroups per dimension:    {}", i.max_compute_workgroups_per_dimension);
                 println!(
                     "  shader-f16: {}  subgroups: {}  timestamp-query: {}",
                     i.shader_f16, i.subgroups, i.timestamp_query
@@ -437,19 +381,13 @@ mod cli {
                 println!("GPU: {}", g.describe());
             }
             println!("CPU: {}", Device::Cpu.describe());
-            println!(
-                "{:>6} {:>6} {:>6}  {:>6}  {:>10}  {:>10}",
-                "m", "n", "k", "kernel", "GFLOP/s", "ms/call"
-            );
+            println!("{:>6} {:>6} {:>6}  {:>6}  {:>10}  {:>10}", "m", "n", "k", "kernel", "GFLOP/s", "ms/call");
         }
         let results = bench::matmul(gpu.as_ref(), bench::MATMUL_SHAPES, budget, |r| {
             if json {
                 println!("{}", serde_json::to_string(r).unwrap());
             } else {
-                println!(
-                    "{:>6} {:>6} {:>6}  {:>6}  {:>10.2}  {:>10.2}",
-                    r.m, r.n, r.k, r.kernel, r.gflops, r.ms
-                );
+                println!("{:>6} {:>6} {:>6}  {:>6}  {:>10.2}  {:>10.2}", r.m, r.n, r.k, r.kernel, r.gflops, r.ms);
             }
         })?;
         if !json && gpu.is_some() {

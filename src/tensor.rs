@@ -61,20 +61,12 @@ impl Device {
             Device::Cpu => Storage::F32(Arc::new(data.to_vec())),
             Device::Gpu(g) => {
                 let bytes = (data.len() * 4) as u64;
-                let buf = if pooled {
-                    g.alloc("upload", bytes)?
-                } else {
-                    g.alloc_exact("upload", bytes)?
-                };
+                let buf = if pooled { g.alloc("upload", bytes)? } else { g.alloc_exact("upload", bytes)? };
                 g.write(buf.raw(), bytemuck::cast_slice(data));
                 Storage::Gpu(Arc::new(buf))
             }
         };
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            dtype: DType::F32,
-            storage,
-        })
+        Ok(Tensor { shape: shape.to_vec(), dtype: DType::F32, storage })
     }
 
     /// A u32 tensor (token ids, labels).
@@ -88,11 +80,7 @@ impl Device {
                 Storage::Gpu(Arc::new(buf))
             }
         };
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            dtype: DType::U32,
-            storage,
-        })
+        Ok(Tensor { shape: shape.to_vec(), dtype: DType::U32, storage })
     }
 
     /// A zero-filled f32 tensor.
@@ -115,21 +103,14 @@ impl Device {
             Device::Cpu => Storage::F32(Arc::new(vec![0.0; n])),
             Device::Gpu(g) => Storage::Gpu(Arc::new(g.alloc(op, (n * 4) as u64)?)),
         };
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            dtype: DType::F32,
-            storage,
-        })
+        Ok(Tensor { shape: shape.to_vec(), dtype: DType::F32, storage })
     }
 }
 
 fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
     let n: usize = shape.iter().product();
     if n != len {
-        return Err(Error::shape(
-            op,
-            format!("{len} values do not fill shape {shape:?} ({n} values)"),
-        ));
+        return Err(Error::shape(op, format!("{len} values do not fill shape {shape:?} ({n} values)")));
     }
     if n == 0 {
         return Err(Error::shape(op, format!("zero-sized tensor {shape:?}")));
@@ -160,11 +141,7 @@ pub struct Tensor {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let dev = if matches!(self.storage, Storage::Gpu(_)) {
-            "gpu"
-        } else {
-            "cpu"
-        };
+        let dev = if matches!(self.storage, Storage::Gpu(_)) { "gpu" } else { "cpu" };
         write!(f, "Tensor({:?}, {:?}, {dev})", self.shape, self.dtype)
     }
 }
@@ -203,16 +180,9 @@ impl Tensor {
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != self.numel() {
-            return Err(Error::shape(
-                "reshape",
-                format!("{:?} cannot become {shape:?}", self.shape),
-            ));
+            return Err(Error::shape("reshape", format!("{:?} cannot become {shape:?}", self.shape)));
         }
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            dtype: self.dtype,
-            storage: self.storage.clone(),
-        })
+        Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, storage: self.storage.clone() })
     }
 
     /// The values as f32 (u32 tensors are converted).
@@ -224,10 +194,9 @@ impl Tensor {
                 let bytes = self.gpu().read(b.raw(), (self.numel() * 4) as u64).await?;
                 Ok(match self.dtype {
                     DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
-                    DType::U32 => bytemuck::pod_collect_to_vec::<u8, u32>(&bytes)
-                        .into_iter()
-                        .map(|x| x as f32)
-                        .collect(),
+                    DType::U32 => {
+                        bytemuck::pod_collect_to_vec::<u8, u32>(&bytes).into_iter().map(|x| x as f32).collect()
+                    }
                 })
             }
         }

@@ -15,11 +15,7 @@ fn run(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
 #[test]
@@ -30,15 +26,8 @@ fn info_json_describes_the_cpu_and_the_adapter() {
     assert!(v["cpu"]["threads"].as_u64().unwrap() >= 1);
     if common::gpu().is_some() {
         let g = &v["gpu"];
-        assert!(
-            g["name"].is_string() && g["max_storage_buffer_binding_size"].as_u64().unwrap() > 0,
-            "{v}"
-        );
-        assert!(
-            g["shader_f16"].is_boolean()
-                && g["subgroups"].is_boolean()
-                && g["timestamp_query"].is_boolean()
-        );
+        assert!(g["name"].is_string() && g["max_storage_buffer_binding_size"].as_u64().unwrap() > 0, "{v}");
+        assert!(g["shader_f16"].is_boolean() && g["subgroups"].is_boolean() && g["timestamp_query"].is_boolean());
     }
 }
 
@@ -49,37 +38,15 @@ fn tokenize_prints_ids_in_order_and_counts_truncation() {
     };
     let long = "word ".repeat(100);
     let input = format!("Hello world!\n\n{long}\n");
-    let (ok, out, err) = run(
-        &[
-            "tokenize",
-            "--model",
-            dir.to_str().unwrap(),
-            "--max-len",
-            "16",
-        ],
-        input.as_bytes(),
-    );
+    let (ok, out, err) = run(&["tokenize", "--model", dir.to_str().unwrap(), "--max-len", "16"], input.as_bytes());
     assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
-    assert_eq!(
-        lines[0]["input_ids"],
-        serde_json::json!([101, 7592, 2088, 999, 102])
-    );
-    assert_eq!(
-        lines[1]["input_ids"],
-        serde_json::json!([101, 102]),
-        "an empty line is the empty text"
-    );
+    assert_eq!(lines[0]["input_ids"], serde_json::json!([101, 7592, 2088, 999, 102]));
+    assert_eq!(lines[1]["input_ids"], serde_json::json!([101, 102]), "an empty line is the empty text");
     assert_eq!(lines[2]["input_ids"].as_array().unwrap().len(), 16);
     assert_eq!(lines[2]["truncated"], true);
-    assert!(
-        err.contains("1 text(s) were truncated to 16 tokens"),
-        "{err}"
-    );
+    assert!(err.contains("1 text(s) were truncated to 16 tokens"), "{err}");
 }
 
 #[test]
@@ -88,10 +55,7 @@ fn embed_reads_jsonl_and_matches_line_input() {
         return;
     };
     let d = dir.to_str().unwrap();
-    let (ok, plain, err) = run(
-        &["embed", "--model", d, "--device", "cpu"],
-        "a cat\nthe dog\n".as_bytes(),
-    );
+    let (ok, plain, err) = run(&["embed", "--model", d, "--device", "cpu"], "a cat\nthe dog\n".as_bytes());
     assert!(ok, "{err}");
     let (ok, jsonl, err) = run(
         &["embed", "--model", d, "--device", "cpu", "--jsonl"],
@@ -103,12 +67,7 @@ fn embed_reads_jsonl_and_matches_line_input() {
     assert_eq!(j.len(), 3);
     assert_eq!(p[..], j[..2]);
     let e: serde_json::Value = serde_json::from_str(j[0]).unwrap();
-    let v: Vec<f64> = e["embedding"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
+    let v: Vec<f64> = e["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     assert_eq!(v.len(), 384);
     let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
     assert!((norm - 1.0).abs() < 1e-5, "{norm}");
@@ -122,26 +81,11 @@ fn bad_input_names_the_line() {
     let d = dir.to_str().unwrap();
     let (ok, _, err) = run(&["tokenize", "--model", d], b"fine\n\xff\xfe bad\n");
     assert!(!ok);
-    assert!(
-        err.contains("<stdin> line 2") && err.contains("invalid UTF-8"),
-        "{err}"
-    );
-    let (ok, _, err) = run(
-        &["embed", "--model", d, "--device", "cpu", "--jsonl"],
-        b"\"ok\"\n{\"txt\": 1}\n",
-    );
+    assert!(err.contains("<stdin> line 2") && err.contains("invalid UTF-8"), "{err}");
+    let (ok, _, err) = run(&["embed", "--model", d, "--device", "cpu", "--jsonl"], b"\"ok\"\n{\"txt\": 1}\n");
     assert!(!ok);
-    assert!(
-        err.contains("<stdin> line 2") && err.contains("\"text\""),
-        "{err}"
-    );
-    let (ok, _, err) = run(
-        &["embed", "--model", "/nonexistent/model", "--device", "cpu"],
-        b"x\n",
-    );
+    assert!(err.contains("<stdin> line 2") && err.contains("\"text\""), "{err}");
+    let (ok, _, err) = run(&["embed", "--model", "/nonexistent/model", "--device", "cpu"], b"x\n");
     assert!(!ok);
-    assert!(
-        err.contains("/nonexistent/model/config.json") && err.contains("missing"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/model/config.json") && err.contains("missing"), "{err}");
 }

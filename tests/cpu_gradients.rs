@@ -26,11 +26,7 @@ fn check(name: &str, x: &[f64], analytic: &[f64], loss: impl Fn(&[f64]) -> f64) 
         xp[i] = x[i];
         let num = (fp - fm) / (2.0 * H);
         let err = (num - analytic[i]).abs();
-        assert!(
-            err <= 1e-7 + 1e-5 * num.abs(),
-            "{name}: index {i}: finite difference {num}, analytic {}",
-            analytic[i]
-        );
+        assert!(err <= 1e-7 + 1e-5 * num.abs(), "{name}: index {i}: finite difference {num}, analytic {}", analytic[i]);
     }
 }
 
@@ -99,11 +95,7 @@ fn matmul_bias_and_accumulate_follow_the_definition() {
         for j in 0..n {
             let s: f64 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
             let want = 0.5 * s + bias[j] + c0[i * n + j];
-            assert!(
-                (c[i * n + j] - want).abs() < 1e-12,
-                "({i},{j}): {} vs {want}",
-                c[i * n + j]
-            );
+            assert!((c[i * n + j] - want).abs() < 1e-12, "({i},{j}): {} vs {want}", c[i * n + j]);
         }
     }
 }
@@ -127,29 +119,12 @@ fn layernorm_gradients() {
         let mut dx = vec![0.0; rows * cols];
         let mut dg = vec![0.0; cols];
         let mut db = vec![0.0; cols];
-        cpu::layernorm_backward(
-            &mut dx,
-            Some(&mut dg),
-            Some(&mut db),
-            &w,
-            &x,
-            &mu,
-            &rs,
-            &gamma,
-            cols,
-            false,
-        );
+        cpu::layernorm_backward(&mut dx, Some(&mut dg), Some(&mut db), &w, &x, &mu, &rs, &gamma, cols, false);
         if cols > 1 {
-            check("layernorm dx", &x, &dx, |x| {
-                dot(&fwd(x, &gamma, &beta).0, &w)
-            });
+            check("layernorm dx", &x, &dx, |x| dot(&fwd(x, &gamma, &beta).0, &w));
         }
-        check("layernorm dgamma", &gamma, &dg, |g| {
-            dot(&fwd(&x, g, &beta).0, &w)
-        });
-        check("layernorm dbeta", &beta, &db, |b| {
-            dot(&fwd(&x, &gamma, b).0, &w)
-        });
+        check("layernorm dgamma", &gamma, &dg, |g| dot(&fwd(&x, g, &beta).0, &w));
+        check("layernorm dbeta", &beta, &db, |b| dot(&fwd(&x, &gamma, b).0, &w));
     }
 }
 
@@ -230,9 +205,7 @@ fn pooling_gradients() {
     let mut r = Rng(7);
     let (b, t, c) = (3, 5, 4);
     let x = r.vec64(b * t * c, 1.0);
-    let mask: Vec<f64> = (0..b * t)
-        .map(|i| if i % t < 2 + i / t { 1.0 } else { 0.0 })
-        .collect();
+    let mask: Vec<f64> = (0..b * t).map(|i| if i % t < 2 + i / t { 1.0 } else { 0.0 }).collect();
     let w = r.vec64(b * c, 1.0);
     let mut dx = vec![0.0; b * t * c];
     cpu::mean_pool_backward(&mut dx, &w, &mask, t, c);
@@ -309,11 +282,7 @@ fn adamw_matches_torch_formula_with_clipping() {
         let vhat = vi / (1.0 - 0.999f64.powi(t as i32));
         let w = p0[i] as f64 * (1.0 - 1e-2 * 0.01);
         let want = w - 1e-2 * mhat / (vhat.sqrt() + 1e-8);
-        assert!(
-            (p[i] as f64 - want).abs() < 1e-6,
-            "param {i}: {} vs {want}",
-            p[i]
-        );
+        assert!((p[i] as f64 - want).abs() < 1e-6, "param {i}: {} vs {want}", p[i]);
         assert!((m[i] as f64 - mi).abs() < 1e-6 && (v[i] as f64 - vi).abs() < 1e-6);
     }
 }
@@ -323,10 +292,7 @@ fn adamw_matches_torch_formula_with_clipping() {
 /// Central differences in f32 with a larger step; tolerance relative to the gradient scale.
 fn check_f32(name: &str, x: &[f32], analytic: &[f32], loss: impl Fn(&[f32]) -> f64) {
     let h = 1e-2f32;
-    let scale = analytic
-        .iter()
-        .fold(0.0f32, |a, &b| a.max(b.abs()))
-        .max(1e-3);
+    let scale = analytic.iter().fold(0.0f32, |a, &b| a.max(b.abs())).max(1e-3);
     let mut xp = x.to_vec();
     for i in 0..x.len() {
         xp[i] = x[i] + h;
@@ -377,15 +343,9 @@ fn linear_gradients() {
     )
     .unwrap()
     .unwrap();
-    check_f32("linear dx", &x, &dx.to_vec_blocking().unwrap(), |x| {
-        f(x, &w, &b)
-    });
-    check_f32("linear dW", &w, &dw.to_vec_blocking().unwrap(), |w| {
-        f(&x, w, &b)
-    });
-    check_f32("linear db", &b, &db.to_vec_blocking().unwrap(), |b| {
-        f(&x, &w, b)
-    });
+    check_f32("linear dx", &x, &dx.to_vec_blocking().unwrap(), |x| f(x, &w, &b));
+    check_f32("linear dW", &w, &dw.to_vec_blocking().unwrap(), |w| f(&x, w, &b));
+    check_f32("linear db", &b, &db.to_vec_blocking().unwrap(), |b| f(&x, &w, b));
 }
 
 #[test]
@@ -412,14 +372,9 @@ fn attention_gradients_with_padding_mask() {
         .unwrap();
         dot32(&o.to_vec_blocking().unwrap(), &up)
     };
-    let (_, probs) = ops::attention(
-        &t(&q, &[b, tq, c]),
-        &t(&k, &[b, tk, c]),
-        &t(&v, &[b, tk, c]),
-        Some(&t(&mask, &[b, tk])),
-        heads,
-    )
-    .unwrap();
+    let (_, probs) =
+        ops::attention(&t(&q, &[b, tq, c]), &t(&k, &[b, tk, c]), &t(&v, &[b, tk, c]), Some(&t(&mask, &[b, tk])), heads)
+            .unwrap();
     let (dq, dk, dv) = ops::attention_backward(
         &t(&up, &[b, tq, c]),
         &t(&q, &[b, tq, c]),
@@ -429,15 +384,9 @@ fn attention_gradients_with_padding_mask() {
         heads,
     )
     .unwrap();
-    check_f32("attention dq", &q, &dq.to_vec_blocking().unwrap(), |q| {
-        f(q, &k, &v)
-    });
-    check_f32("attention dk", &k, &dk.to_vec_blocking().unwrap(), |k| {
-        f(&q, k, &v)
-    });
-    check_f32("attention dv", &v, &dv.to_vec_blocking().unwrap(), |v| {
-        f(&q, &k, v)
-    });
+    check_f32("attention dq", &q, &dq.to_vec_blocking().unwrap(), |q| f(q, &k, &v));
+    check_f32("attention dk", &k, &dk.to_vec_blocking().unwrap(), |k| f(&q, k, &v));
+    check_f32("attention dv", &v, &dv.to_vec_blocking().unwrap(), |v| f(&q, &k, v));
 
     // The masked key receives no attention and so no gradient through its value.
     let dvv = dv.to_vec_blocking().unwrap();

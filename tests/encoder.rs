@@ -17,14 +17,8 @@ struct Reference {
 fn reference() -> Reference {
     let bytes = std::fs::read(format!("{FIXTURE}/outputs.safetensors")).unwrap();
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURE}/meta.json")).unwrap())
-            .unwrap();
-    let sentences = meta["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
+        serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURE}/meta.json")).unwrap()).unwrap();
+    let sentences = meta["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     Reference { bytes, sentences }
 }
 
@@ -91,34 +85,16 @@ fn encoder_matches_pytorch_on_both_devices() {
         );
 
         let pooled = localtune::ops::mean_pool(&out.hidden, &inputs.mask).unwrap();
-        assert_close(
-            &format!("{name} mean_pooled"),
-            &host(&pooled),
-            &fixture_f32(&st, "mean_pooled"),
-            1e-4,
-            0.0,
-        );
+        assert_close(&format!("{name} mean_pooled"), &host(&pooled), &fixture_f32(&st, "mean_pooled"), 1e-4, 0.0);
         let emb = host(&model.bert.sentence_embedding(&out.hidden, &inputs).unwrap());
         let want = fixture_f32(&st, "sentence_embedding");
         for i in 0..b {
             let cos = cosine(&emb[i * c..(i + 1) * c], &want[i * c..(i + 1) * c]);
             assert!(cos >= 0.99999, "{name}: sentence {i}: cosine {cos}");
         }
-        assert_close(
-            &format!("{name} sentence_embedding"),
-            &emb,
-            &want,
-            1e-5,
-            0.0,
-        );
+        assert_close(&format!("{name} sentence_embedding"), &emb, &want, 1e-5, 0.0);
         let pooler = host(&model.bert.pool_cls(&out.hidden).unwrap());
-        assert_close(
-            &format!("{name} pooler_output"),
-            &pooler,
-            &fixture_f32(&st, "pooler_output"),
-            1e-4,
-            0.0,
-        );
+        assert_close(&format!("{name} pooler_output"), &pooler, &fixture_f32(&st, "pooler_output"), 1e-4, 0.0);
 
         // A training-mode forward keeps the activations and gives the same output.
         let tr = model.bert.forward(&inputs, Mode::Training, false).unwrap();
@@ -141,25 +117,14 @@ fn embed_from_text_matches_sentence_transformers() {
         let model = Model::load(&dir, &dev).unwrap();
         let c = model.bert.config.hidden_size;
         let enc = model.encode(&texts, 128).unwrap();
-        assert_eq!(
-            host(&enc.inputs.ids)
-                .iter()
-                .map(|&x| x as u32)
-                .collect::<Vec<_>>(),
-            fixture_ids(&st, "input_ids")
-        );
+        assert_eq!(host(&enc.inputs.ids).iter().map(|&x| x as u32).collect::<Vec<_>>(), fixture_ids(&st, "input_ids"));
         // One batch, and one text at a time (no padding): both match.
         for batch in [4, 1] {
-            let (emb, truncated) =
-                futures::executor::block_on(model.embed(&texts, 128, batch)).unwrap();
+            let (emb, truncated) = futures::executor::block_on(model.embed(&texts, 128, batch)).unwrap();
             assert_eq!(truncated, 0);
             for (i, e) in emb.iter().enumerate() {
                 let cos = cosine(e, &want[i * c..(i + 1) * c]);
-                assert!(
-                    cos >= 0.99999,
-                    "{}: batch {batch}: sentence {i}: cosine {cos}",
-                    dev.describe()
-                );
+                assert!(cos >= 0.99999, "{}: batch {batch}: sentence {i}: cosine {cos}", dev.describe());
             }
         }
     }
@@ -176,39 +141,21 @@ fn bad_model_folders_are_refused_clearly() {
     // Missing file.
     std::fs::write(tmp.join("config.json"), &config).unwrap();
     std::fs::write(tmp.join("tokenizer.json"), &tokenizer).unwrap();
-    let e = Model::load(&tmp, &localtune::Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("model.safetensors") && e.contains("missing"),
-        "{e}"
-    );
+    let e = Model::load(&tmp, &localtune::Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("missing"), "{e}");
 
     // Another architecture, refused by name.
     let gpt2 = config.replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\"");
-    let e = Model::from_bytes(&gpt2, &[], &tokenizer, "m", &localtune::Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("m/config.json") && e.contains("gpt2") && e.contains("unsupported architecture"),
-        "{e}"
-    );
+    let e = Model::from_bytes(&gpt2, &[], &tokenizer, "m", &localtune::Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("m/config.json") && e.contains("gpt2") && e.contains("unsupported architecture"), "{e}");
 
     // A misshapen tensor names the tensor, the file and both shapes.
     let mut named = localtune::model::NamedTensors::load(&dir.join("model.safetensors")).unwrap();
-    let t = named
-        .tensors
-        .get_mut("encoder.layer.3.attention.self.key.weight")
-        .unwrap();
+    let t = named.tensors.get_mut("encoder.layer.3.attention.self.key.weight").unwrap();
     t.shape = vec![384, 383];
     t.data.truncate(384 * 383);
     let bytes = named.to_bytes(None).unwrap();
-    let e = Model::from_bytes(&config, &bytes, &tokenizer, "m", &localtune::Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Model::from_bytes(&config, &bytes, &tokenizer, "m", &localtune::Device::Cpu).err().unwrap().to_string();
     assert!(
         e.contains("m/model.safetensors")
             && e.contains("encoder.layer.3.attention.self.key.weight")
@@ -218,18 +165,10 @@ fn bad_model_folders_are_refused_clearly() {
     );
 
     // A missing tensor.
-    named
-        .tensors
-        .remove("encoder.layer.3.attention.self.key.weight");
+    named.tensors.remove("encoder.layer.3.attention.self.key.weight");
     let bytes = named.to_bytes(None).unwrap();
-    let e = Model::from_bytes(&config, &bytes, &tokenizer, "m", &localtune::Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("encoder.layer.3.attention.self.key.weight") && e.contains("missing"),
-        "{e}"
-    );
+    let e = Model::from_bytes(&config, &bytes, &tokenizer, "m", &localtune::Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("encoder.layer.3.attention.self.key.weight") && e.contains("missing"), "{e}");
     std::fs::remove_dir_all(&tmp).ok();
 }
 
@@ -250,38 +189,20 @@ fn f16_bf16_and_prefixed_checkpoints_load() {
             .iter()
             .map(|(n, t)| {
                 let bytes: Vec<u8> = match dtype {
-                    safetensors::Dtype::F16 => t
-                        .data
-                        .iter()
-                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                        .collect(),
-                    _ => t
-                        .data
-                        .iter()
-                        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                        .collect(),
+                    safetensors::Dtype::F16 => {
+                        t.data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()
+                    }
+                    _ => t.data.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
                 };
                 (format!("bert.{n}"), t.shape.clone(), bytes)
             })
             .collect();
         let views: Vec<(String, safetensors::tensor::TensorView)> = converted
             .iter()
-            .map(|(n, s, b)| {
-                (
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap(),
-                )
-            })
+            .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap()))
             .collect();
         let bytes = safetensors::serialize(views, None).unwrap();
-        let m = Model::from_bytes(
-            &config,
-            &bytes,
-            &tokenizer,
-            "converted",
-            &localtune::Device::Cpu,
-        )
-        .unwrap();
+        let m = Model::from_bytes(&config, &bytes, &tokenizer, "converted", &localtune::Device::Cpu).unwrap();
         let (got, _) = futures::executor::block_on(m.embed(&text, 64, 1)).unwrap();
         let cos = cosine(&got[0], &want[0]);
         assert!(cos > 0.999, "{dtype:?}: cosine {cos}");
@@ -297,22 +218,13 @@ fn a_repeated_forward_allocates_no_gpu_buffers() {
     }
     // A device of its own: tests running in parallel on the shared one would allocate meanwhile.
     let gpu = futures::executor::block_on(localtune::Device::gpu()).unwrap();
-    let localtune::Device::Gpu(g) = &gpu else {
-        unreachable!()
-    };
+    let localtune::Device::Gpu(g) = &gpu else { unreachable!() };
     let model = Model::load(&dir, &gpu).unwrap();
-    let texts = [
-        "first sentence here",
-        "and a second, longer one for padding",
-    ];
+    let texts = ["first sentence here", "and a second, longer one for padding"];
     let run = || futures::executor::block_on(model.embed(&texts, 64, 2)).unwrap();
     let first = run();
     let after_first = g.memory().allocations;
     let second = run();
-    assert_eq!(
-        g.memory().allocations,
-        after_first,
-        "the second forward allocated buffers"
-    );
+    assert_eq!(g.memory().allocations, after_first, "the second forward allocated buffers");
     assert_eq!(first, second);
 }

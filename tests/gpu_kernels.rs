@@ -12,10 +12,7 @@ const ODD: [usize; 4] = [1, 7, 33, 257];
 
 /// The same data on both devices.
 fn pair(cpu_data: &[f32], shape: &[usize], gpu: &Device) -> (Tensor, Tensor) {
-    (
-        Device::Cpu.tensor(cpu_data, shape).unwrap(),
-        gpu.tensor(cpu_data, shape).unwrap(),
-    )
+    (Device::Cpu.tensor(cpu_data, shape).unwrap(), gpu.tensor(cpu_data, shape).unwrap())
 }
 
 fn compare(what: &str, g: &Tensor, c: &Tensor, atol: f32, rtol: f32) {
@@ -48,11 +45,7 @@ fn matmul_naive_and_tiled_all_layouts() {
             let (bc, bg) = pair(&b, &bsh, &gpu);
             let (biasc, biasg) = pair(&bias, &[n], &gpu);
             for accumulate in [false, true] {
-                let d = MatmulDesc {
-                    accumulate,
-                    alpha: if accumulate { 0.5 } else { 1.0 },
-                    ..d
-                };
+                let d = MatmulDesc { accumulate, alpha: if accumulate { 0.5 } else { 1.0 }, ..d };
                 let (mut cc, _) = pair(&c0, &[batch * m * n], &gpu);
                 ops::matmul_into(&mut cc, &ac, &bc, Some(&biasc), &d).unwrap();
                 for kernel in [MatmulKernel::Naive, MatmulKernel::Tiled] {
@@ -75,11 +68,7 @@ fn matmul_strided_head_blocks() {
     let c = h * dh;
     let q = r.vec(b * t * c + 3, 1.0);
     let k = r.vec(b * t * c, 1.0);
-    let heads = |off| Strides {
-        offset: off,
-        ld: c,
-        bs: [t * c, dh],
-    };
+    let heads = |off| Strides { offset: off, ld: c, bs: [t * c, dh] };
     let d = MatmulDesc {
         m: t,
         n: t,
@@ -89,11 +78,7 @@ fn matmul_strided_head_blocks() {
         trans_b: true,
         a: heads(3),
         b: heads(0),
-        c: Strides {
-            offset: 0,
-            ld: t,
-            bs: [h * t * t, t * t],
-        },
+        c: Strides { offset: 0, ld: t, bs: [h * t * t, t * t] },
         alpha: 0.25,
         accumulate: false,
     };
@@ -112,10 +97,7 @@ fn matmul_strided_head_blocks() {
 fn layernorm_forward_and_backward() {
     let Some(gpu) = gpu() else { return };
     let mut r = Rng(3);
-    let mut shapes: Vec<(usize, usize)> = ODD
-        .iter()
-        .flat_map(|&a| ODD.iter().map(move |&b| (a, b)))
-        .collect();
+    let mut shapes: Vec<(usize, usize)> = ODD.iter().flat_map(|&a| ODD.iter().map(move |&b| (a, b))).collect();
     shapes.push((64 * 8, 384));
     for (rows, cols) in shapes {
         let x = r.vec(rows * cols, 2.0);
@@ -136,30 +118,13 @@ fn layernorm_forward_and_backward() {
         if cols == 1 {
             continue;
         }
-        let (mut dgc, mut dbc) = (
-            Device::Cpu.zeros(&[cols]).unwrap(),
-            Device::Cpu.zeros(&[cols]).unwrap(),
-        );
+        let (mut dgc, mut dbc) = (Device::Cpu.zeros(&[cols]).unwrap(), Device::Cpu.zeros(&[cols]).unwrap());
         let (mut dgg, mut dbg) = (gpu.zeros(&[cols]).unwrap(), gpu.zeros(&[cols]).unwrap());
-        let dxc = ops::layernorm_backward(&dyc, &xc, &mc, &rc, &gc, Some(&mut dgc), Some(&mut dbc))
-            .unwrap();
-        let dxg = ops::layernorm_backward(&dyg, &xg, &mg, &rg, &gg, Some(&mut dgg), Some(&mut dbg))
-            .unwrap();
+        let dxc = ops::layernorm_backward(&dyc, &xc, &mc, &rc, &gc, Some(&mut dgc), Some(&mut dbc)).unwrap();
+        let dxg = ops::layernorm_backward(&dyg, &xg, &mg, &rg, &gg, Some(&mut dgg), Some(&mut dbg)).unwrap();
         compare(&format!("{what} dx"), &dxg, &dxc, 1e-4, 1e-3);
-        compare(
-            &format!("{what} dgamma"),
-            &dgg,
-            &dgc,
-            1e-4 * (rows as f32).sqrt(),
-            1e-3,
-        );
-        compare(
-            &format!("{what} dbeta"),
-            &dbg,
-            &dbc,
-            1e-4 * (rows as f32).sqrt(),
-            1e-3,
-        );
+        compare(&format!("{what} dgamma"), &dgg, &dgc, 1e-4 * (rows as f32).sqrt(), 1e-3);
+        compare(&format!("{what} dbeta"), &dbg, &dbc, 1e-4 * (rows as f32).sqrt(), 1e-3);
     }
 }
 
@@ -172,13 +137,7 @@ fn elementwise_ops() {
         let y = r.vec(n, 1.0);
         let (xc, xg) = pair(&x, &[n], &gpu);
         let (yc, yg) = pair(&y, &[n], &gpu);
-        compare(
-            &format!("gelu {n}"),
-            &ops::gelu(&xg).unwrap(),
-            &ops::gelu(&xc).unwrap(),
-            1e-6,
-            1e-5,
-        );
+        compare(&format!("gelu {n}"), &ops::gelu(&xg).unwrap(), &ops::gelu(&xc).unwrap(), 1e-6, 1e-5);
         compare(
             &format!("gelu_backward {n}"),
             &ops::gelu_backward(&yg, &xg).unwrap(),
@@ -186,13 +145,7 @@ fn elementwise_ops() {
             1e-6,
             1e-5,
         );
-        compare(
-            &format!("tanh {n}"),
-            &ops::tanh(&xg).unwrap(),
-            &ops::tanh(&xc).unwrap(),
-            1e-6,
-            1e-5,
-        );
+        compare(&format!("tanh {n}"), &ops::tanh(&xg).unwrap(), &ops::tanh(&xc).unwrap(), 1e-6, 1e-5);
         let tc = ops::tanh(&xc).unwrap();
         let tg = ops::tanh(&xg).unwrap();
         compare(
@@ -202,27 +155,9 @@ fn elementwise_ops() {
             1e-6,
             1e-5,
         );
-        compare(
-            &format!("scale {n}"),
-            &ops::scale(&xg, -0.3).unwrap(),
-            &ops::scale(&xc, -0.3).unwrap(),
-            0.0,
-            1e-6,
-        );
-        compare(
-            &format!("add {n}"),
-            &ops::add(&xg, &yg).unwrap(),
-            &ops::add(&xc, &yc).unwrap(),
-            0.0,
-            1e-6,
-        );
-        compare(
-            &format!("mul {n}"),
-            &ops::mul(&xg, &yg).unwrap(),
-            &ops::mul(&xc, &yc).unwrap(),
-            0.0,
-            1e-6,
-        );
+        compare(&format!("scale {n}"), &ops::scale(&xg, -0.3).unwrap(), &ops::scale(&xc, -0.3).unwrap(), 0.0, 1e-6);
+        compare(&format!("add {n}"), &ops::add(&xg, &yg).unwrap(), &ops::add(&xc, &yc).unwrap(), 0.0, 1e-6);
+        compare(&format!("mul {n}"), &ops::mul(&xg, &yg).unwrap(), &ops::mul(&xc, &yc).unwrap(), 0.0, 1e-6);
         let (mut oc, mut og) = (xc.clone(), gpu.tensor(&x, &[n]).unwrap());
         ops::add_into(&mut oc, &yc, 0.7).unwrap();
         ops::add_into(&mut og, &yg, 0.7).unwrap();
@@ -237,13 +172,7 @@ fn elementwise_ops() {
     let b = r.vec(cols, 1.0);
     let (xc, xg) = pair(&x, &[rows, cols], &gpu);
     let (bc, bg) = pair(&b, &[cols], &gpu);
-    compare(
-        "bias add",
-        &ops::add(&xg, &bg).unwrap(),
-        &ops::add(&xc, &bc).unwrap(),
-        0.0,
-        1e-6,
-    );
+    compare("bias add", &ops::add(&xg, &bg).unwrap(), &ops::add(&xc, &bc).unwrap(), 0.0, 1e-6);
     // The kept input is not modified by add_into on a shared CPU tensor (copy-on-write).
     let mut shared = xc.clone();
     ops::add_into(&mut shared, &xc, 1.0).unwrap();
@@ -264,15 +193,8 @@ fn softmax_masked_forward_and_backward() {
     for (rows, len, div) in cases {
         let x = r.vec(rows * len, 4.0);
         let dy = r.vec(rows * len, 1.0);
-        let mask: Vec<f32> = (0..(rows / div) * len)
-            .map(|i| {
-                if i % len == len - 1 && len > 1 {
-                    -1e30
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let mask: Vec<f32> =
+            (0..(rows / div) * len).map(|i| if i % len == len - 1 && len > 1 { -1e30 } else { 0.0 }).collect();
         let (xc, xg) = pair(&x, &[rows, len], &gpu);
         let (mc, mg) = pair(&mask, &[rows / div, len], &gpu);
         let (dyc, dyg) = pair(&dy, &[rows, len], &gpu);
@@ -293,26 +215,13 @@ fn softmax_masked_forward_and_backward() {
 fn attention_forward_and_backward() {
     let Some(gpu) = gpu() else { return };
     let mut r = Rng(6);
-    for &(b, tq, tk, h, d) in &[
-        (1, 1, 1, 1, 1),
-        (2, 7, 7, 3, 5),
-        (1, 33, 40, 2, 7),
-        (2, 64, 64, 12, 32),
-    ] {
+    for &(b, tq, tk, h, d) in &[(1, 1, 1, 1, 1), (2, 7, 7, 3, 5), (1, 33, 40, 2, 7), (2, 64, 64, 12, 32)] {
         let c = h * d;
         let q = r.vec(b * tq * c, 1.0);
         let k = r.vec(b * tk * c, 1.0);
         let v = r.vec(b * tk * c, 1.0);
         let dout = r.vec(b * tq * c, 1.0);
-        let mask: Vec<f32> = (0..b * tk)
-            .map(|i| {
-                if i >= tk && i % tk > tk / 2 {
-                    -1e30
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let mask: Vec<f32> = (0..b * tk).map(|i| if i >= tk && i % tk > tk / 2 { -1e30 } else { 0.0 }).collect();
         let (qc, qg) = pair(&q, &[b, tq, c], &gpu);
         let (kc, kg) = pair(&k, &[b, tk, c], &gpu);
         let (vc, vg) = pair(&v, &[b, tk, c], &gpu);
@@ -343,13 +252,7 @@ fn embedding_forward_and_backward() {
         let ic = Device::Cpu.tensor_u32(&ids, &[tokens]).unwrap();
         let ig = gpu.tensor_u32(&ids, &[tokens]).unwrap();
         let what = format!("embedding V{vocab} C{cols} T{tokens}");
-        compare(
-            &what,
-            &ops::embedding(&ig, &tg).unwrap(),
-            &ops::embedding(&ic, &tc).unwrap(),
-            0.0,
-            0.0,
-        );
+        compare(&what, &ops::embedding(&ig, &tg).unwrap(), &ops::embedding(&ic, &tc).unwrap(), 0.0, 0.0);
         let (dc, dg) = pair(&dout, &[tokens, cols], &gpu);
         let mut dtc = Device::Cpu.zeros(&[vocab, cols]).unwrap();
         let mut dtg = gpu.zeros(&[vocab, cols]).unwrap();
@@ -365,9 +268,7 @@ fn pooling_forward_and_backward() {
     let mut r = Rng(8);
     for &(b, t, c) in &[(1, 1, 1), (7, 7, 33), (3, 33, 257), (8, 64, 384)] {
         let x = r.vec(b * t * c, 1.0);
-        let mask: Vec<f32> = (0..b * t)
-            .map(|i| if i % t <= (i / t) % t { 1.0 } else { 0.0 })
-            .collect();
+        let mask: Vec<f32> = (0..b * t).map(|i| if i % t <= (i / t) % t { 1.0 } else { 0.0 }).collect();
         let dout = r.vec(b * c, 1.0);
         let (xc, xg) = pair(&x, &[b, t, c], &gpu);
         let (mc, mg) = pair(&mask, &[b, t], &gpu);
@@ -383,13 +284,7 @@ fn pooling_forward_and_backward() {
             1e-7,
             1e-5,
         );
-        compare(
-            &format!("{what} l2"),
-            &ops::l2_normalize(&pg).unwrap(),
-            &ops::l2_normalize(&pc).unwrap(),
-            1e-6,
-            1e-5,
-        );
+        compare(&format!("{what} l2"), &ops::l2_normalize(&pg).unwrap(), &ops::l2_normalize(&pc).unwrap(), 1e-6, 1e-5);
         compare(
             &format!("{what} l2 backward"),
             &ops::l2_normalize_backward(&dg, &pg).unwrap(),
@@ -440,14 +335,8 @@ fn reductions_and_adamw() {
         let g = r.vec(rows * cols, 2.0);
         let (gc, gg) = pair(&g, &[rows, cols], &gpu);
         let (mut pc, mut pg) = (xc.clone(), gpu.tensor(&x, &[rows, cols]).unwrap());
-        let (mut mc, mut mg) = (
-            Device::Cpu.zeros(&[rows, cols]).unwrap(),
-            gpu.zeros(&[rows, cols]).unwrap(),
-        );
-        let (mut vc, mut vg) = (
-            Device::Cpu.zeros(&[rows, cols]).unwrap(),
-            gpu.zeros(&[rows, cols]).unwrap(),
-        );
+        let (mut mc, mut mg) = (Device::Cpu.zeros(&[rows, cols]).unwrap(), gpu.zeros(&[rows, cols]).unwrap());
+        let (mut vc, mut vg) = (Device::Cpu.zeros(&[rows, cols]).unwrap(), gpu.zeros(&[rows, cols]).unwrap());
         for t in 1..=2 {
             let h = ops::AdamWStep::new(1e-2, 0.9, 0.999, 1e-8, 0.01, 1.0, t);
             ops::adamw(&mut pc, &mut mc, &mut vc, &gc, &nc, &h).unwrap();

@@ -15,18 +15,12 @@ fn every_shader_validates() {
         let src = std::fs::read_to_string(&path).unwrap();
         let module = naga::front::wgsl::parse_str(&src)
             .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&src)));
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&src)));
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.emit_to_string(&src)));
         // file name = entry-point prefix
         let family = path.file_stem().unwrap().to_str().unwrap();
-        assert!(
-            !module.entry_points.is_empty(),
-            "{family}.wgsl has no entry point"
-        );
+        assert!(!module.entry_points.is_empty(), "{family}.wgsl has no entry point");
         for ep in &module.entry_points {
             assert!(
                 ep.name.starts_with(&format!("{family}_")),
@@ -42,16 +36,10 @@ fn every_shader_validates() {
             );
         }
         assert!(
-            localtune::gpu::SHADERS
-                .iter()
-                .any(|(name, text)| *name == family && *text == src),
+            localtune::gpu::SHADERS.iter().any(|(name, text)| *name == family && *text == src),
             "{family}.wgsl is not embedded in gpu::SHADERS"
         );
         seen += 1;
     }
-    assert_eq!(
-        seen,
-        localtune::gpu::SHADERS.len(),
-        "gpu::SHADERS lists a file that is not in shaders/"
-    );
+    assert_eq!(seen, localtune::gpu::SHADERS.len(), "gpu::SHADERS lists a file that is not in shaders/");
 }

@@ -23,10 +23,7 @@ fn model_dir() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var_os("CI").is_some() {
-        panic!(
-            "{}/tokenizer.json is missing: run scripts/fetch-assets.sh",
-            dir.display()
-        );
+        panic!("{}/tokenizer.json is missing: run scripts/fetch-assets.sh", dir.display());
     }
     eprintln!(
         "skipping: {}/tokenizer.json not found (run scripts/fetch-assets.sh or set LOCALTUNE_MODEL)",
@@ -37,8 +34,7 @@ fn model_dir() -> Option<PathBuf> {
 
 fn fixtures() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer_cases.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).expect("tokenizer_cases.json is not valid JSON")
 }
 
@@ -62,11 +58,7 @@ fn strings(value: &Value) -> Vec<String> {
 
 /// A batch array of the fixture (`[batch][seq_len]`), flattened row-major.
 fn flat(rows: &Value) -> Vec<u32> {
-    rows.as_array()
-        .expect("expected rows")
-        .iter()
-        .flat_map(u32s)
-        .collect()
+    rows.as_array().expect("expected rows").iter().flat_map(u32s).collect()
 }
 
 fn texts(fixtures: &Value) -> Vec<String> {
@@ -74,12 +66,7 @@ fn texts(fixtures: &Value) -> Vec<String> {
         .as_array()
         .expect("`cases` is not an array")
         .iter()
-        .map(|case| {
-            case["text"]
-                .as_str()
-                .expect("case without text")
-                .to_string()
-        })
+        .map(|case| case["text"].as_str().expect("case without text").to_string())
         .collect()
 }
 
@@ -89,25 +76,12 @@ fn special_ids_and_vocab_size() {
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let fixtures = fixtures();
     let special = &fixtures["special_ids"];
-    assert_eq!(
-        tokenizer.pad_id() as u64,
-        special["[PAD]"].as_u64().unwrap()
-    );
-    assert_eq!(
-        tokenizer.cls_id() as u64,
-        special["[CLS]"].as_u64().unwrap()
-    );
-    assert_eq!(
-        tokenizer.sep_id() as u64,
-        special["[SEP]"].as_u64().unwrap()
-    );
+    assert_eq!(tokenizer.pad_id() as u64, special["[PAD]"].as_u64().unwrap());
+    assert_eq!(tokenizer.cls_id() as u64, special["[CLS]"].as_u64().unwrap());
+    assert_eq!(tokenizer.sep_id() as u64, special["[SEP]"].as_u64().unwrap());
 
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    assert_eq!(
-        tokenizer.vocab_size() as u64,
-        config["vocab_size"].as_u64().unwrap()
-    );
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(tokenizer.vocab_size() as u64, config["vocab_size"].as_u64().unwrap());
 }
 
 #[test]
@@ -133,29 +107,15 @@ fn every_case_matches_hugging_face() {
             ));
             continue;
         }
-        assert_eq!(
-            encoding.ids.len() as u64,
-            case["num_tokens"].as_u64().unwrap(),
-            "{label}: num_tokens"
-        );
-        assert_eq!(
-            encoding.truncated,
-            case["truncated"].as_bool().unwrap(),
-            "{label}: truncated"
-        );
+        assert_eq!(encoding.ids.len() as u64, case["num_tokens"].as_u64().unwrap(), "{label}: num_tokens");
+        assert_eq!(encoding.truncated, case["truncated"].as_bool().unwrap(), "{label}: truncated");
         assert_eq!(
             encoding.num_tokens_untruncated as u64,
             case["num_tokens_untruncated"].as_u64().unwrap(),
             "{label}: num_tokens_untruncated"
         );
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases differ:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 #[test]
@@ -171,27 +131,13 @@ fn padded_batch_matches_hugging_face() {
     let shape = u32s(&expected["shape"]);
     assert_eq!([batch.batch as u32, batch.seq_len as u32], shape[..]);
     assert_eq!(batch.input_ids, flat(&expected["input_ids"]), "input_ids");
-    assert_eq!(
-        batch.attention_mask,
-        flat(&expected["attention_mask"]),
-        "attention_mask"
-    );
-    assert_eq!(
-        batch.token_type_ids,
-        flat(&expected["token_type_ids"]),
-        "token_type_ids"
-    );
+    assert_eq!(batch.attention_mask, flat(&expected["attention_mask"]), "attention_mask");
+    assert_eq!(batch.token_type_ids, flat(&expected["token_type_ids"]), "token_type_ids");
 
     let cases = fixtures["cases"].as_array().unwrap();
-    let lengths: Vec<usize> = cases
-        .iter()
-        .map(|c| c["num_tokens"].as_u64().unwrap() as usize)
-        .collect();
+    let lengths: Vec<usize> = cases.iter().map(|c| c["num_tokens"].as_u64().unwrap() as usize).collect();
     assert_eq!(batch.lengths, lengths);
-    let truncated = cases
-        .iter()
-        .filter(|c| c["truncated"].as_bool().unwrap())
-        .count();
+    let truncated = cases.iter().filter(|c| c["truncated"].as_bool().unwrap()).count();
     assert_eq!(batch.truncated, truncated);
 }
 
@@ -208,10 +154,6 @@ fn vocab_txt_agrees_with_tokenizer_json() {
     let from_txt = Tokenizer::from_vocab_txt(&std::fs::read_to_string(vocab_path).unwrap(), true);
     assert_eq!(from_txt.vocab_size(), from_json.vocab_size());
     for text in texts(&fixtures()) {
-        assert_eq!(
-            from_txt.encode(&text, MAX_LEN),
-            from_json.encode(&text, MAX_LEN),
-            "{text:?}"
-        );
+        assert_eq!(from_txt.encode(&text, MAX_LEN), from_json.encode(&text, MAX_LEN), "{text:?}");
     }
 }

@@ -1,6 +1,6 @@
 //! The CPU kernels. Sizes are trusted: the ops layer (`crate::ops`) checks shapes before calling.
 
-use super::Real;
+use super::{par_rows, Real};
 use crate::ops::MatmulDesc;
 
 // ---------------------------------------------------------------------------------------------
@@ -10,16 +10,8 @@ use crate::ops::MatmulDesc;
 pub fn matmul<T: Real>(c: &mut [T], a: &[T], b: &[T], bias: Option<&[T]>, d: &MatmulDesc) {
     let (m, n, k) = (d.m, d.n, d.k);
     // Element (i, kk) of op(A) sits at i*rsa + kk*csa; element (kk, j) of op(B) at kk*rsb + j*csb.
-    let (rsa, csa) = if d.trans_a {
-        (1, d.a.ld as isize)
-    } else {
-        (d.a.ld as isize, 1)
-    };
-    let (rsb, csb) = if d.trans_b {
-        (1, d.b.ld as isize)
-    } else {
-        (d.b.ld as isize, 1)
-    };
+    let (rsa, csa) = if d.trans_a { (1, d.a.ld as isize) } else { (d.a.ld as isize, 1) };
+    let (rsb, csb) = if d.trans_b { (1, d.b.ld as isize) } else { (d.b.ld as isize, 1) };
     let beta = if d.accumulate { T::one() } else { T::zero() };
     for z0 in 0..d.batch[0] {
         for z1 in 0..d.batch[1] {
@@ -84,11 +76,7 @@ pub fn layernorm_forward<T: Real>(
     eps: f32,
 ) {
     let n = T::from_f64(cols as f64);
-    for (r, (xr, yr)) in x
-        .chunks_exact(cols)
-        .zip(y.chunks_exact_mut(cols))
-        .enumerate()
-    {
+    for (r, (xr, yr)) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)).enumerate() {
         let mut s = T::zero();
         for &v in xr {
             s += v;
@@ -164,24 +152,27 @@ pub fn gelu<T: Real>(v: T) -> T {
 
 /// d gelu / dx = Φ(x) + x φ(x).
 pub fn gelu_grad<T: Real>(v: T) -> T {
-    let cdf =
-        T::from_f64(0.5) * (T::one() + (v * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
+    let cdf = T::from_f64(0.5) * (T::one() + (v * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
     let pdf = T::from_f64(0.398_942_280_401_432_7) * (T::from_f64(-0.5) * v * v).exp();
     cdf + v * pdf
 }
 
 pub fn gelu_forward<T: Real>(y: &mut [T], x: &[T]) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = gelu(v);
-    }
+    par_rows(y, 1, |first, block| {
+        for (o, &v) in block.iter_mut().zip(&x[first..]) {
+            *o = gelu(v);
+        }
+    });
 }
 
 /// dx (+)= dy * gelu'(x)
 pub fn gelu_backward<T: Real>(dx: &mut [T], dy: &[T], x: &[T], accumulate: bool) {
-    for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
-        let d = g * gelu_grad(v);
-        *o = if accumulate { *o + d } else { d };
-    }
+    par_rows(dx, 1, |first, block| {
+        for ((o, &g), &v) in block.iter_mut().zip(&dy[first..]).zip(&x[first..]) {
+            let d = g * gelu_grad(v);
+            *o = if accumulate { *o + d } else { d };
+        }
+    });
 }
 
 pub fn tanh_forward<T: Real>(y: &mut [T], x: &[T]) {
@@ -226,13 +217,7 @@ pub fn scale<T: Real>(out: &mut [T], x: &[T], alpha: f32) {
 // softmax
 
 /// y[r] = softmax(scale * x[r] + mask[r / mask_div]) over rows of `len`.
-pub fn softmax_forward<T: Real>(
-    y: &mut [T],
-    x: &[T],
-    mask: Option<(&[T], usize)>,
-    len: usize,
-    scale: f32,
-) {
+pub fn softmax_forward<T: Real>(y: &mut [T], x: &[T], mask: Option<(&[T], usize)>, len: usize, scale: f32) {
     let s = T::from_f64(scale as f64);
     for (r, (xr, yr)) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)).enumerate() {
         for j in 0..len {
@@ -256,11 +241,7 @@ pub fn softmax_forward<T: Real>(
 /// dx = scale * y * (dy - Σ dy·y) per row.
 pub fn softmax_backward<T: Real>(dx: &mut [T], dy: &[T], y: &[T], len: usize, scale: f32) {
     let s = T::from_f64(scale as f64);
-    for ((dxr, dyr), yr) in dx
-        .chunks_exact_mut(len)
-        .zip(dy.chunks_exact(len))
-        .zip(y.chunks_exact(len))
-    {
+    for ((dxr, dyr), yr) in dx.chunks_exact_mut(len).zip(dy.chunks_exact(len)).zip(y.chunks_exact(len)) {
         let mut dot = T::zero();
         for j in 0..len {
             dot += dyr[j] * yr[j];
@@ -330,13 +311,7 @@ pub fn mean_pool_forward<T: Real>(out: &mut [T], x: &[T], mask: &[T], tokens: us
 }
 
 /// dx[b, t] = dout[b] m[b, t] / max(Σ_t m[b, t], 1e-9)
-pub fn mean_pool_backward<T: Real>(
-    dx: &mut [T],
-    dout: &[T],
-    mask: &[T],
-    tokens: usize,
-    cols: usize,
-) {
+pub fn mean_pool_backward<T: Real>(dx: &mut [T], dout: &[T], mask: &[T], tokens: usize, cols: usize) {
     let batch = dout.len() / cols;
     for b in 0..batch {
         let mb = &mask[b * tokens..(b + 1) * tokens];
@@ -367,11 +342,7 @@ pub fn l2norm_forward<T: Real>(y: &mut [T], x: &[T], cols: usize) {
 /// dx = (dy - y (dy·y)) / ‖x‖
 pub fn l2norm_backward<T: Real>(dx: &mut [T], dy: &[T], x: &[T], cols: usize) {
     let eps = T::from_f64(1e-12);
-    for ((dxr, dyr), xr) in dx
-        .chunks_exact_mut(cols)
-        .zip(dy.chunks_exact(cols))
-        .zip(x.chunks_exact(cols))
-    {
+    for ((dxr, dyr), xr) in dx.chunks_exact_mut(cols).zip(dy.chunks_exact(cols)).zip(x.chunks_exact(cols)) {
         let mut s = T::zero();
         let mut dot = T::zero();
         for (&g, &v) in dyr.iter().zip(xr) {
@@ -380,11 +351,7 @@ pub fn l2norm_backward<T: Real>(dx: &mut [T], dy: &[T], x: &[T], cols: usize) {
         }
         let norm = s.sqrt();
         for ((o, &g), &v) in dxr.iter_mut().zip(dyr).zip(xr) {
-            *o = if norm > eps {
-                (g - v / norm * dot / norm) / norm
-            } else {
-                g / eps
-            };
+            *o = if norm > eps { (g - v / norm * dot / norm) / norm } else { g / eps };
         }
     }
 }
@@ -402,11 +369,7 @@ pub fn crossentropy<T: Real>(
     grad_scale: f32,
 ) {
     let gs = T::from_f64(grad_scale as f64);
-    for (b, (lr, dr)) in logits
-        .chunks_exact(classes)
-        .zip(dlogits.chunks_exact_mut(classes))
-        .enumerate()
-    {
+    for (b, (lr, dr)) in logits.chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes)).enumerate() {
         let mut mx = lr[0];
         for &v in lr {
             mx = mx.max(v);
@@ -446,27 +409,10 @@ pub struct AdamWStep {
 
 impl AdamWStep {
     /// The step `t` (1-based) of AdamW with these hyper-parameters.
-    pub fn new(
-        lr: f32,
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
-        weight_decay: f32,
-        max_norm: f32,
-        t: u64,
-    ) -> Self {
+    pub fn new(lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, max_norm: f32, t: u64) -> Self {
         let bc1 = 1.0 - (beta1 as f64).powi(t as i32);
         let bc2 = 1.0 - (beta2 as f64).powi(t as i32);
-        AdamWStep {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-            bc1: bc1 as f32,
-            bc2: bc2 as f32,
-            max_norm,
-        }
+        AdamWStep { lr, beta1, beta2, eps, weight_decay, bc1: bc1 as f32, bc2: bc2 as f32, max_norm }
     }
 
     /// The clipping factor for a global squared norm, as torch's clip_grad_norm_.
@@ -480,22 +426,14 @@ impl AdamWStep {
 }
 
 /// One AdamW update of `param` in place (f32 state, as on the GPU).
-pub fn adamw(
-    param: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    grad: &[f32],
-    norm_sq: f32,
-    h: &AdamWStep,
-) {
+pub fn adamw(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], norm_sq: f32, h: &AdamWStep) {
     let clip = h.clip_factor(norm_sq);
     for i in 0..param.len() {
         let g = clip * grad[i];
         m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * g;
         v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * g * g;
         let w = param[i];
-        param[i] =
-            w - h.lr * (m[i] / h.bc1) / ((v[i] / h.bc2).sqrt() + h.eps) - h.lr * h.weight_decay * w;
+        param[i] = w - h.lr * (m[i] / h.bc1) / ((v[i] / h.bc2).sqrt() + h.eps) - h.lr * h.weight_decay * w;
     }
 }
 

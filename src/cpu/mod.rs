@@ -90,7 +90,7 @@ impl Real for f32 {
         f32::tanh(self)
     }
     fn erf(self) -> Self {
-        libm::erf(self as f64) as f32
+        libm::erff(self)
     }
     unsafe fn gemm(
         m: usize,
@@ -163,9 +163,24 @@ pub fn threads() -> usize {
     std::env::var("MATMUL_NUM_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// Runs `f(first_row, rows)` over `out` split into blocks of whole rows of `row_len`, on the CPU
+/// backend's threads when the work is large enough to pay for them (natively; serially in wasm).
+pub fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    const MIN_PER_THREAD: usize = 1 << 15;
+    let rows = out.len() / row_len.max(1);
+    let threads = threads().min(out.len() / MIN_PER_THREAD).min(rows).max(1);
+    if threads == 1 || cfg!(target_arch = "wasm32") {
+        f(0, out);
+        return;
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (i, block) in out.chunks_mut(per * row_len).enumerate() {
+            let f = &f;
+            s.spawn(move || f(i * per, block));
+        }
+    });
 }

@@ -16,14 +16,8 @@ pub use pool::{GpuBuffer, MemoryStats};
 /// Every WGSL file in `shaders/`: file name = entry-point prefix = Rust op family.
 pub const SHADERS: &[(&str, &str)] = &[
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
-    (
-        "crossentropy",
-        include_str!("../../shaders/crossentropy.wgsl"),
-    ),
-    (
-        "elementwise",
-        include_str!("../../shaders/elementwise.wgsl"),
-    ),
+    ("crossentropy", include_str!("../../shaders/crossentropy.wgsl")),
+    ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
@@ -88,11 +82,7 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Gpu({} / {})",
-            self.inner.info.name, self.inner.info.backend
-        )
+        write!(f, "Gpu({} / {})", self.inner.info.name, self.inner.info.backend)
     }
 }
 
@@ -104,8 +94,7 @@ impl Gpu {
     /// Opens the default adapter (honouring WGPU_BACKEND, WGPU_ADAPTER_NAME and
     /// WGPU_POWER_PREF natively) with the adapter's own limits.
     pub async fn new() -> Result<Gpu> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = wgpu::util::initialize_adapter_from_env_or_default(&instance, None)
             .await
             .map_err(|e| Error::NoAdapter(format!("{e}. {}", no_adapter_hint())))?;
@@ -126,12 +115,7 @@ impl Gpu {
                 trace: wgpu::Trace::Off,
             })
             .await
-            .map_err(|e| {
-                Error::Gpu(format!(
-                    "could not open a device on adapter `{}`: {e}",
-                    info.name
-                ))
-            })?;
+            .map_err(|e| Error::Gpu(format!("could not open a device on adapter `{}`: {e}", info.name)))?;
 
         // Validation errors and device loss are kept and returned as Err from the next sync point
         // instead of the default handler's panic.
@@ -189,11 +173,7 @@ impl Gpu {
                 arena,
                 modules: Mutex::new(HashMap::new()),
                 kernels: Mutex::new(HashMap::new()),
-                batch: Mutex::new(Batch {
-                    encoder: None,
-                    params: Vec::new(),
-                    dispatches: 0,
-                }),
+                batch: Mutex::new(Batch { encoder: None, params: Vec::new(), dispatches: 0 }),
                 pool: Mutex::new(pool::Pool::default()),
                 error,
             }),
@@ -248,10 +228,7 @@ impl Gpu {
         let x = groups.clamp(1, max);
         let y = groups.div_ceil(x).max(1);
         if y > max {
-            return Err(Error::Limit {
-                op,
-                msg: format!("needs {groups} workgroups, over {max}×{max}"),
-            });
+            return Err(Error::Limit { op, msg: format!("needs {groups} workgroups, over {max}×{max}") });
         }
         Ok([x as u32, y as u32, 1])
     }
@@ -259,10 +236,7 @@ impl Gpu {
     pub(crate) fn check_groups(&self, op: &'static str, groups: [u32; 3]) -> Result<()> {
         let max = self.inner.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
-            return Err(Error::Limit {
-                op,
-                msg: format!("needs {groups:?} workgroups, over {max} per dimension"),
-            });
+            return Err(Error::Limit { op, msg: format!("needs {groups:?} workgroups, over {max} per dimension") });
         }
         Ok(())
     }
@@ -277,13 +251,10 @@ impl Gpu {
             .find(|(name, _)| *name == family)
             .map(|(_, src)| *src)
             .ok_or_else(|| Error::Gpu(format!("no shader file `{family}.wgsl`")))?;
-        let m = self
-            .inner
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(family),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
+        let m = self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(family),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
         modules.insert(family, m.clone());
         Ok(m)
     }
@@ -312,19 +283,15 @@ impl Gpu {
                 binding: 1 + i as u32,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage {
-                        read_only: i < reads,
-                    },
+                    ty: wgpu::BufferBindingType::Storage { read_only: i < reads },
                     has_dynamic_offset: false,
                     min_binding_size: None,
                 },
                 count: None,
             });
         }
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(entry),
-            entries: &entries,
-        });
+        let layout =
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(entry),
             bind_group_layouts: &[Some(&layout)],
@@ -375,27 +342,19 @@ impl Gpu {
             }),
         }];
         for (i, b) in reads.iter().chain(writes.iter()).enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 1 + i as u32,
-                resource: b.as_entire_binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.as_entire_binding() });
         }
-        let bind_group = self
-            .inner
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(entry),
-                layout: &kernel.layout,
-                entries: &entries,
-            });
-        let device = &self.inner.device;
-        let encoder = batch.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        let bind_group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(entry),
-            timestamp_writes: None,
+            layout: &kernel.layout,
+            entries: &entries,
         });
+        let device = &self.inner.device;
+        let encoder = batch
+            .encoder
+            .get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -403,19 +362,12 @@ impl Gpu {
     }
 
     /// Records a buffer-to-buffer copy.
-    pub(crate) fn copy(
-        &self,
-        src: &wgpu::Buffer,
-        src_offset: u64,
-        dst: &wgpu::Buffer,
-        dst_offset: u64,
-        bytes: u64,
-    ) {
+    pub(crate) fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
         let mut batch = lock(&self.inner.batch);
         let device = &self.inner.device;
-        let encoder = batch.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-        });
+        let encoder = batch
+            .encoder
+            .get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
         encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, bytes);
     }
 
@@ -423,18 +375,16 @@ impl Gpu {
     pub(crate) fn clear(&self, dst: &wgpu::Buffer, bytes: u64) {
         let mut batch = lock(&self.inner.batch);
         let device = &self.inner.device;
-        let encoder = batch.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-        });
+        let encoder = batch
+            .encoder
+            .get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
         encoder.clear_buffer(dst, 0, Some(bytes));
     }
 
     fn submit_locked(&self, batch: &mut Batch) {
         if let Some(encoder) = batch.encoder.take() {
             if !batch.params.is_empty() {
-                self.inner
-                    .queue
-                    .write_buffer(&self.inner.arena, 0, &batch.params);
+                self.inner.queue.write_buffer(&self.inner.arena, 0, &batch.params);
             }
             self.inner.queue.submit(Some(encoder.finish()));
         }
@@ -470,15 +420,11 @@ impl Gpu {
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
-        let mapped = rx
-            .await
-            .map_err(|_| Error::Gpu("readback was cancelled".into()))?;
+        let mapped = rx.await.map_err(|_| Error::Gpu("readback was cancelled".into()))?;
         self.take_error()?;
         mapped.map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
         let data = {
-            let view = staging
-                .get_mapped_range(..)
-                .map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("readback failed: {e}")))?;
             view[..bytes as usize].to_vec()
         };
         staging.unmap();

@@ -75,9 +75,7 @@ impl GpuBuffer {
     }
     /// The device that owns this buffer.
     pub fn gpu(&self) -> Gpu {
-        Gpu {
-            inner: self.owner.clone(),
-        }
+        Gpu { inner: self.owner.clone() }
     }
 }
 
@@ -110,18 +108,10 @@ impl Gpu {
     }
 
     fn alloc_inner(&self, op: &'static str, bytes: u64, pooled: bool) -> Result<GpuBuffer> {
-        let size = if pooled {
-            size_class(bytes)
-        } else {
-            bytes.max(4).next_multiple_of(4)
-        };
+        let size = if pooled { size_class(bytes) } else { bytes.max(4).next_multiple_of(4) };
         self.check_size(op, size)?;
         let mut pool = lock(&self.inner.pool);
-        let reused = if pooled {
-            pool.free.get_mut(&size).and_then(|v| v.pop())
-        } else {
-            None
-        };
+        let reused = if pooled { pool.free.get_mut(&size).and_then(|v| v.pop()) } else { None };
         let buffer = match reused {
             Some(b) => {
                 pool.stats.cached_bytes -= size;
@@ -132,9 +122,7 @@ impl Gpu {
                 self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(op),
                     size,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 })
             }
@@ -144,24 +132,14 @@ impl Gpu {
             pool.stats.weight_bytes += size;
         }
         pool.stats.peak_bytes = pool.stats.peak_bytes.max(pool.stats.live_bytes);
-        Ok(GpuBuffer {
-            buffer: Some(buffer),
-            size,
-            pooled,
-            owner: self.inner.clone(),
-        })
+        Ok(GpuBuffer { buffer: Some(buffer), size, pooled, owner: self.inner.clone() })
     }
 
     /// Drops every cached free buffer.
     pub fn trim(&self) {
         let mut pool = lock(&self.inner.pool);
         let pool = &mut *pool;
-        let free: Vec<wgpu::Buffer> = pool
-            .free
-            .drain()
-            .chain(pool.staging.drain())
-            .flat_map(|(_, v)| v)
-            .collect();
+        let free: Vec<wgpu::Buffer> = pool.free.drain().chain(pool.staging.drain()).flat_map(|(_, v)| v).collect();
         for b in free {
             b.destroy();
         }
@@ -180,10 +158,7 @@ mod tests {
         assert_eq!(size_class(257), 320);
         for bytes in [1000u64, 4096, 4097, 123_457, 46_881_792] {
             let c = size_class(bytes);
-            assert!(
-                c >= bytes && (c as f64) <= bytes as f64 * 1.25 + 1.0,
-                "{bytes} -> {c}"
-            );
+            assert!(c >= bytes && (c as f64) <= bytes as f64 * 1.25 + 1.0, "{bytes} -> {c}");
         }
     }
 }

@@ -108,14 +108,8 @@ impl Inputs {
             ));
         }
         let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
-        let mask: Vec<f32> = attention_mask
-            .iter()
-            .map(|&m| if m != 0 { 1.0 } else { 0.0 })
-            .collect();
-        let mask_add: Vec<f32> = attention_mask
-            .iter()
-            .map(|&m| if m != 0 { 0.0 } else { MASKED })
-            .collect();
+        let mask: Vec<f32> = attention_mask.iter().map(|&m| if m != 0 { 1.0 } else { 0.0 }).collect();
+        let mask_add: Vec<f32> = attention_mask.iter().map(|&m| if m != 0 { 0.0 } else { MASKED }).collect();
         Ok(Inputs {
             batch,
             seq,
@@ -185,20 +179,15 @@ pub struct Output {
 impl Bert {
     /// Builds the encoder from named host tensors (HF names, with or without a `bert.` prefix).
     pub fn from_named(config: BertConfig, mut w: NamedTensors, device: &Device) -> Result<Bert> {
-        let prefix = if w.contains("bert.embeddings.word_embeddings.weight") {
-            "bert."
-        } else {
-            ""
-        };
+        let prefix = if w.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
         let (c, f) = (config.hidden_size, config.intermediate_size);
         let has_pooler = w.contains(&format!("{prefix}pooler.dense.weight"));
         let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
             let full = format!("{prefix}{name}");
             // Old checkpoints name LayerNorm parameters gamma/beta.
             let full = if !w.contains(&full) && name.contains("LayerNorm") {
-                let alt = full
-                    .replace("LayerNorm.weight", "LayerNorm.gamma")
-                    .replace("LayerNorm.bias", "LayerNorm.beta");
+                let alt =
+                    full.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
                 if w.contains(&alt) {
                     alt
                 } else {
@@ -220,24 +209,13 @@ impl Bert {
                 bias: get(&format!("{name}.bias"), &[out])?,
             })
         };
-        let norm = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
-                    name: &str|
-         -> Result<LayerNorm> {
-            Ok(LayerNorm {
-                weight: get(&format!("{name}.weight"), &[c])?,
-                bias: get(&format!("{name}.bias"), &[c])?,
-            })
+        let norm = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm { weight: get(&format!("{name}.weight"), &[c])?, bias: get(&format!("{name}.bias"), &[c])? })
         };
         let embeddings = Embeddings {
             word: get("embeddings.word_embeddings.weight", &[config.vocab_size, c])?,
-            position: get(
-                "embeddings.position_embeddings.weight",
-                &[config.max_position_embeddings, c],
-            )?,
-            token_type: get(
-                "embeddings.token_type_embeddings.weight",
-                &[config.type_vocab_size, c],
-            )?,
+            position: get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, c])?,
+            token_type: get("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, c])?,
             norm: norm(&mut get, "embeddings.LayerNorm")?,
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -254,18 +232,8 @@ impl Bert {
                 out_norm: norm(&mut get, &format!("{p}.output.LayerNorm"))?,
             });
         }
-        let pooler = if has_pooler {
-            Some(linear(&mut get, "pooler.dense", c, c)?)
-        } else {
-            None
-        };
-        Ok(Bert {
-            config,
-            device: device.clone(),
-            embeddings,
-            layers,
-            pooler,
-        })
+        let pooler = if has_pooler { Some(linear(&mut get, "pooler.dense", c, c)?) } else { None };
+        Ok(Bert { config, device: device.clone(), embeddings, layers, pooler })
     }
 
     fn eps(&self) -> f32 {
@@ -291,16 +259,8 @@ impl Bert {
         // Embeddings: word + position + token type, then LayerNorm.   (B·T, C)
         let e = &self.embeddings;
         let mut sum = ops::embedding(&inputs.ids, &e.word)?;
-        ops::add_into(
-            &mut sum,
-            &ops::embedding(&inputs.positions, &e.position)?,
-            1.0,
-        )?;
-        ops::add_into(
-            &mut sum,
-            &ops::embedding(&inputs.types, &e.token_type)?,
-            1.0,
-        )?;
+        ops::add_into(&mut sum, &ops::embedding(&inputs.positions, &e.position)?, 1.0)?;
+        ops::add_into(&mut sum, &ops::embedding(&inputs.types, &e.token_type)?, 1.0)?;
         let (mut x, mean, rstd) = ops::layernorm(&sum, &e.norm.weight, &e.norm.bias, self.eps())?;
         if training {
             cache.embeddings = Some(EmbeddingCache { sum, mean, rstd });
@@ -319,50 +279,27 @@ impl Bert {
                 hidden_states.push(x.reshape(&[b, t, c])?);
             }
         }
-        Ok(Output {
-            hidden: x.reshape(&[b, t, c])?,
-            cache: training.then_some(cache),
-            hidden_states,
-        })
+        Ok(Output { hidden: x.reshape(&[b, t, c])?, cache: training.then_some(cache), hidden_states })
     }
 
     /// One encoder layer on x (B·T, C); returns its output and the activations it used.
-    pub fn layer_forward(
-        &self,
-        layer: &Layer,
-        x: Tensor,
-        inputs: &Inputs,
-    ) -> Result<(Tensor, LayerCache)> {
+    pub fn layer_forward(&self, layer: &Layer, x: Tensor, inputs: &Inputs) -> Result<(Tensor, LayerCache)> {
         let (b, t, c) = (inputs.batch, inputs.seq, self.config.hidden_size);
         let q = layer.query.forward(&x)?.reshape(&[b, t, c])?;
         let k = layer.key.forward(&x)?.reshape(&[b, t, c])?;
         let v = layer.value.forward(&x)?.reshape(&[b, t, c])?;
-        let (ctx, probs) = ops::attention(
-            &q,
-            &k,
-            &v,
-            Some(&inputs.mask_add),
-            self.config.num_attention_heads,
-        )?;
+        let (ctx, probs) = ops::attention(&q, &k, &v, Some(&inputs.mask_add), self.config.num_attention_heads)?;
         let ctx = ctx.reshape(&[b * t, c])?;
         let mut attn_sum = layer.attn_out.forward(&ctx)?;
         ops::add_into(&mut attn_sum, &x, 1.0)?;
-        let (h1, attn_mean, attn_rstd) = ops::layernorm(
-            &attn_sum,
-            &layer.attn_norm.weight,
-            &layer.attn_norm.bias,
-            self.eps(),
-        )?;
+        let (h1, attn_mean, attn_rstd) =
+            ops::layernorm(&attn_sum, &layer.attn_norm.weight, &layer.attn_norm.bias, self.eps())?;
         let inter_pre = layer.intermediate.forward(&h1)?;
         let inter = ops::gelu(&inter_pre)?;
         let mut out_sum = layer.output.forward(&inter)?;
         ops::add_into(&mut out_sum, &h1, 1.0)?;
-        let (out, out_mean, out_rstd) = ops::layernorm(
-            &out_sum,
-            &layer.out_norm.weight,
-            &layer.out_norm.bias,
-            self.eps(),
-        )?;
+        let (out, out_mean, out_rstd) =
+            ops::layernorm(&out_sum, &layer.out_norm.weight, &layer.out_norm.bias, self.eps())?;
         let cache = LayerCache {
             input: x,
             q,
@@ -390,19 +327,13 @@ impl Bert {
 
     /// The BERT pooler: tanh(W h[CLS] + b). (B, C)
     pub fn pool_cls(&self, hidden: &Tensor) -> Result<Tensor> {
-        let pooler = self
-            .pooler
-            .as_ref()
-            .ok_or_else(|| Error::invalid("this checkpoint has no pooler (pooler.dense.*)"))?;
+        let pooler =
+            self.pooler.as_ref().ok_or_else(|| Error::invalid("this checkpoint has no pooler (pooler.dense.*)"))?;
         let (b, t, c) = (hidden.dim(0), hidden.dim(1), hidden.dim(2));
         // Rows b*T*C of the hidden state are the [CLS] vectors: a matmul with row stride T*C.
         let mut pre = self.device.uninit("pooler", &[b, c])?;
         let desc = MatmulDesc {
-            a: Strides {
-                offset: 0,
-                ld: t * c,
-                bs: [0, 0],
-            },
+            a: Strides { offset: 0, ld: t * c, bs: [0, 0] },
             ..MatmulDesc::contiguous(1, b, c, c, false, true)
         };
         ops::matmul_into(&mut pre, hidden, &pooler.weight, Some(&pooler.bias), &desc)?;
@@ -415,10 +346,7 @@ impl Bert {
         let e = &self.embeddings;
         out.push(("embeddings.word_embeddings.weight".into(), &e.word));
         out.push(("embeddings.position_embeddings.weight".into(), &e.position));
-        out.push((
-            "embeddings.token_type_embeddings.weight".into(),
-            &e.token_type,
-        ));
+        out.push(("embeddings.token_type_embeddings.weight".into(), &e.token_type));
         out.push(("embeddings.LayerNorm.weight".into(), &e.norm.weight));
         out.push(("embeddings.LayerNorm.bias".into(), &e.norm.bias));
         for (l, layer) in self.layers.iter().enumerate() {
@@ -434,10 +362,7 @@ impl Bert {
                 out.push((format!("{p}.{name}.weight"), &lin.weight));
                 out.push((format!("{p}.{name}.bias"), &lin.bias));
             }
-            for (name, n) in [
-                ("attention.output.LayerNorm", &layer.attn_norm),
-                ("output.LayerNorm", &layer.out_norm),
-            ] {
+            for (name, n) in [("attention.output.LayerNorm", &layer.attn_norm), ("output.LayerNorm", &layer.out_norm)] {
                 out.push((format!("{p}.{name}.weight"), &n.weight));
                 out.push((format!("{p}.{name}.bias"), &n.bias));
             }

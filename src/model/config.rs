@@ -51,22 +51,19 @@ fn default_dropout() -> f64 {
 impl BertConfig {
     /// Parses and checks a config.json; `origin` names the file in errors.
     pub fn from_json(json: &str, origin: &str) -> Result<Self> {
-        let v: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| Error::file(origin, format!("not valid JSON: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| Error::file(origin, format!("not valid JSON: {e}")))?;
         let model_type = v.get("model_type").and_then(|t| t.as_str()).unwrap_or("");
         if model_type != "bert" {
-            let what = if model_type.is_empty() {
-                "no model_type".to_string()
-            } else {
-                format!("model_type `{model_type}`")
-            };
+            let what =
+                if model_type.is_empty() { "no model_type".to_string() } else { format!("model_type `{model_type}`") };
             return Err(Error::file(
                 origin,
                 format!("unsupported architecture ({what}): localtune runs BERT-family encoders (model_type \"bert\")"),
             ));
         }
-        let c: BertConfig = serde_json::from_value(v)
-            .map_err(|e| Error::file(origin, format!("not a BERT config: {e}")))?;
+        let c: BertConfig =
+            serde_json::from_value(v).map_err(|e| Error::file(origin, format!("not a BERT config: {e}")))?;
         c.check(origin)?;
         Ok(c)
     }
@@ -74,10 +71,7 @@ impl BertConfig {
     fn check(&self, origin: &str) -> Result<()> {
         let bad = |msg: String| Err(Error::file(origin, msg));
         if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_python") {
-            return bad(format!(
-                "hidden_act `{}` is not supported (only the erf GELU, \"gelu\")",
-                self.hidden_act
-            ));
+            return bad(format!("hidden_act `{}` is not supported (only the erf GELU, \"gelu\")", self.hidden_act));
         }
         if self.position_embedding_type != "absolute" {
             return bad(format!(
@@ -85,9 +79,7 @@ impl BertConfig {
                 self.position_embedding_type
             ));
         }
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size {} does not split into {} attention heads",
                 self.hidden_size, self.num_attention_heads
@@ -115,8 +107,7 @@ impl BertConfig {
     /// The number of parameters of the encoder (embeddings, layers, pooler).
     pub fn num_parameters(&self) -> usize {
         let (c, f) = (self.hidden_size, self.intermediate_size);
-        let emb =
-            (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * c + 2 * c;
+        let emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * c + 2 * c;
         let layer = 4 * (c * c + c) + 2 * c + (c * f + f) + (f * c + c) + 2 * c;
         emb + self.num_hidden_layers * layer + c * c + c
     }

@@ -43,26 +43,16 @@ impl Model {
         device: &Device,
     ) -> Result<Model> {
         let config = BertConfig::from_json(config_json, &format!("{origin}/config.json"))?;
-        let tokenizer =
-            Tokenizer::from_json_str(tokenizer_json, &format!("{origin}/tokenizer.json"))?;
+        let tokenizer = Tokenizer::from_json_str(tokenizer_json, &format!("{origin}/tokenizer.json"))?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(Error::file(
                 format!("{origin}/tokenizer.json"),
-                format!(
-                    "has {} tokens but config.json says vocab_size {}",
-                    tokenizer.vocab_size(),
-                    config.vocab_size
-                ),
+                format!("has {} tokens but config.json says vocab_size {}", tokenizer.vocab_size(), config.vocab_size),
             ));
         }
-        let weights =
-            NamedTensors::from_bytes(safetensors, &format!("{origin}/model.safetensors"))?;
+        let weights = NamedTensors::from_bytes(safetensors, &format!("{origin}/model.safetensors"))?;
         let bert = Bert::from_named(config, weights, device)?;
-        Ok(Model {
-            bert,
-            tokenizer,
-            origin: origin.to_string(),
-        })
+        Ok(Model { bert, tokenizer, origin: origin.to_string() })
     }
 
     /// Loads a Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
@@ -77,24 +67,20 @@ impl Model {
                     }
                     _ => "",
                 };
-                return Err(Error::file(&p, format!("missing: a model folder needs config.json, model.safetensors and tokenizer.json{hint}")));
+                return Err(Error::file(
+                    &p,
+                    format!("missing: a model folder needs config.json, model.safetensors and tokenizer.json{hint}"),
+                ));
             }
             std::fs::read(&p).map_err(|e| Error::file(&p, e))
         };
         let text = |name: &str| -> Result<String> {
-            String::from_utf8(read(name)?)
-                .map_err(|_| Error::file(dir.join(name), "is not valid UTF-8"))
+            String::from_utf8(read(name)?).map_err(|_| Error::file(dir.join(name), "is not valid UTF-8"))
         };
         let config = text("config.json")?;
         let tokenizer = text("tokenizer.json")?;
         let weights = read("model.safetensors")?;
-        Self::from_bytes(
-            &config,
-            &weights,
-            &tokenizer,
-            &dir.display().to_string(),
-            device,
-        )
+        Self::from_bytes(&config, &weights, &tokenizer, &dir.display().to_string(), device)
     }
 
     /// Tokenizes `texts` (truncating to `max_len` tokens, padding to the longest) onto the device.
@@ -104,29 +90,14 @@ impl Model {
         }
         let max_len = max_len.min(self.bert.config.max_position_embeddings);
         let b = self.tokenizer.encode_batch(texts, max_len);
-        let inputs = Inputs::new(
-            &self.bert.device,
-            &b.input_ids,
-            &b.attention_mask,
-            &b.token_type_ids,
-            b.batch,
-            b.seq_len,
-        )?;
-        Ok(Encoded {
-            inputs,
-            lengths: b.lengths,
-            truncated: b.truncated,
-        })
+        let inputs =
+            Inputs::new(&self.bert.device, &b.input_ids, &b.attention_mask, &b.token_type_ids, b.batch, b.seq_len)?;
+        Ok(Encoded { inputs, lengths: b.lengths, truncated: b.truncated })
     }
 
     /// L2-normalised mean-pooled sentence embeddings of `texts`, `batch` texts at a time.
     /// Returns the embeddings and how many texts were truncated.
-    pub async fn embed(
-        &self,
-        texts: &[&str],
-        max_len: usize,
-        batch: usize,
-    ) -> Result<(Vec<Vec<f32>>, usize)> {
+    pub async fn embed(&self, texts: &[&str], max_len: usize, batch: usize) -> Result<(Vec<Vec<f32>>, usize)> {
         let mut out = Vec::with_capacity(texts.len());
         let mut truncated = 0;
         let c = self.bert.config.hidden_size;
@@ -134,11 +105,7 @@ impl Model {
             let enc = self.encode(chunk, max_len)?;
             truncated += enc.truncated;
             let o = self.bert.forward(&enc.inputs, Mode::Inference, false)?;
-            let e = self
-                .bert
-                .sentence_embedding(&o.hidden, &enc.inputs)?
-                .to_vec()
-                .await?;
+            let e = self.bert.sentence_embedding(&o.hidden, &enc.inputs)?.to_vec().await?;
             out.extend(e.chunks_exact(c).map(|r| r.to_vec()));
         }
         Ok((out, truncated))

@@ -86,12 +86,7 @@ struct NormalizerConfig {
 impl NormalizerConfig {
     /// The flags of a standard BERT tokenizer, cased or uncased.
     fn bert(lowercase: bool) -> Self {
-        NormalizerConfig {
-            clean_text: true,
-            handle_chinese_chars: true,
-            strip_accents: lowercase,
-            lowercase,
-        }
+        NormalizerConfig { clean_text: true, handle_chinese_chars: true, strip_accents: lowercase, lowercase }
     }
 }
 
@@ -112,10 +107,7 @@ struct AddedToken {
 /// A piece of text after extracting added tokens: either plain text or one added token.
 enum Segment<'t, 'a> {
     Text(&'t str),
-    Added {
-        token: &'a AddedToken,
-        text: &'t str,
-    },
+    Added { token: &'a AddedToken, text: &'t str },
 }
 
 /// A BERT WordPiece tokenizer (normaliser, pre-tokenizer, WordPiece model and `[CLS]`/`[SEP]`
@@ -245,10 +237,7 @@ fn json_type(value: &serde_json::Value) -> Option<&str> {
 }
 
 /// The `[CLS]` and `[SEP]` token strings named by the post-processor.
-fn special_tokens_from_post_processor(
-    post: Option<&serde_json::Value>,
-    origin: &str,
-) -> Result<(String, String)> {
+fn special_tokens_from_post_processor(post: Option<&serde_json::Value>, origin: &str) -> Result<(String, String)> {
     let defaults = || Ok(("[CLS]".to_string(), "[SEP]".to_string()));
     let Some(post) = post.filter(|p| !p.is_null()) else {
         return defaults();
@@ -274,12 +263,7 @@ fn special_tokens_from_post_processor(
                 .ok_or_else(|| Error::file(origin, "post_processor: missing `single` template"))?;
             let names: Vec<Option<&str>> = pieces
                 .iter()
-                .map(|piece| {
-                    piece
-                        .get("SpecialToken")
-                        .and_then(|s| s.get("id"))
-                        .and_then(serde_json::Value::as_str)
-                })
+                .map(|piece| piece.get("SpecialToken").and_then(|s| s.get("id")).and_then(serde_json::Value::as_str))
                 .collect();
             match names.as_slice() {
                 [Some(cls), None, Some(sep)] if pieces[1].get("Sequence").is_some() => {
@@ -291,10 +275,7 @@ fn special_tokens_from_post_processor(
                 )),
             }
         }
-        Some(other) => Err(Error::file(
-            origin,
-            format!("unsupported post_processor type `{other}`"),
-        )),
+        Some(other) => Err(Error::file(origin, format!("unsupported post_processor type `{other}`"))),
         None => Err(Error::file(origin, "post_processor without a `type`")),
     }
 }
@@ -326,15 +307,12 @@ impl Tokenizer {
     /// [`Error::File`] (naming `origin`) when the JSON is malformed, describes an unsupported
     /// pipeline, or lacks the unknown, `[CLS]`, `[SEP]` or padding token.
     pub fn from_json_str(json: &str, origin: &str) -> Result<Self> {
-        let file: JsonTokenizer = serde_json::from_str(json)
-            .map_err(|e| Error::file(origin, format!("invalid tokenizer.json: {e}")))?;
+        let file: JsonTokenizer =
+            serde_json::from_str(json).map_err(|e| Error::file(origin, format!("invalid tokenizer.json: {e}")))?;
 
         let model = file.model;
         if let Some(kind) = model.kind.as_deref().filter(|k| *k != "WordPiece") {
-            return Err(Error::file(
-                origin,
-                format!("unsupported model type `{kind}` (only WordPiece)"),
-            ));
+            return Err(Error::file(origin, format!("unsupported model type `{kind}` (only WordPiece)")));
         }
 
         let normalizer = match file.normalizer.as_ref().filter(|n| !n.is_null()) {
@@ -352,10 +330,7 @@ impl Tokenizer {
             Some(value) => {
                 return Err(Error::file(
                     origin,
-                    format!(
-                        "unsupported normalizer type `{}` (only BertNormalizer)",
-                        json_type(value).unwrap_or("?")
-                    ),
+                    format!("unsupported normalizer type `{}` (only BertNormalizer)", json_type(value).unwrap_or("?")),
                 ))
             }
         };
@@ -364,19 +339,13 @@ impl Tokenizer {
         if pre_tokenizer != Some("BertPreTokenizer") {
             return Err(Error::file(
                 origin,
-                format!(
-                    "unsupported pre_tokenizer `{}` (only BertPreTokenizer)",
-                    pre_tokenizer.unwrap_or("null")
-                ),
+                format!("unsupported pre_tokenizer `{}` (only BertPreTokenizer)", pre_tokenizer.unwrap_or("null")),
             ));
         }
 
-        let (cls_token, sep_token) =
-            special_tokens_from_post_processor(file.post_processor.as_ref(), origin)?;
+        let (cls_token, sep_token) = special_tokens_from_post_processor(file.post_processor.as_ref(), origin)?;
         let padding = file.padding.as_ref();
-        let pad_token = padding
-            .and_then(|p| p.pad_token.clone())
-            .unwrap_or_else(|| "[PAD]".to_string());
+        let pad_token = padding.and_then(|p| p.pad_token.clone()).unwrap_or_else(|| "[PAD]".to_string());
 
         // Like Hugging Face, a token already in the WordPiece vocabulary keeps that id.
         let added: Vec<(AddedToken, bool)> = file
@@ -404,12 +373,9 @@ impl Tokenizer {
         );
 
         let lookup = |name: &str, what: &str| {
-            tokenizer.token_to_id(name).ok_or_else(|| {
-                Error::file(
-                    origin,
-                    format!("{what} token `{name}` is not in the vocabulary"),
-                )
-            })
+            tokenizer
+                .token_to_id(name)
+                .ok_or_else(|| Error::file(origin, format!("{what} token `{name}` is not in the vocabulary")))
         };
         let unk_id = lookup(&model.unk_token, "unknown")?;
         let cls_id = lookup(&cls_token, "classifier")?;
@@ -454,13 +420,8 @@ impl Tokenizer {
             .into_iter()
             .filter_map(|name| {
                 let id = *map.get(name)?;
-                let token = AddedToken {
-                    content: name.to_string(),
-                    id,
-                    single_word: false,
-                    lstrip: false,
-                    rstrip: false,
-                };
+                let token =
+                    AddedToken { content: name.to_string(), id, single_word: false, lstrip: false, rstrip: false };
                 Some((token, false))
             })
             .collect();
@@ -489,11 +450,7 @@ impl Tokenizer {
         max_input_chars_per_word: usize,
         added: Vec<(AddedToken, bool)>,
     ) -> Self {
-        let largest_id = vocab
-            .values()
-            .chain(added.iter().map(|(token, _)| &token.id))
-            .max()
-            .copied();
+        let largest_id = vocab.values().chain(added.iter().map(|(token, _)| &token.id)).max().copied();
         let mut tokenizer = Tokenizer {
             vocab,
             vocab_size: largest_id.map_or(0, |id| id as usize + 1),
@@ -586,12 +543,7 @@ impl Tokenizer {
         tokens.insert(0, self.cls_token.clone());
         ids.push(self.sep_id);
         tokens.push(self.sep_token.clone());
-        Encoding {
-            ids,
-            tokens,
-            truncated: keep < num_pieces,
-            num_tokens_untruncated: num_pieces + 2,
-        }
+        Encoding { ids, tokens, truncated: keep < num_pieces, num_tokens_untruncated: num_pieces + 2 }
     }
 
     /// Encodes several texts (each as in [`Tokenizer::encode`]) and right-pads them with the
@@ -658,13 +610,7 @@ impl Tokenizer {
 
     /// WordPiece on one word: greedy longest-match-first, or the unknown token when the word
     /// is too long or cannot be covered by the vocabulary. `buffer` is scratch space.
-    fn word_piece(
-        &self,
-        word: &str,
-        buffer: &mut String,
-        ids: &mut Vec<u32>,
-        tokens: &mut Vec<String>,
-    ) {
+    fn word_piece(&self, word: &str, buffer: &mut String, ids: &mut Vec<u32>, tokens: &mut Vec<String>) {
         if word.chars().count() > self.max_input_chars_per_word {
             ids.push(self.unk_id);
             tokens.push(self.unk_token.clone());
@@ -687,10 +633,7 @@ impl Tokenizer {
                     break;
                 }
                 // Drop the last character of the candidate.
-                let last = word[start..end]
-                    .chars()
-                    .next_back()
-                    .map_or(1, char::len_utf8);
+                let last = word[start..end].chars().next_back().map_or(1, char::len_utf8);
                 end -= last;
             }
             let Some(id) = found else {
@@ -744,10 +687,7 @@ fn split_added_tokens<'t, 'a>(text: &'t str, added: &'a [AddedToken]) -> Vec<Seg
         if emitted < start {
             segments.push(Segment::Text(&text[emitted..start]));
         }
-        segments.push(Segment::Added {
-            token,
-            text: &text[start..stop],
-        });
+        segments.push(Segment::Added { token, text: &text[start..stop] });
         emitted = stop;
     }
     if emitted < text.len() {
@@ -758,11 +698,7 @@ fn split_added_tokens<'t, 'a>(text: &'t str, added: &'a [AddedToken]) -> Vec<Seg
 
 /// The leftmost match of any added token at or after byte `from`, the longest one when several
 /// start there: `(token, start, stop)`.
-fn find_longest_match<'a>(
-    text: &str,
-    from: usize,
-    added: &'a [AddedToken],
-) -> Option<(&'a AddedToken, usize, usize)> {
+fn find_longest_match<'a>(text: &str, from: usize, added: &'a [AddedToken]) -> Option<(&'a AddedToken, usize, usize)> {
     let rest = &text[from..];
     for (offset, _) in rest.char_indices() {
         let here = &rest[offset..];
@@ -868,9 +804,7 @@ fn decompose_hangul(cp: u32) -> Option<[Option<char>; 3]> {
     Some([
         char::from_u32(lead),
         char::from_u32(vowel),
-        (trail > 0)
-            .then(|| char::from_u32(TRAIL_BASE + trail))
-            .flatten(),
+        (trail > 0).then(|| char::from_u32(TRAIL_BASE + trail)).flatten(),
     ])
 }
 
@@ -937,7 +871,8 @@ mod tests {
     use super::*;
 
     /// A tiny uncased vocabulary: ids are line numbers.
-    const VOCAB: &str = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nworld\n,\n!\nplay\n##ing\n##s\nun\n##believ\n##able\ncafe\na\n";
+    const VOCAB: &str =
+        "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nworld\n,\n!\nplay\n##ing\n##s\nun\n##believ\n##able\ncafe\na\n";
 
     fn tokenizer() -> Tokenizer {
         Tokenizer::from_vocab_txt(VOCAB, true)
@@ -967,10 +902,7 @@ mod tests {
     #[test]
     fn continuation_pieces() {
         let e = tokenizer().encode("playing unbelievable plays", 16);
-        assert_eq!(
-            tokens(&e),
-            ["[CLS]", "play", "##ing", "un", "##believ", "##able", "play", "##s", "[SEP]"]
-        );
+        assert_eq!(tokens(&e), ["[CLS]", "play", "##ing", "un", "##believ", "##able", "play", "##s", "[SEP]"]);
     }
 
     #[test]
@@ -991,10 +923,7 @@ mod tests {
     fn accents_and_whitespace() {
         let t = tokenizer();
         assert_eq!(t.normalize("Café\u{200B}\tA\u{0301}"), "cafe a");
-        assert_eq!(
-            tokens(&t.encode(" \tCAFÉ\n ", 8)),
-            ["[CLS]", "cafe", "[SEP]"]
-        );
+        assert_eq!(tokens(&t.encode(" \tCAFÉ\n ", 8)), ["[CLS]", "cafe", "[SEP]"]);
         assert_eq!(t.normalize("東京"), " 東  京 ");
     }
 
@@ -1044,10 +973,7 @@ mod tests {
         ]);
         assert_eq!(b.token_type_ids, [0; 15]);
         let empty = tokenizer().encode_batch(&[], 5);
-        assert_eq!(
-            (empty.batch, empty.seq_len, empty.input_ids.len()),
-            (0, 0, 0)
-        );
+        assert_eq!((empty.batch, empty.seq_len, empty.input_ids.len()), (0, 0, 0));
     }
 
     #[test]
@@ -1066,10 +992,7 @@ mod tests {
     #[test]
     fn rejects_unsupported_json() {
         let err = Tokenizer::from_json_str(r#"{"model": {"type": "BPE", "vocab": {}}}"#, "x.json");
-        assert!(err
-            .unwrap_err()
-            .to_string()
-            .starts_with("x.json: unsupported model type"));
+        assert!(err.unwrap_err().to_string().starts_with("x.json: unsupported model type"));
         assert!(Tokenizer::from_json_str("{", "y.json").is_err());
     }
 }

@@ -36,38 +36,20 @@ impl NamedTensors {
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::file(origin, format!("not a valid safetensors file: {e}")))?;
-        let mut out = NamedTensors {
-            origin: origin.to_string(),
-            ..Default::default()
-        };
+        let mut out = NamedTensors { origin: origin.to_string(), ..Default::default() };
         for (name, view) in st.tensors() {
             let raw = view.data();
             let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                Dtype::F16 => raw
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => raw
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                Dtype::F64 => raw
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                    .collect(),
+                Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                Dtype::F64 => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
                 _ => {
                     out.skipped.push(name.to_string());
                     continue;
                 }
             };
-            out.tensors.insert(
-                name.to_string(),
-                HostTensor::new(view.shape().to_vec(), data),
-            );
+            out.tensors.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
         }
         Ok(out)
     }
@@ -80,19 +62,12 @@ impl NamedTensors {
 
     /// Removes and returns `name`, checking its shape; the error names the tensor, the file and both shapes.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self.tensors.remove(name).ok_or_else(|| {
-            Error::tensor(
-                &self.origin,
-                name,
-                format!("missing (expected shape {shape:?})"),
-            )
-        })?;
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| Error::tensor(&self.origin, name, format!("missing (expected shape {shape:?})")))?;
         if t.shape != shape {
-            return Err(Error::tensor(
-                &self.origin,
-                name,
-                format!("has shape {:?}, expected {shape:?}", t.shape),
-            ));
+            return Err(Error::tensor(&self.origin, name, format!("has shape {:?}, expected {shape:?}", t.shape)));
         }
         Ok(t.data)
     }
@@ -106,10 +81,7 @@ impl NamedTensors {
     }
 
     /// Serialises as safetensors (F32, names in sorted order), with optional string metadata.
-    pub fn to_bytes(
-        &self,
-        metadata: Option<std::collections::HashMap<String, String>>,
-    ) -> Result<Vec<u8>> {
+    pub fn to_bytes(&self, metadata: Option<std::collections::HashMap<String, String>>) -> Result<Vec<u8>> {
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
             .tensors
             .iter()

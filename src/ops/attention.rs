@@ -26,32 +26,14 @@ impl Dims {
     }
     /// A (B, T, H·D) activation seen as (B, H) blocks of (T, D).
     fn heads(&self, t: usize) -> Strides {
-        Strides {
-            offset: 0,
-            ld: self.c(),
-            bs: [t * self.c(), self.d],
-        }
+        Strides { offset: 0, ld: self.c(), bs: [t * self.c(), self.d] }
     }
     /// A contiguous (B, H, Tq, Tk) score tensor seen as (B, H) blocks of (Tq, Tk).
     fn scores(&self) -> Strides {
-        Strides {
-            offset: 0,
-            ld: self.tk,
-            bs: [self.h * self.tq * self.tk, self.tq * self.tk],
-        }
+        Strides { offset: 0, ld: self.tk, bs: [self.h * self.tq * self.tk, self.tq * self.tk] }
     }
     #[allow(clippy::too_many_arguments)]
-    fn desc(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        ta: bool,
-        tb: bool,
-        a: Strides,
-        b: Strides,
-        c: Strides,
-    ) -> MatmulDesc {
+    fn desc(&self, m: usize, n: usize, k: usize, ta: bool, tb: bool, a: Strides, b: Strides, c: Strides) -> MatmulDesc {
         MatmulDesc {
             m,
             n,
@@ -73,45 +55,24 @@ fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> R
     if sq.len() != 3 || sk.len() != 3 || v.shape() != sk || sq[0] != sk[0] || sq[2] != sk[2] {
         return Err(Error::shape(
             op,
-            format!(
-                "q {sq:?}, k {sk:?} and v {:?} must be (B, T, C) with equal B and C",
-                v.shape()
-            ),
+            format!("q {sq:?}, k {sk:?} and v {:?} must be (B, T, C) with equal B and C", v.shape()),
         ));
     }
     if heads == 0 || sq[2] % heads != 0 {
-        return Err(Error::shape(
-            op,
-            format!("{} channels do not split into {heads} heads", sq[2]),
-        ));
+        return Err(Error::shape(op, format!("{} channels do not split into {heads} heads", sq[2])));
     }
-    Ok(Dims {
-        b: sq[0],
-        tq: sq[1],
-        tk: sk[1],
-        h: heads,
-        d: sq[2] / heads,
-    })
+    Ok(Dims { b: sq[0], tq: sq[1], tk: sk[1], h: heads, d: sq[2] / heads })
 }
 
 /// Returns (out (B, Tq, C), probs (B, H, Tq, Tk)). `mask` is additive, (B, Tk): 0 to keep a key,
 /// a large negative number (-1e30) to drop it.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    heads: usize,
-) -> Result<(Tensor, Tensor)> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, heads: usize) -> Result<(Tensor, Tensor)> {
     let op = "attention";
     let n = dims(op, q, k, v, heads)?;
     let dev = device_of(op, &[q, k, v])?;
     if let Some(m) = mask {
         if m.shape() != [n.b, n.tk] {
-            return Err(Error::shape(
-                op,
-                format!("mask {:?} must be (B, Tk) = [{}, {}]", m.shape(), n.b, n.tk),
-            ));
+            return Err(Error::shape(op, format!("mask {:?} must be (B, Tk) = [{}, {}]", m.shape(), n.b, n.tk)));
         }
     }
     let mut scores = dev.uninit(op, &[n.b, n.h, n.tq, n.tk])?;
@@ -120,16 +81,7 @@ pub fn attention(
         q,
         k,
         None,
-        &n.desc(
-            n.tq,
-            n.tk,
-            n.d,
-            false,
-            true,
-            n.heads(n.tq),
-            n.heads(n.tk),
-            n.scores(),
-        ),
+        &n.desc(n.tq, n.tk, n.d, false, true, n.heads(n.tq), n.heads(n.tk), n.scores()),
     )?;
     let scale = 1.0 / (n.d as f32).sqrt();
     let probs = softmax(&scores, mask.map(|m| (m, n.h * n.tq)), scale)?;
@@ -140,16 +92,7 @@ pub fn attention(
         &probs,
         v,
         None,
-        &n.desc(
-            n.tq,
-            n.d,
-            n.tk,
-            false,
-            false,
-            n.scores(),
-            n.heads(n.tk),
-            n.heads(n.tq),
-        ),
+        &n.desc(n.tq, n.d, n.tk, false, false, n.scores(), n.heads(n.tk), n.heads(n.tq)),
     )?;
     Ok((out, probs))
 }
@@ -184,16 +127,7 @@ pub fn attention_backward(
         dout,
         v,
         None,
-        &n.desc(
-            n.tq,
-            n.tk,
-            n.d,
-            false,
-            true,
-            n.heads(n.tq),
-            n.heads(n.tk),
-            n.scores(),
-        ),
+        &n.desc(n.tq, n.tk, n.d, false, true, n.heads(n.tq), n.heads(n.tk), n.scores()),
     )?;
     let mut dv = dev.uninit(op, v.shape())?;
     matmul_into(
@@ -201,16 +135,7 @@ pub fn attention_backward(
         probs,
         dout,
         None,
-        &n.desc(
-            n.tk,
-            n.d,
-            n.tq,
-            true,
-            false,
-            n.scores(),
-            n.heads(n.tq),
-            n.heads(n.tk),
-        ),
+        &n.desc(n.tk, n.d, n.tq, true, false, n.scores(), n.heads(n.tq), n.heads(n.tk)),
     )?;
     let scale = 1.0 / (n.d as f32).sqrt();
     let dscores = softmax_backward(&dprobs, probs, scale)?;
@@ -221,16 +146,7 @@ pub fn attention_backward(
         &dscores,
         k,
         None,
-        &n.desc(
-            n.tq,
-            n.d,
-            n.tk,
-            false,
-            false,
-            n.scores(),
-            n.heads(n.tk),
-            n.heads(n.tq),
-        ),
+        &n.desc(n.tq, n.d, n.tk, false, false, n.scores(), n.heads(n.tk), n.heads(n.tq)),
     )?;
     let mut dk = dev.uninit(op, k.shape())?;
     matmul_into(
@@ -238,16 +154,7 @@ pub fn attention_backward(
         &dscores,
         q,
         None,
-        &n.desc(
-            n.tk,
-            n.d,
-            n.tq,
-            true,
-            false,
-            n.scores(),
-            n.heads(n.tq),
-            n.heads(n.tk),
-        ),
+        &n.desc(n.tk, n.d, n.tq, true, false, n.scores(), n.heads(n.tq), n.heads(n.tk)),
     )?;
     Ok((dq, dk, dv))
 }

@@ -19,10 +19,7 @@ fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     let d = ts[0].device();
     for t in &ts[1..] {
         if !t.device().same(&d) {
-            return Err(Error::shape(
-                op,
-                format!("tensors on different devices: {:?} and {:?}", ts[0], t),
-            ));
+            return Err(Error::shape(op, format!("tensors on different devices: {:?} and {:?}", ts[0], t)));
         }
     }
     Ok(d)
@@ -30,20 +27,14 @@ fn device_of(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
 
 fn want_f32(op: &'static str, name: &str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
-        return Err(Error::shape(
-            op,
-            format!("`{name}` must be f32, got {:?}", t.dtype()),
-        ));
+        return Err(Error::shape(op, format!("`{name}` must be f32, got {:?}", t.dtype())));
     }
     Ok(())
 }
 
 fn want_shape(op: &'static str, name: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
     if t.shape() != shape {
-        return Err(Error::shape(
-            op,
-            format!("`{name}` has shape {:?}, expected {shape:?}", t.shape()),
-        ));
+        return Err(Error::shape(op, format!("`{name}` has shape {:?}, expected {shape:?}", t.shape())));
     }
     Ok(())
 }
@@ -52,20 +43,14 @@ fn want_shape(op: &'static str, name: &str, t: &Tensor, shape: &[usize]) -> Resu
 fn rows_cols(op: &'static str, t: &Tensor) -> Result<(usize, usize)> {
     let s = t.shape();
     if s.is_empty() || s.contains(&0) {
-        return Err(Error::shape(
-            op,
-            format!("needs a non-empty tensor, got shape {s:?}"),
-        ));
+        return Err(Error::shape(op, format!("needs a non-empty tensor, got shape {s:?}")));
     }
     let cols = *s.last().unwrap();
     Ok((t.numel() / cols, cols))
 }
 
 fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::Limit {
-        op,
-        msg: format!("{what} = {v} does not fit in 32 bits"),
-    })
+    u32::try_from(v).map_err(|_| Error::Limit { op, msg: format!("{what} = {v} does not fit in 32 bits") })
 }
 
 /// Workgroups of `wg` invocations covering `n` items.
@@ -88,11 +73,7 @@ pub struct Strides {
 impl Strides {
     /// A contiguous stack of (rows, cols) matrices.
     pub fn contiguous(rows: usize, cols: usize) -> Self {
-        Strides {
-            offset: 0,
-            ld: cols,
-            bs: [rows * cols, 0],
-        }
+        Strides { offset: 0, ld: cols, bs: [rows * cols, 0] }
     }
 }
 
@@ -115,14 +96,7 @@ pub struct MatmulDesc {
 
 impl MatmulDesc {
     /// A plain contiguous (batch, m, k)·(batch, k, n) product, with op(·) = transpose when asked.
-    pub fn contiguous(
-        batch: usize,
-        m: usize,
-        n: usize,
-        k: usize,
-        trans_a: bool,
-        trans_b: bool,
-    ) -> Self {
+    pub fn contiguous(batch: usize, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
         let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
         let (br, bc) = if trans_b { (n, k) } else { (k, n) };
         MatmulDesc {
@@ -146,31 +120,14 @@ impl MatmulDesc {
         if self.m == 0 || self.n == 0 || self.k == 0 || self.batch[0] == 0 || self.batch[1] == 0 {
             return Err(Error::shape(
                 op,
-                format!(
-                    "zero-sized dimension in m={} n={} k={} batch={:?}",
-                    self.m, self.n, self.k, self.batch
-                ),
+                format!("zero-sized dimension in m={} n={} k={} batch={:?}", self.m, self.n, self.k, self.batch),
             ));
         }
-        let (ar, ac) = if self.trans_a {
-            (self.k, self.m)
-        } else {
-            (self.m, self.k)
-        };
-        let (br, bc) = if self.trans_b {
-            (self.n, self.k)
-        } else {
-            (self.k, self.n)
-        };
+        let (ar, ac) = if self.trans_a { (self.k, self.m) } else { (self.m, self.k) };
+        let (br, bc) = if self.trans_b { (self.n, self.k) } else { (self.k, self.n) };
         let span = |s: &Strides, rows: usize, cols: usize, len: usize, name: &str| -> Result<()> {
             if s.ld < cols {
-                return Err(Error::shape(
-                    op,
-                    format!(
-                        "{name}: row stride {} is shorter than a row of {cols}",
-                        s.ld
-                    ),
-                ));
+                return Err(Error::shape(op, format!("{name}: row stride {} is shorter than a row of {cols}", s.ld)));
             }
             let last = s.offset
                 + (self.batch[0] - 1) * s.bs[0]
@@ -202,13 +159,7 @@ pub enum MatmulKernel {
 }
 
 /// Runs `d` writing into `c`: the general form every other matmul goes through.
-pub fn matmul_into(
-    c: &mut Tensor,
-    a: &Tensor,
-    b: &Tensor,
-    bias: Option<&Tensor>,
-    d: &MatmulDesc,
-) -> Result<()> {
+pub fn matmul_into(c: &mut Tensor, a: &Tensor, b: &Tensor, bias: Option<&Tensor>, d: &MatmulDesc) -> Result<()> {
     matmul_into_with(c, a, b, bias, d, MatmulKernel::Tiled)
 }
 
@@ -236,13 +187,7 @@ pub fn matmul_into_with(
     match dev {
         Device::Cpu => {
             let bias_v = bias.map(|t| t.cpu_f32().to_vec());
-            cpu::matmul(
-                c.cpu_f32_mut(),
-                a.cpu_f32(),
-                b.cpu_f32(),
-                bias_v.as_deref(),
-                d,
-            );
+            cpu::matmul(c.cpu_f32_mut(), a.cpu_f32(), b.cpu_f32(), bias_v.as_deref(), d);
             Ok(())
         }
         Device::Gpu(g) => {
@@ -251,22 +196,12 @@ pub fn matmul_into_with(
                 MatmulKernel::Naive => "matmul_naive",
                 MatmulKernel::Tiled => "matmul_tiled",
             };
-            let tile = if kernel == MatmulKernel::Naive {
-                16
-            } else {
-                64
-            };
+            let tile = if kernel == MatmulKernel::Naive { 16 } else { 64 };
             let batch = u32_of(op, "batch", d.batch[0] * d.batch[1])?;
             let grid = [d.n.div_ceil(tile) as u32, d.m.div_ceil(tile) as u32, batch];
             // An unused bias binding still needs a buffer: bind A.
             let bias_buf = bias.map_or(a.buf(), |t| t.buf());
-            g.dispatch(
-                entry,
-                bytemuck::bytes_of(&p),
-                &[a.buf(), b.buf(), bias_buf],
-                &[c.buf()],
-                grid,
-            )
+            g.dispatch(entry, bytemuck::bytes_of(&p), &[a.buf(), b.buf(), bias_buf], &[c.buf()], grid)
         }
     }
 }
@@ -276,29 +211,15 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
     let op = "matmul";
     let (sa, sb) = (a.shape(), b.shape());
     if sa.len() != sb.len() || !(sa.len() == 2 || sa.len() == 3) {
-        return Err(Error::shape(
-            op,
-            format!("needs two 2-D or two 3-D tensors, got {sa:?} and {sb:?}"),
-        ));
+        return Err(Error::shape(op, format!("needs two 2-D or two 3-D tensors, got {sa:?} and {sb:?}")));
     }
     let r = sa.len();
     let batch = if r == 3 { sa[0] } else { 1 };
     if r == 3 && sb[0] != batch {
-        return Err(Error::shape(
-            op,
-            format!("batch sizes differ: {sa:?} and {sb:?}"),
-        ));
+        return Err(Error::shape(op, format!("batch sizes differ: {sa:?} and {sb:?}")));
     }
-    let (m, ka) = if trans_a {
-        (sa[r - 1], sa[r - 2])
-    } else {
-        (sa[r - 2], sa[r - 1])
-    };
-    let (kb, n) = if trans_b {
-        (sb[r - 1], sb[r - 2])
-    } else {
-        (sb[r - 2], sb[r - 1])
-    };
+    let (m, ka) = if trans_a { (sa[r - 1], sa[r - 2]) } else { (sa[r - 2], sa[r - 1]) };
+    let (kb, n) = if trans_b { (sb[r - 1], sb[r - 2]) } else { (sb[r - 2], sb[r - 1]) };
     if ka != kb {
         return Err(Error::shape(
             op,
@@ -309,20 +230,10 @@ pub fn matmul(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Te
             ),
         ));
     }
-    let out_shape: Vec<usize> = if r == 3 {
-        vec![batch, m, n]
-    } else {
-        vec![m, n]
-    };
+    let out_shape: Vec<usize> = if r == 3 { vec![batch, m, n] } else { vec![m, n] };
     let dev = device_of(op, &[a, b])?;
     let mut c = dev.uninit(op, &out_shape)?;
-    matmul_into(
-        &mut c,
-        a,
-        b,
-        None,
-        &MatmulDesc::contiguous(batch, m, n, ka, trans_a, trans_b),
-    )?;
+    matmul_into(&mut c, a, b, None, &MatmulDesc::contiguous(batch, m, n, ka, trans_a, trans_b))?;
     Ok(c)
 }
 
@@ -331,27 +242,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let op = "linear";
     let (rows, k) = rows_cols(op, x)?;
     if w.shape().len() != 2 || w.dim(1) != k {
-        return Err(Error::shape(
-            op,
-            format!(
-                "input {:?} does not fit weight {:?} (out, in)",
-                x.shape(),
-                w.shape()
-            ),
-        ));
+        return Err(Error::shape(op, format!("input {:?} does not fit weight {:?} (out, in)", x.shape(), w.shape())));
     }
     let n = w.dim(0);
     let mut out_shape = x.shape().to_vec();
     *out_shape.last_mut().unwrap() = n;
     let dev = device_of(op, &[x, w])?;
     let mut y = dev.uninit(op, &out_shape)?;
-    matmul_into(
-        &mut y,
-        x,
-        w,
-        b,
-        &MatmulDesc::contiguous(1, rows, n, k, false, true),
-    )?;
+    matmul_into(&mut y, x, w, b, &MatmulDesc::contiguous(1, rows, n, k, false, true))?;
     Ok(y)
 }
 
@@ -371,12 +269,7 @@ pub fn linear_backward(
     if w.shape() != [n, k] || dy.numel() != rows * n || dy.shape().last() != Some(&n) {
         return Err(Error::shape(
             op,
-            format!(
-                "dy {:?}, x {:?} and W {:?} do not agree",
-                dy.shape(),
-                x.shape(),
-                w.shape()
-            ),
+            format!("dy {:?}, x {:?} and W {:?} do not agree", dy.shape(), x.shape(), w.shape()),
         ));
     }
     if let Some(dw) = dw {
@@ -394,13 +287,7 @@ pub fn linear_backward(
     }
     let dev = device_of(op, &[dy, x, w])?;
     let mut dx = dev.uninit(op, x.shape())?;
-    matmul_into(
-        &mut dx,
-        dy,
-        w,
-        None,
-        &MatmulDesc::contiguous(1, rows, k, n, false, false),
-    )?;
+    matmul_into(&mut dx, dy, w, None, &MatmulDesc::contiguous(1, rows, k, n, false, false))?;
     Ok(Some(dx))
 }
 
@@ -408,12 +295,7 @@ pub fn linear_backward(
 // layer norm
 
 /// Layer norm over the last dimension: returns (y, mean, rstd); mean and rstd (rows) feed the backward.
-pub fn layernorm(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn layernorm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "layernorm";
     let (rows, cols) = rows_cols(op, x)?;
     let dev = device_of(op, &[x, gamma, beta])?;
@@ -427,8 +309,7 @@ pub fn layernorm(
         Device::Cpu => {
             let (gv, bv) = (gamma.cpu_f32().to_vec(), beta.cpu_f32().to_vec());
             let xv = x.cpu_f32().to_vec();
-            let (mut yv, mut mv, mut rv) =
-                (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
+            let (mut yv, mut mv, mut rv) = (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
             cpu::layernorm_forward(&mut yv, &mut mv, &mut rv, &xv, &gv, &bv, cols, eps);
             y.cpu_f32_mut().copy_from_slice(&yv);
             mean.cpu_f32_mut().copy_from_slice(&mv);
@@ -544,13 +425,7 @@ pub fn layernorm_backward(
 // elementwise
 
 /// out (+)= f(x); `out` None allocates a fresh output.
-fn map(
-    op: &'static str,
-    out: Option<&mut Tensor>,
-    x: &Tensor,
-    code: u32,
-    alpha: f32,
-) -> Result<Option<Tensor>> {
+fn map(op: &'static str, out: Option<&mut Tensor>, x: &Tensor, code: u32, alpha: f32) -> Result<Option<Tensor>> {
     rows_cols(op, x)?;
     want_f32(op, "x", x)?;
     let dev = x.device();
@@ -616,10 +491,7 @@ fn zip(
     want_f32(op, "y", y)?;
     let (n, yl) = (x.numel(), y.numel());
     if n % yl != 0 || (yl != n && x.shape().last() != y.shape().last()) {
-        return Err(Error::shape(
-            op,
-            format!("{:?} does not broadcast over {:?}", y.shape(), x.shape()),
-        ));
+        return Err(Error::shape(op, format!("{:?} does not broadcast over {:?}", y.shape(), x.shape())));
     }
     let dev = device_of(op, &[x, y])?;
     let accumulate = out.is_some();
@@ -716,11 +588,7 @@ pub fn softmax(x: &Tensor, mask: Option<(&Tensor, usize)>, scale: f32) -> Result
         if div == 0 || rows % div != 0 || m.numel() != (rows / div) * len {
             return Err(Error::shape(
                 op,
-                format!(
-                    "mask {:?} with one row per {div} rows does not fit x {:?}",
-                    m.shape(),
-                    x.shape()
-                ),
+                format!("mask {:?} with one row per {div} rows does not fit x {:?}", m.shape(), x.shape()),
             ));
         }
         want_f32(op, "mask", m)?;
@@ -763,9 +631,7 @@ pub fn softmax_backward(dy: &Tensor, y: &Tensor, scale: f32) -> Result<Tensor> {
     let dev = device_of(op, &[dy, y])?;
     let mut dx = dev.uninit(op, y.shape())?;
     match &dev {
-        Device::Cpu => {
-            cpu::softmax_backward(dx.cpu_f32_mut(), dy.cpu_f32(), y.cpu_f32(), len, scale)
-        }
+        Device::Cpu => cpu::softmax_backward(dx.cpu_f32_mut(), dy.cpu_f32(), y.cpu_f32(), len, scale),
         Device::Gpu(g) => {
             let p = SoftmaxParams {
                 rows: u32_of(op, "rows", rows)?,
@@ -798,10 +664,7 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
     }
     let (_, cols) = rows_cols(op, table)?;
     if table.shape().len() != 2 {
-        return Err(Error::shape(
-            op,
-            format!("table must be (vocab, dim), got {:?}", table.shape()),
-        ));
+        return Err(Error::shape(op, format!("table must be (vocab, dim), got {:?}", table.shape())));
     }
     let dev = device_of(op, &[ids, table])?;
     let mut shape = ids.shape().to_vec();
@@ -811,15 +674,8 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
         Device::Cpu => {
             let ids_v = ids.cpu_u32();
             let vocab = table.dim(0);
-            if let Some((t, &id)) = ids_v
-                .iter()
-                .enumerate()
-                .find(|(_, &id)| id as usize >= vocab)
-            {
-                return Err(Error::shape(
-                    op,
-                    format!("id {id} at position {t} is outside the vocabulary of {vocab}"),
-                ));
+            if let Some((t, &id)) = ids_v.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+                return Err(Error::shape(op, format!("id {id} at position {t} is outside the vocabulary of {vocab}")));
             }
             cpu::embedding_forward(out.cpu_f32_mut(), ids_v, table.cpu_f32(), cols);
         }
@@ -850,12 +706,7 @@ pub fn embedding_backward(dtable: &mut Tensor, dout: &Tensor, ids: &Tensor) -> R
     if dout.numel() != ids.numel() * cols || ids.dtype() != DType::U32 {
         return Err(Error::shape(
             op,
-            format!(
-                "dout {:?} does not match ids {:?} and table {:?}",
-                dout.shape(),
-                ids.shape(),
-                dtable.shape()
-            ),
+            format!("dout {:?} does not match ids {:?} and table {:?}", dout.shape(), ids.shape(), dtable.shape()),
         ));
     }
     let dev = device_of(op, &[dtable, dout, ids])?;
@@ -890,10 +741,7 @@ pub fn embedding_backward(dtable: &mut Tensor, dout: &Tensor, ids: &Tensor) -> R
 fn pool_dims(op: &'static str, x: &Tensor, mask: &Tensor) -> Result<(usize, usize, usize)> {
     let s = x.shape();
     if s.len() != 3 || s.contains(&0) {
-        return Err(Error::shape(
-            op,
-            format!("x must be (batch, tokens, dim), got {s:?}"),
-        ));
+        return Err(Error::shape(op, format!("x must be (batch, tokens, dim), got {s:?}")));
     }
     want_shape(op, "mask", mask, &[s[0], s[1]])?;
     want_f32(op, "mask", mask)?;
@@ -909,12 +757,7 @@ pub fn mean_pool(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
     match &dev {
         Device::Cpu => cpu::mean_pool_forward(out.cpu_f32_mut(), x.cpu_f32(), mask.cpu_f32(), t, c),
         Device::Gpu(g) => {
-            let p = PoolParams {
-                batch: b as u32,
-                tokens: t as u32,
-                cols: c as u32,
-                _pad: 0,
-            };
+            let p = PoolParams { batch: b as u32, tokens: t as u32, cols: c as u32, _pad: 0 };
             g.dispatch(
                 "pool_mean_forward",
                 bytemuck::bytes_of(&p),
@@ -931,29 +774,15 @@ pub fn mean_pool(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 pub fn mean_pool_backward(dout: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let op = "mean_pool_backward";
     if dout.shape().len() != 2 || mask.shape().len() != 2 || dout.dim(0) != mask.dim(0) {
-        return Err(Error::shape(
-            op,
-            format!(
-                "dout {:?} does not match mask {:?}",
-                dout.shape(),
-                mask.shape()
-            ),
-        ));
+        return Err(Error::shape(op, format!("dout {:?} does not match mask {:?}", dout.shape(), mask.shape())));
     }
     let (b, t, c) = (dout.dim(0), mask.dim(1), dout.dim(1));
     let dev = device_of(op, &[dout, mask])?;
     let mut dx = dev.uninit(op, &[b, t, c])?;
     match &dev {
-        Device::Cpu => {
-            cpu::mean_pool_backward(dx.cpu_f32_mut(), dout.cpu_f32(), mask.cpu_f32(), t, c)
-        }
+        Device::Cpu => cpu::mean_pool_backward(dx.cpu_f32_mut(), dout.cpu_f32(), mask.cpu_f32(), t, c),
         Device::Gpu(g) => {
-            let p = PoolParams {
-                batch: b as u32,
-                tokens: t as u32,
-                cols: c as u32,
-                _pad: 0,
-            };
+            let p = PoolParams { batch: b as u32, tokens: t as u32, cols: c as u32, _pad: 0 };
             g.check_groups(op, [1, (b * t) as u32, 1])?;
             g.dispatch(
                 "pool_mean_backward",
@@ -976,12 +805,7 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     match &dev {
         Device::Cpu => cpu::l2norm_forward(y.cpu_f32_mut(), x.cpu_f32(), cols),
         Device::Gpu(g) => {
-            let p = PoolParams {
-                batch: u32_of(op, "rows", rows)?,
-                tokens: 1,
-                cols: cols as u32,
-                _pad: 0,
-            };
+            let p = PoolParams { batch: u32_of(op, "rows", rows)?, tokens: 1, cols: cols as u32, _pad: 0 };
             g.dispatch(
                 "pool_l2norm_forward",
                 bytemuck::bytes_of(&p),
@@ -1004,12 +828,7 @@ pub fn l2_normalize_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     match &dev {
         Device::Cpu => cpu::l2norm_backward(dx.cpu_f32_mut(), dy.cpu_f32(), x.cpu_f32(), cols),
         Device::Gpu(g) => {
-            let p = PoolParams {
-                batch: u32_of(op, "rows", rows)?,
-                tokens: 1,
-                cols: cols as u32,
-                _pad: 0,
-            };
+            let p = PoolParams { batch: u32_of(op, "rows", rows)?, tokens: 1, cols: cols as u32, _pad: 0 };
             g.dispatch(
                 "pool_l2norm_backward",
                 bytemuck::bytes_of(&p),
@@ -1036,24 +855,10 @@ pub fn cross_entropy(
     let op = "cross_entropy";
     let (b, k) = rows_cols(op, logits)?;
     if labels.dtype() != DType::U32 || labels.numel() != b || labels_host.len() != b {
-        return Err(Error::shape(
-            op,
-            format!(
-                "labels {:?} do not match logits {:?}",
-                labels.shape(),
-                logits.shape()
-            ),
-        ));
+        return Err(Error::shape(op, format!("labels {:?} do not match logits {:?}", labels.shape(), logits.shape())));
     }
-    if let Some((i, &l)) = labels_host
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize >= k)
-    {
-        return Err(Error::shape(
-            op,
-            format!("label {l} of row {i} is not one of the {k} classes"),
-        ));
+    if let Some((i, &l)) = labels_host.iter().enumerate().find(|(_, &l)| l as usize >= k) {
+        return Err(Error::shape(op, format!("label {l} of row {i} is not one of the {k} classes")));
     }
     let dev = device_of(op, &[logits, labels])?;
     let mut loss = dev.uninit(op, &[b])?;
@@ -1061,23 +866,11 @@ pub fn cross_entropy(
     match &dev {
         Device::Cpu => {
             let mut lv = vec![0.0; b];
-            cpu::crossentropy(
-                &mut lv,
-                dlogits.cpu_f32_mut(),
-                logits.cpu_f32(),
-                labels.cpu_u32(),
-                k,
-                grad_scale,
-            );
+            cpu::crossentropy(&mut lv, dlogits.cpu_f32_mut(), logits.cpu_f32(), labels.cpu_u32(), k, grad_scale);
             loss.cpu_f32_mut().copy_from_slice(&lv);
         }
         Device::Gpu(g) => {
-            let p = CrossEntropyParams {
-                batch: b as u32,
-                classes: k as u32,
-                grad_scale,
-                _pad: 0,
-            };
+            let p = CrossEntropyParams { batch: b as u32, classes: k as u32, grad_scale, _pad: 0 };
             g.dispatch(
                 "crossentropy_forward_backward",
                 bytemuck::bytes_of(&p),
@@ -1135,19 +928,8 @@ pub fn sumsq_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
             acc.cpu_f32_mut()[0] += s;
         }
         Device::Gpu(g) => {
-            let p = ReduceParams {
-                rows: 1,
-                cols: u32_of(op, "n", x.numel())?,
-                accumulate: 1,
-                _pad: 0,
-            };
-            g.dispatch(
-                "reduce_sumsq",
-                bytemuck::bytes_of(&p),
-                &[x.buf()],
-                &[acc.buf()],
-                [1, 1, 1],
-            )?;
+            let p = ReduceParams { rows: 1, cols: u32_of(op, "n", x.numel())?, accumulate: 1, _pad: 0 };
+            g.dispatch("reduce_sumsq", bytemuck::bytes_of(&p), &[x.buf()], &[acc.buf()], [1, 1, 1])?;
         }
     }
     Ok(())

@@ -33,18 +33,12 @@ pub struct MatmulParams {
 impl MatmulParams {
     pub fn new(d: &MatmulDesc, has_bias: bool) -> Result<Self> {
         let f = |v: usize| {
-            u32::try_from(v).map_err(|_| Error::Limit {
-                op: "matmul",
-                msg: format!("index {v} does not fit in 32 bits"),
-            })
+            u32::try_from(v)
+                .map_err(|_| Error::Limit { op: "matmul", msg: format!("index {v} does not fit in 32 bits") })
         };
-        let s = |st: &super::Strides| -> Result<[u32; 4]> {
-            Ok([f(st.offset)?, f(st.ld)?, f(st.bs[0])?, f(st.bs[1])?])
-        };
-        let flags = (d.trans_a as u32)
-            | (d.trans_b as u32) << 1
-            | (d.accumulate as u32) << 2
-            | (has_bias as u32) << 3;
+        let s =
+            |st: &super::Strides| -> Result<[u32; 4]> { Ok([f(st.offset)?, f(st.ld)?, f(st.bs[0])?, f(st.bs[1])?]) };
+        let flags = (d.trans_a as u32) | (d.trans_b as u32) << 1 | (d.accumulate as u32) << 2 | (has_bias as u32) << 3;
         Ok(MatmulParams {
             m: f(d.m)?,
             n: f(d.n)?,

@@ -7,8 +7,7 @@ use localtune::{Device, Tensor};
 /// "no adapter" fails the test: CI installs lavapipe so the GPU path is always exercised.
 pub fn gpu() -> Option<Device> {
     static GPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
-    match GPU.get_or_init(|| futures::executor::block_on(Device::gpu()).map_err(|e| e.to_string()))
-    {
+    match GPU.get_or_init(|| futures::executor::block_on(Device::gpu()).map_err(|e| e.to_string())) {
         Ok(d) => Some(d.clone()),
         Err(e) => {
             if std::env::var_os("CI").is_some() {
@@ -71,22 +70,14 @@ pub fn host(t: &Tensor) -> Vec<f32> {
 pub fn model_dir() -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("LOCALTUNE_MODEL")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2")
-        });
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2"));
     if dir.join("model.safetensors").exists() {
         return Some(dir);
     }
     if std::env::var_os("CI").is_some() {
-        panic!(
-            "CI is set and the model is missing at {}: run scripts/fetch-assets.sh",
-            dir.display()
-        );
+        panic!("CI is set and the model is missing at {}: run scripts/fetch-assets.sh", dir.display());
     }
-    eprintln!(
-        "skipping: no model at {} (run scripts/fetch-assets.sh)",
-        dir.display()
-    );
+    eprintln!("skipping: no model at {} (run scripts/fetch-assets.sh)", dir.display());
     None
 }
 
@@ -101,20 +92,14 @@ pub fn devices() -> Vec<Device> {
 pub fn fixture_ids(st: &safetensors::SafeTensors, name: &str) -> Vec<u32> {
     let v = st.tensor(name).unwrap();
     assert_eq!(v.dtype(), safetensors::Dtype::I64, "{name}");
-    v.data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect()
+    v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
 }
 
 /// Reads an F32 tensor of a fixture.
 pub fn fixture_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
     let v = st.tensor(name).unwrap();
     assert_eq!(v.dtype(), safetensors::Dtype::F32, "{name}");
-    v.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
+    v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
