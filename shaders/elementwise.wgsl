@@ -1,21 +1,24 @@
 // Elementwise maps and zips over flat f32 arrays of n values.
 //
-// elementwise_map:  out[i] (+)= f(x[i])                   (op: SCALE (alpha x), GELU, TANH)
-// elementwise_zip:  out[i] (+)= g(x[i], y[i % y_len])      (op: ADD, MUL, GELU_BACKWARD, TANH_BACKWARD)
+// elementwise_map:  out[i] (+)= f(x[i])                   (op: SCALE (alpha x), GELU, TANH, RELU)
+// elementwise_zip:  out[i] (+)= g(x[i], y[i % y_len])      (op: ADD, MUL, GELU_BACKWARD, TANH_BACKWARD,
+//                                                          RELU_BACKWARD)
 //   y broadcasts by wrapping: a (C) bias over (N, C) rows, or y_len = n for same shapes.
 //   ADD computes x + alpha*y; GELU_BACKWARD takes x = dout, y = the GELU input;
-//   TANH_BACKWARD takes x = dout, y = the tanh output.
+//   TANH_BACKWARD takes x = dout, y = the tanh output; RELU_BACKWARD x = dout, y = the relu input.
 // GELU is the exact erf form BERT uses: 0.5 x (1 + erf(x / sqrt 2)).
 // Both are launched as a 2-D grid of 256-wide workgroups so n may exceed 65535 × 256.
 
 const MAP_SCALE: u32 = 0u;
 const MAP_GELU: u32 = 1u;
 const MAP_TANH: u32 = 2u;
+const MAP_RELU: u32 = 3u;
 
 const ZIP_ADD: u32 = 0u;
 const ZIP_MUL: u32 = 1u;
 const ZIP_GELU_BACKWARD: u32 = 2u;
 const ZIP_TANH_BACKWARD: u32 = 3u;
+const ZIP_RELU_BACKWARD: u32 = 4u;
 
 struct Params {
     n: u32, op: u32, y_len: u32, accumulate: u32,
@@ -70,6 +73,7 @@ fn elementwise_map(
     switch p.op {
         case MAP_GELU: { r = gelu(v); }
         case MAP_TANH: { r = tanh(v); }
+        case MAP_RELU: { r = max(v, 0.0); }
         default: { r = p.alpha * v; }
     }
     if (p.accumulate != 0u) { r = r + map_out[i]; }
@@ -91,6 +95,7 @@ fn elementwise_zip(
         case ZIP_MUL: { r = u * w; }
         case ZIP_GELU_BACKWARD: { r = u * gelu_grad(w); }
         case ZIP_TANH_BACKWARD: { r = u * (1.0 - w * w); }
+        case ZIP_RELU_BACKWARD: { r = select(0.0, u, w > 0.0); }
         default: { r = u + p.alpha * w; }
     }
     if (p.accumulate != 0u) { r = r + out[i]; }

@@ -11,6 +11,8 @@ pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod peft;
+pub mod rng;
 pub mod tensor;
 
 #[cfg(target_arch = "wasm32")]

@@ -252,6 +252,22 @@ impl Tensor {
             _ => panic!("cpu_f32_mut on a non-f32-CPU tensor"),
         }
     }
+    /// Before writing into a GPU tensor in place: if its buffer is shared with another tensor, give
+    /// this one a private copy first. Tensors thus have value semantics on both devices (the CPU side
+    /// gets the same from `Arc::make_mut`).
+    pub(crate) fn make_unique(&mut self) -> Result<()> {
+        if let Storage::Gpu(b) = &self.storage {
+            if Arc::strong_count(b) > 1 {
+                let g = b.gpu();
+                let bytes = (self.numel() * 4) as u64;
+                let copy = if b.is_pooled() { g.alloc("copy", bytes)? } else { g.alloc_exact("copy", bytes)? };
+                g.copy(b.raw(), 0, copy.raw(), 0, bytes);
+                self.storage = Storage::Gpu(Arc::new(copy));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn buf(&self) -> &wgpu::Buffer {
         match &self.storage {
             Storage::Gpu(b) => b.raw(),

@@ -35,7 +35,7 @@ fn mismatched_shapes_name_the_op_and_shapes() {
         assert!(e.starts_with("add:") && e.contains("[5]") && e.contains("[3, 4]"), "{e}");
 
         let q = dev.zeros(&[2, 3, 6]).unwrap();
-        let e = msg(ops::attention(&q, &q, &q, None, 4));
+        let e = msg(ops::attention(&q, &q, &q, None, 4, None));
         assert!(e.starts_with("attention:") && e.contains("6 channels") && e.contains("4 heads"), "{e}");
 
         // A strided descriptor that reaches past the end of its operand.

@@ -372,9 +372,15 @@ fn attention_gradients_with_padding_mask() {
         .unwrap();
         dot32(&o.to_vec_blocking().unwrap(), &up)
     };
-    let (_, probs) =
-        ops::attention(&t(&q, &[b, tq, c]), &t(&k, &[b, tk, c]), &t(&v, &[b, tk, c]), Some(&t(&mask, &[b, tk])), heads)
-            .unwrap();
+    let (_, probs) = ops::attention(
+        &t(&q, &[b, tq, c]),
+        &t(&k, &[b, tk, c]),
+        &t(&v, &[b, tk, c]),
+        Some(&t(&mask, &[b, tk])),
+        heads,
+        None,
+    )
+    .unwrap();
     let (dq, dk, dv) = ops::attention_backward(
         &t(&up, &[b, tq, c]),
         &t(&q, &[b, tq, c]),

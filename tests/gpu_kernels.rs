@@ -228,12 +228,12 @@ fn attention_forward_and_backward() {
         let (mc, mg) = pair(&mask, &[b, tk], &gpu);
         let (dc, dg) = pair(&dout, &[b, tq, c], &gpu);
         let what = format!("attention b{b} tq{tq} tk{tk} h{h} d{d}");
-        let (oc, pc) = ops::attention(&qc, &kc, &vc, Some(&mc), h).unwrap();
-        let (og, pg) = ops::attention(&qg, &kg, &vg, Some(&mg), h).unwrap();
+        let (oc, pc) = ops::attention(&qc, &kc, &vc, Some(&mc), h, None).unwrap();
+        let (og, pg) = ops::attention(&qg, &kg, &vg, Some(&mg), h, None).unwrap();
         compare(&format!("{what} out"), &og, &oc, 1e-5, 1e-4);
         compare(&format!("{what} probs"), &pg, &pc, 1e-6, 1e-4);
-        let (dqc, dkc, dvc) = ops::attention_backward(&dc, &qc, &kc, &vc, &pc, h).unwrap();
-        let (dqg, dkg, dvg) = ops::attention_backward(&dg, &qg, &kg, &vg, &pg, h).unwrap();
+        let (dqc, dkc, dvc) = ops::attention_backward(&dc, &qc, &kc, &vc, &pc, h, None).unwrap();
+        let (dqg, dkg, dvg) = ops::attention_backward(&dg, &qg, &kg, &vg, &pg, h, None).unwrap();
         compare(&format!("{what} dq"), &dqg, &dqc, 1e-5, 1e-3);
         compare(&format!("{what} dk"), &dkg, &dkc, 1e-5, 1e-3);
         compare(&format!("{what} dv"), &dvg, &dvc, 1e-5, 1e-3);

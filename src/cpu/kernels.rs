@@ -457,3 +457,67 @@ pub fn sumsq<T: Real>(x: &[T]) -> T {
     }
     T::from_f64(s)
 }
+
+// ---------------------------------------------------------------------------------------------
+// relu, dropout, prefix
+
+pub fn relu_forward<T: Real>(y: &mut [T], x: &[T]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = v.max(T::zero());
+    }
+}
+
+/// dx (+)= dy where x > 0
+pub fn relu_backward<T: Real>(dx: &mut [T], dy: &[T], x: &[T], accumulate: bool) {
+    for ((o, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
+        let d = if v > T::zero() { g } else { T::zero() };
+        *o = if accumulate { *o + d } else { d };
+    }
+}
+
+/// "lowbias32" (C. Wellons), as in shaders/dropout.wgsl.
+pub fn hash32(v: u32) -> u32 {
+    let mut h = v;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x846c_a68b);
+    h ^= h >> 16;
+    h
+}
+
+/// Whether dropout with probability `p` keeps element `i` under `seed` (the GPU kernel's rule).
+pub fn dropout_keep(seed: u32, i: u32, p: f32) -> bool {
+    let u = (hash32(seed ^ hash32(i)) >> 8) as f32 * (1.0 / 16_777_216.0);
+    u >= p
+}
+
+/// out = x * mask / (1 - p), the mask given by (seed, index).
+pub fn dropout<T: Real>(out: &mut [T], x: &[T], seed: u32, p: f32) {
+    let scale = T::from_f64((1.0 / (1.0 - p)) as f64);
+    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        *o = if dropout_keep(seed, i as u32, p) { v * scale } else { T::zero() };
+    }
+}
+
+/// out[b] = [prefix; x[b]] over (B, T, C) → (B, P+T, C)
+pub fn prefix_concat<T: Real>(out: &mut [T], prefix: &[T], x: &[T], batch: usize, tokens: usize, cols: usize) {
+    let plen = prefix.len() / cols;
+    let row = (plen + tokens) * cols;
+    for b in 0..batch {
+        out[b * row..b * row + plen * cols].copy_from_slice(prefix);
+        out[b * row + plen * cols..(b + 1) * row].copy_from_slice(&x[b * tokens * cols..(b + 1) * tokens * cols]);
+    }
+}
+
+/// dx[b] = dout[b, P..], dprefix += Σ_b dout[b, ..P]
+pub fn prefix_split<T: Real>(dx: &mut [T], dprefix: &mut [T], dout: &[T], batch: usize, tokens: usize, cols: usize) {
+    let plen = dprefix.len() / cols;
+    let row = (plen + tokens) * cols;
+    for b in 0..batch {
+        for (d, &g) in dprefix.iter_mut().zip(&dout[b * row..b * row + plen * cols]) {
+            *d += g;
+        }
+        dx[b * tokens * cols..(b + 1) * tokens * cols].copy_from_slice(&dout[b * row + plen * cols..(b + 1) * row]);
+    }
+}

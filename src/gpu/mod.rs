@@ -17,11 +17,13 @@ pub use pool::{GpuBuffer, MemoryStats};
 pub const SHADERS: &[(&str, &str)] = &[
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("crossentropy", include_str!("../../shaders/crossentropy.wgsl")),
+    ("dropout", include_str!("../../shaders/dropout.wgsl")),
     ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("pool", include_str!("../../shaders/pool.wgsl")),
+    ("prefix", include_str!("../../shaders/prefix.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
 ];

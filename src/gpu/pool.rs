@@ -73,6 +73,10 @@ impl GpuBuffer {
     pub fn size(&self) -> u64 {
         self.size
     }
+    /// Whether the buffer returns to the pool when dropped (activations) or is exact-size (weights).
+    pub fn is_pooled(&self) -> bool {
+        self.pooled
+    }
     /// The device that owns this buffer.
     pub fn gpu(&self) -> Gpu {
         Gpu { inner: self.owner.clone() }

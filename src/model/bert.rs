@@ -288,7 +288,7 @@ impl Bert {
         let q = layer.query.forward(&x)?.reshape(&[b, t, c])?;
         let k = layer.key.forward(&x)?.reshape(&[b, t, c])?;
         let v = layer.value.forward(&x)?.reshape(&[b, t, c])?;
-        let (ctx, probs) = ops::attention(&q, &k, &v, Some(&inputs.mask_add), self.config.num_attention_heads)?;
+        let (ctx, probs) = ops::attention(&q, &k, &v, Some(&inputs.mask_add), self.config.num_attention_heads, None)?;
         let ctx = ctx.reshape(&[b * t, c])?;
         let mut attn_sum = layer.attn_out.forward(&ctx)?;
         ops::add_into(&mut attn_sum, &x, 1.0)?;

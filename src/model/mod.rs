@@ -3,6 +3,8 @@
 
 pub mod bert;
 pub mod config;
+pub mod encoder;
+pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
 

@@ -7,6 +7,7 @@
 //!   O_bh = P_bh V_bh                               (Tq, D)
 //! Backward:
 //!   dP = dO Vᵀ;  dV = Pᵀ dO;  dS = softmax_backward(dP, P) / √D;  dQ = dS K;  dK = dSᵀ Q
+//! With attention dropout (training) P is replaced by drop(P) in O and dV, and dP is dropped alike.
 
 use super::{device_of, matmul_into, softmax, softmax_backward, MatmulDesc, Strides};
 use crate::error::{Error, Result};
@@ -65,8 +66,16 @@ fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> R
 }
 
 /// Returns (out (B, Tq, C), probs (B, H, Tq, Tk)). `mask` is additive, (B, Tk): 0 to keep a key,
-/// a large negative number (-1e30) to drop it.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, heads: usize) -> Result<(Tensor, Tensor)> {
+/// a large negative number (-1e30) to drop it. `dropout` = (p, seed) drops attention probabilities
+/// (training): out = drop(P) V; the returned probs are P before dropout.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    heads: usize,
+    dropout: Option<(f32, u32)>,
+) -> Result<(Tensor, Tensor)> {
     let op = "attention";
     let n = dims(op, q, k, v, heads)?;
     let dev = device_of(op, &[q, k, v])?;
@@ -86,10 +95,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, head
     let scale = 1.0 / (n.d as f32).sqrt();
     let probs = softmax(&scores, mask.map(|m| (m, n.h * n.tq)), scale)?;
     drop(scores);
+    let kept = match dropout {
+        Some((p, seed)) => super::dropout(&probs, p, seed)?,
+        None => probs.clone(),
+    };
     let mut out = dev.uninit(op, &[n.b, n.tq, n.c()])?;
     matmul_into(
         &mut out,
-        &probs,
+        &kept,
         v,
         None,
         &n.desc(n.tq, n.d, n.tk, false, false, n.scores(), n.heads(n.tk), n.heads(n.tq)),
@@ -97,7 +110,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, head
     Ok((out, probs))
 }
 
-/// Backward of `attention`: returns (dq, dk, dv).
+/// Backward of `attention` (with the same `dropout`): returns (dq, dk, dv).
 pub fn attention_backward(
     dout: &Tensor,
     q: &Tensor,
@@ -105,6 +118,7 @@ pub fn attention_backward(
     v: &Tensor,
     probs: &Tensor,
     heads: usize,
+    dropout: Option<(f32, u32)>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "attention_backward";
     let n = dims(op, q, k, v, heads)?;
@@ -121,6 +135,11 @@ pub fn attention_backward(
             ),
         ));
     }
+    // With P' = drop(P) (P' = P without dropout): dP' = dO Vᵀ, dV = P'ᵀ dO, dP = drop(dP').
+    let kept = match dropout {
+        Some((p, seed)) => super::dropout(probs, p, seed)?,
+        None => probs.clone(),
+    };
     let mut dprobs = dev.uninit(op, probs.shape())?;
     matmul_into(
         &mut dprobs,
@@ -129,10 +148,14 @@ pub fn attention_backward(
         None,
         &n.desc(n.tq, n.tk, n.d, false, true, n.heads(n.tq), n.heads(n.tk), n.scores()),
     )?;
+    let dprobs = match dropout {
+        Some((p, seed)) => super::dropout(&dprobs, p, seed)?,
+        None => dprobs,
+    };
     let mut dv = dev.uninit(op, v.shape())?;
     matmul_into(
         &mut dv,
-        probs,
+        &kept,
         dout,
         None,
         &n.desc(n.tk, n.d, n.tq, true, false, n.scores(), n.heads(n.tq), n.heads(n.tk)),

@@ -180,6 +180,7 @@ pub fn matmul_into_with(
         want_f32(op, n, t)?;
     }
     d.check(a.numel(), b.numel(), c.numel())?;
+    c.make_unique()?;
     if let Some(bias) = bias {
         want_f32(op, "bias", bias)?;
         want_shape(op, "bias", bias, &[d.n])?;
@@ -358,6 +359,13 @@ pub fn layernorm_backward(
     if let Some(t) = &dbeta {
         want_shape(op, "dbeta", t, &[cols])?;
     }
+    let (mut dgamma, mut dbeta) = (dgamma, dbeta);
+    if let Some(t) = dgamma.as_mut() {
+        t.make_unique()?;
+    }
+    if let Some(t) = dbeta.as_mut() {
+        t.make_unique()?;
+    }
     let mut dx = dev.uninit(op, x.shape())?;
     match &dev {
         Device::Cpu => {
@@ -435,6 +443,7 @@ fn map(op: &'static str, out: Option<&mut Tensor>, x: &Tensor, code: u32, alpha:
         Some(o) => {
             want_shape(op, "out", o, x.shape())?;
             device_of(op, &[o, x])?;
+            o.make_unique()?;
             o
         }
         None => fresh.insert(dev.uninit(op, x.shape())?),
@@ -443,6 +452,7 @@ fn map(op: &'static str, out: Option<&mut Tensor>, x: &Tensor, code: u32, alpha:
         Device::Cpu => {
             let mut r = vec![0.0; x.numel()];
             match code {
+                MAP_RELU => cpu::relu_forward(&mut r, x.cpu_f32()),
                 MAP_GELU => cpu::gelu_forward(&mut r, x.cpu_f32()),
                 MAP_TANH => cpu::tanh_forward(&mut r, x.cpu_f32()),
                 _ => cpu::scale(&mut r, x.cpu_f32(), alpha),
@@ -500,6 +510,7 @@ fn zip(
         Some(o) => {
             want_shape(op, "out", o, x.shape())?;
             device_of(op, &[o, x])?;
+            o.make_unique()?;
             o
         }
         None => fresh.insert(dev.uninit(op, x.shape())?),
@@ -512,6 +523,7 @@ fn zip(
                 ZIP_MUL => cpu::mul(o, xv, yv, accumulate),
                 ZIP_GELU_BACKWARD => cpu::gelu_backward(o, xv, yv, accumulate),
                 ZIP_TANH_BACKWARD => cpu::tanh_backward(o, xv, yv, accumulate),
+                ZIP_RELU_BACKWARD => cpu::relu_backward(o, xv, yv, accumulate),
                 _ => cpu::add(o, xv, yv, alpha, accumulate),
             }
         }
@@ -553,6 +565,14 @@ pub fn tanh_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
     want_shape("tanh_backward", "y", y, dy.shape())?;
     Ok(zip("tanh_backward", None, dy, y, ZIP_TANH_BACKWARD, 0.0)?.unwrap())
 }
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    Ok(map("relu", None, x, MAP_RELU, 0.0)?.unwrap())
+}
+/// dx = dy where x > 0
+pub fn relu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    want_shape("relu_backward", "x", x, dy.shape())?;
+    Ok(zip("relu_backward", None, dy, x, ZIP_RELU_BACKWARD, 0.0)?.unwrap())
+}
 /// alpha * x
 pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
     Ok(map("scale", None, x, MAP_SCALE, alpha)?.unwrap())
@@ -572,6 +592,114 @@ pub fn add_into(out: &mut Tensor, x: &Tensor, alpha: f32) -> Result<()> {
 /// out += x * y (y the same shape or broadcast over the last dimension).
 pub fn mul_add_into(out: &mut Tensor, x: &Tensor, y: &Tensor) -> Result<()> {
     zip("mul_add_into", Some(out), x, y, ZIP_MUL, 0.0).map(|_| ())
+}
+
+/// Sets every value of an f32 tensor to zero, in place.
+pub fn zero_(t: &mut Tensor) -> Result<()> {
+    want_f32("zero_", "t", t)?;
+    t.make_unique()?;
+    match t.device() {
+        Device::Cpu => t.cpu_f32_mut().fill(0.0),
+        Device::Gpu(g) => g.clear(t.buf(), (t.numel() * 4) as u64),
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// dropout
+
+/// Inverted dropout: x * mask / (1 - p) with the mask a function of (seed, index), identical on both
+/// devices. Applying it to a gradient with the same seed is its backward. p = 0 returns x itself.
+pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
+    let op = "dropout";
+    rows_cols(op, x)?;
+    want_f32(op, "x", x)?;
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::shape(op, format!("probability {p} is not in [0, 1)")));
+    }
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    let dev = x.device();
+    let mut y = dev.uninit(op, x.shape())?;
+    match &dev {
+        Device::Cpu => cpu::dropout(y.cpu_f32_mut(), x.cpu_f32(), seed, p),
+        Device::Gpu(g) => {
+            let n = x.numel();
+            let prm = DropoutParams { n: u32_of(op, "n", n)?, seed, p, scale: 1.0 / (1.0 - p) };
+            g.dispatch("dropout_apply", bytemuck::bytes_of(&prm), &[x.buf()], &[y.buf()], g.grid(op, groups(n, 256))?)?;
+        }
+    }
+    Ok(y)
+}
+
+// ---------------------------------------------------------------------------------------------
+// prefix tuning
+
+/// [prefix; x[b]] for every b: prefix (P, C), x (B, T, C) → (B, P+T, C).
+pub fn prefix_concat(prefix: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let op = "prefix_concat";
+    let s = x.shape();
+    if s.len() != 3 || prefix.shape().len() != 2 || prefix.dim(1) != s[2] {
+        return Err(Error::shape(op, format!("prefix {:?} does not fit x {s:?} (B, T, C)", prefix.shape())));
+    }
+    let (b, t, c, plen) = (s[0], s[1], s[2], prefix.dim(0));
+    let dev = device_of(op, &[prefix, x])?;
+    let mut out = dev.uninit(op, &[b, plen + t, c])?;
+    match &dev {
+        Device::Cpu => cpu::prefix_concat(out.cpu_f32_mut(), prefix.cpu_f32(), x.cpu_f32(), b, t, c),
+        Device::Gpu(g) => {
+            let p = PrefixParams { batch: b as u32, plen: plen as u32, tokens: t as u32, cols: c as u32 };
+            let n = out.numel();
+            g.dispatch(
+                "prefix_concat",
+                bytemuck::bytes_of(&p),
+                &[prefix.buf(), x.buf()],
+                &[out.buf()],
+                g.grid(op, groups(n, 256))?,
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// Backward of `prefix_concat`: returns dx (B, T, C) and accumulates Σ_b dout[b, ..P] into dprefix.
+pub fn prefix_split(dout: &Tensor, dprefix: &mut Tensor) -> Result<Tensor> {
+    let op = "prefix_split";
+    let s = dout.shape();
+    if s.len() != 3 || dprefix.shape().len() != 2 || dprefix.dim(1) != s[2] || dprefix.dim(0) >= s[1] {
+        return Err(Error::shape(op, format!("dprefix {:?} does not fit dout {s:?}", dprefix.shape())));
+    }
+    let (b, c, plen) = (s[0], s[2], dprefix.dim(0));
+    let t = s[1] - plen;
+    let dev = device_of(op, &[dout, dprefix])?;
+    dprefix.make_unique()?;
+    let mut dx = dev.uninit(op, &[b, t, c])?;
+    match &dev {
+        Device::Cpu => {
+            let mut dxv = vec![0.0; b * t * c];
+            cpu::prefix_split(&mut dxv, dprefix.cpu_f32_mut(), dout.cpu_f32(), b, t, c);
+            dx.cpu_f32_mut().copy_from_slice(&dxv);
+        }
+        Device::Gpu(g) => {
+            let p = PrefixParams { batch: b as u32, plen: plen as u32, tokens: t as u32, cols: c as u32 };
+            g.dispatch(
+                "prefix_split",
+                bytemuck::bytes_of(&p),
+                &[dout.buf()],
+                &[dx.buf()],
+                g.grid(op, groups(b * t * c, 256))?,
+            )?;
+            g.dispatch(
+                "prefix_grad",
+                bytemuck::bytes_of(&p),
+                &[dout.buf()],
+                &[dprefix.buf()],
+                [groups(plen * c, 64) as u32, 1, 1],
+            )?;
+        }
+    }
+    Ok(dx)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -710,6 +838,7 @@ pub fn embedding_backward(dtable: &mut Tensor, dout: &Tensor, ids: &Tensor) -> R
         ));
     }
     let dev = device_of(op, &[dtable, dout, ids])?;
+    dtable.make_unique()?;
     match &dev {
         Device::Cpu => {
             let ids_v = ids.cpu_u32().to_vec();
@@ -892,6 +1021,7 @@ pub fn sum_rows_into(out: &mut Tensor, x: &Tensor, accumulate: bool) -> Result<(
     let (rows, cols) = rows_cols(op, x)?;
     want_shape(op, "out", out, &[cols])?;
     let dev = device_of(op, &[out, x])?;
+    out.make_unique()?;
     match &dev {
         Device::Cpu => {
             let xv = x.cpu_f32().to_vec();
@@ -922,6 +1052,7 @@ pub fn sumsq_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
     rows_cols(op, x)?;
     want_shape(op, "acc", acc, &[1])?;
     let dev = device_of(op, &[acc, x])?;
+    acc.make_unique()?;
     match &dev {
         Device::Cpu => {
             let s = cpu::sumsq(x.cpu_f32());
@@ -954,6 +1085,9 @@ pub fn adamw(
     }
     want_shape(op, "norm_sq", norm_sq, &[1])?;
     let dev = device_of(op, &[param, m, v, grad, norm_sq])?;
+    for t in [&mut *param, &mut *m, &mut *v] {
+        t.make_unique()?;
+    }
     match &dev {
         Device::Cpu => {
             let (g, ns) = (grad.cpu_f32().to_vec(), norm_sq.cpu_f32()[0]);

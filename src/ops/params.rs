@@ -9,11 +9,13 @@ use crate::error::{Error, Result};
 pub const MAP_SCALE: u32 = 0;
 pub const MAP_GELU: u32 = 1;
 pub const MAP_TANH: u32 = 2;
+pub const MAP_RELU: u32 = 3;
 
 pub const ZIP_ADD: u32 = 0;
 pub const ZIP_MUL: u32 = 1;
 pub const ZIP_GELU_BACKWARD: u32 = 2;
 pub const ZIP_TANH_BACKWARD: u32 = 3;
+pub const ZIP_RELU_BACKWARD: u32 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -134,4 +136,22 @@ pub struct AdamWParams {
     pub bc1: f32,
     pub bc2: f32,
     pub max_norm: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct DropoutParams {
+    pub n: u32,
+    pub seed: u32,
+    pub p: f32,
+    pub scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct PrefixParams {
+    pub batch: u32,
+    pub plen: u32,
+    pub tokens: u32,
+    pub cols: u32,
 }

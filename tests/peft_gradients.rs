@@ -1,0 +1,193 @@
+//! Every fine-tuning method on a tiny random BERT: the backward pass against central finite
+//! differences of the loss (CPU), and the GPU against the CPU (logits, loss, every gradient).
+
+mod common;
+
+use common::*;
+use localtune::model::encoder::{Classifier, Dropout};
+use localtune::model::tiny::tiny_model;
+use localtune::model::Model;
+use localtune::ops;
+use localtune::peft::{Activation, AdapterConfig, HeadKind, LoraConfig, Method, Target, Trainable};
+use localtune::rng::Rng as LRng;
+use localtune::{Device, Tensor};
+
+/// The methods for the finite-difference checks: smooth activations only (a ReLU kink within the
+/// step would spoil the difference quotient; ReLU adapters are covered by the GPU-vs-CPU test).
+fn smooth_methods() -> Vec<(&'static str, Method)> {
+    methods().into_iter().filter(|(n, _)| *n != "adapter").collect()
+}
+
+fn methods() -> Vec<(&'static str, Method)> {
+    let adapter = AdapterConfig { reduction_factor: 4, activation: Activation::Relu, scaling: 1.0 };
+    vec![
+        (
+            "lora q,v",
+            Method::Lora(LoraConfig {
+                r: 2,
+                alpha: 4.0,
+                rslora: false,
+                targets: vec![Target::Query, Target::Value],
+                dropout: 0.0,
+            }),
+        ),
+        (
+            "lora all, rslora",
+            Method::Lora(LoraConfig { r: 3, alpha: 2.0, rslora: true, targets: Target::ALL.to_vec(), dropout: 0.0 }),
+        ),
+        ("ia3", Method::Ia3),
+        ("adapter", Method::Adapter(adapter.clone())),
+        ("adapter gelu", Method::Adapter(AdapterConfig { activation: Activation::Gelu, ..adapter.clone() })),
+        (
+            "parallel-adapter tanh",
+            Method::ParallelAdapter(AdapterConfig { activation: Activation::Tanh, scaling: 2.0, ..adapter }),
+        ),
+        ("prefix", Method::Prefix { length: 3 }),
+        ("bitfit", Method::Bitfit),
+        ("head", Method::Head),
+    ]
+}
+
+const TEXTS: [&str; 3] = ["the movie was great!", "awful food", "i really love this place, it is the best"];
+const LABELS: [u32; 3] = [1, 0, 1];
+
+/// Randomises every trainable tensor (zero-initialised ones too, so every gradient path is exercised).
+fn randomise(params: &mut Trainable, dev: &Device, seed: u64) {
+    let mut rng = LRng::new(seed);
+    for t in params.tensors_mut() {
+        let shape = t.shape().to_vec();
+        let n: usize = shape.iter().product();
+        *t = dev.tensor(&rng.vec_normal(n, 0.3), &shape).unwrap();
+    }
+}
+
+struct Run {
+    logits: Vec<f32>,
+    loss: f64,
+    grads: Vec<(String, Vec<f32>)>,
+}
+
+fn run(model: &Model, method: &Method, head: HeadKind, params: &Trainable, dropout: Option<&Dropout>) -> Run {
+    let dev = &model.bert.device;
+    let enc = model.encode(&TEXTS, 32).unwrap();
+    let clf = Classifier { base: &model.bert, params, method, head };
+    let (logits, acts) = clf.forward(&enc.inputs, dropout, true).unwrap();
+    let labels = dev.tensor_u32(&LABELS, &[3]).unwrap();
+    let (loss, dlogits) = ops::cross_entropy(&logits, &labels, &LABELS, 1.0 / 3.0).unwrap();
+    let mut grads = params.zeros_like(dev).unwrap();
+    clf.backward(&enc.inputs, acts.as_ref().unwrap(), &dlogits, &mut grads, dropout).unwrap();
+    let loss = host(&loss).iter().map(|&x| x as f64).sum::<f64>() / 3.0;
+    let grads = grads.named().into_iter().map(|(n, t)| (n, host(t))).collect();
+    Run { logits: host(&logits), loss, grads }
+}
+
+fn loss_only(model: &Model, method: &Method, head: HeadKind, params: &Trainable, dropout: Option<&Dropout>) -> f64 {
+    let dev = &model.bert.device;
+    let enc = model.encode(&TEXTS, 32).unwrap();
+    let clf = Classifier { base: &model.bert, params, method, head };
+    let (logits, _) = clf.forward(&enc.inputs, dropout, false).unwrap();
+    let labels = dev.tensor_u32(&LABELS, &[3]).unwrap();
+    let (loss, _) = ops::cross_entropy(&logits, &labels, &LABELS, 1.0).unwrap();
+    host(&loss).iter().map(|&x| x as f64).sum::<f64>() / 3.0
+}
+
+/// Central differences at a few elements of every trainable tensor.
+fn check_method(name: &str, method: &Method, head: HeadKind, dropout: Option<&Dropout>) {
+    let cpu = Device::Cpu;
+    let model = tiny_model(&cpu, 7).unwrap();
+    let mut params = Trainable::init(&model.bert, method, 2, 1).unwrap();
+    randomise(&mut params, &cpu, 3);
+    let r = run(&model, method, head, &params, dropout);
+    let names: Vec<String> = params.named().into_iter().map(|(n, _)| n).collect();
+    let h = 2e-3f32;
+    for (ti, (tname, grad)) in r.grads.iter().enumerate() {
+        assert_eq!(&names[ti], tname);
+        let scale = grad.iter().fold(0.0f32, |a, &g| a.max(g.abs()));
+        let n = grad.len();
+        let picks: Vec<usize> = [0, n / 3, n / 2, (2 * n) / 3, n - 1].into_iter().collect();
+        for &i in &picks {
+            let mut at = |delta: f32| {
+                let mut p = params.clone();
+                let t = &mut p.tensors_mut()[ti];
+                let mut v = host(t);
+                v[i] += delta;
+                **t = cpu.tensor(&v, t.shape()).unwrap();
+                loss_only(&model, method, head, &p, dropout)
+            };
+            let num = (at(h) - at(-h)) / (2.0 * h as f64);
+            let ana = grad[i] as f64;
+            let tol = 2e-3 * scale as f64 + 2e-4;
+            assert!(
+                (num - ana).abs() <= tol,
+                "{name} ({head:?}): {tname}[{i}]: finite difference {num:.6}, analytic {ana:.6} (tolerance {tol:.1e})"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_method_matches_finite_differences_pooler_head() {
+    for (name, m) in smooth_methods() {
+        check_method(name, &m, HeadKind::Pooler, None);
+    }
+}
+
+#[test]
+fn every_method_matches_finite_differences_mean_head() {
+    for (name, m) in smooth_methods() {
+        check_method(name, &m, HeadKind::Mean, None);
+    }
+}
+
+#[test]
+fn gradients_with_dropout_match_finite_differences() {
+    // With a fixed seed the masks are fixed, so the loss is a smooth function of the parameters.
+    let d = Dropout { seed: 11, step: 5, hidden: 0.2, attention: 0.2, lora: 0.3 };
+    let lora =
+        Method::Lora(LoraConfig { r: 2, alpha: 4.0, rslora: false, targets: Target::ALL.to_vec(), dropout: 0.3 });
+    check_method("lora with dropout", &lora, HeadKind::Pooler, Some(&d));
+    check_method("prefix with dropout", &Method::Prefix { length: 2 }, HeadKind::Mean, Some(&d));
+    check_method("bitfit with dropout", &Method::Bitfit, HeadKind::Pooler, Some(&d));
+}
+
+#[test]
+fn gpu_matches_cpu_for_every_method() {
+    let Some(gpu) = gpu() else { return };
+    let d = Dropout { seed: 3, step: 1, hidden: 0.1, attention: 0.1, lora: 0.1 };
+    for (name, m) in methods() {
+        for head in [HeadKind::Pooler, HeadKind::Mean] {
+            let mut r = vec![];
+            for dev in [Device::Cpu, gpu.clone()] {
+                let model = tiny_model(&dev, 7).unwrap();
+                let mut params = Trainable::init(&model.bert, &m, 2, 1).unwrap();
+                randomise(&mut params, &dev, 3);
+                r.push(run(&model, &m, head, &params, Some(&d)));
+            }
+            let what = format!("{name} {head:?}");
+            assert_close(&format!("{what} logits"), &r[1].logits, &r[0].logits, 1e-5, 1e-4);
+            assert!((r[1].loss - r[0].loss).abs() < 1e-5, "{what}: loss {} vs {}", r[1].loss, r[0].loss);
+            for ((n, g), (_, c)) in r[1].grads.iter().zip(&r[0].grads) {
+                let scale = c.iter().fold(0.0f32, |a, &x| a.max(x.abs()));
+                assert_close(&format!("{what} grad {n}"), g, c, 1e-5 + 1e-4 * scale, 1e-3);
+            }
+        }
+    }
+}
+
+#[test]
+fn fresh_adapters_leave_the_model_unchanged() {
+    // PEFT's initialisations make a new adapter the identity: LoRA B = 0, (IA)³ = 1, adapter up = 0.
+    let cpu = Device::Cpu;
+    let model = tiny_model(&cpu, 7).unwrap();
+    let head_only = Trainable::init(&model.bert, &Method::Head, 2, 1).unwrap();
+    let base = run(&model, &Method::Head, HeadKind::Pooler, &head_only, None).logits;
+    for (name, m) in methods() {
+        if matches!(m, Method::Prefix { .. }) {
+            continue; // prefix rows change attention from the start
+        }
+        let p = Trainable::init(&model.bert, &m, 2, 1).unwrap();
+        let got = run(&model, &m, HeadKind::Pooler, &p, None).logits;
+        assert_close(name, &got, &base, 1e-6, 1e-6);
+    }
+    let _ = Tensor::clone;
+}
