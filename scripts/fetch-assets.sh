@@ -41,5 +41,21 @@ if [ ! -f "$data/yelp.json" ]; then
   rm -rf "$data" && mv "$data.partial" "$data"
   rm -rf "$tmp2"
 fi
+# JSONL with string labels (the training data format), without the trailing empty record.
+for d in amazon imdb yelp; do
+  if [ ! -f "$data/$d.jsonl" ]; then
+    python3 - "$data/$d.json" "$data/$d.jsonl" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1], encoding="utf-8"))
+names = {0: "negative", 1: "positive"}
+with open(sys.argv[2] + ".partial", "w", encoding="utf-8") as f:
+    for r in rows:
+        if r.get("class") in names and r.get("text", "").strip():
+            f.write(json.dumps({"text": r["text"], "label": names[r["class"]]}, ensure_ascii=False) + "\n")
+import os
+os.replace(sys.argv[2] + ".partial", sys.argv[2])
+PY
+  fi
+done
 echo "model: $model"
 echo "data:  $data"

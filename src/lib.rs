@@ -14,6 +14,7 @@ pub mod ops;
 pub mod peft;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

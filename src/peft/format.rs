@@ -1,1 +1,331 @@
+//! Adapter files. Every method is saved as the two files of Hugging Face PEFT:
+//!
+//! - `adapter_config.json` — for LoRA and (IA)³ exactly PEFT's config (`peft_type` "LORA" / "IA3",
+//!   `task_type` "SEQ_CLS", the classifier under `modules_to_save`), so `PeftModel.from_pretrained` loads
+//!   them as they are; the other methods have no PEFT equivalent and carry their own `peft_type`
+//!   ("LOCALTUNE_ADAPTER", "LOCALTUNE_PARALLEL_ADAPTER", "LOCALTUNE_PREFIX", "LOCALTUNE_BITFIT",
+//!   "LOCALTUNE_HEAD") with the same layout;
+//! - `adapter_model.safetensors` — the tensors under PEFT's keys (`base_model.model.…`, no adapter name),
+//!   (IA)³ vectors shaped as PEFT stores them: (C, 1) for key/value, (1, F) for the FFN input;
+//!
+//! plus `localtune.json`, which PEFT ignores: the method's exact settings, the head and the label names.
 
+use std::collections::HashMap;
+
+use super::{HeadKind, LoraConfig, Method, Target, Trainable};
+use crate::error::{Error, Result};
+use crate::model::bert::Bert;
+use crate::model::weights::{HostTensor, NamedTensors};
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+pub const META_FILE: &str = "localtune.json";
+
+/// Everything an adapter folder holds, on the host.
+#[derive(Debug, Clone)]
+pub struct AdapterFiles {
+    pub method: Method,
+    pub head: HeadKind,
+    pub labels: Vec<String>,
+    /// The base model's name or folder, as recorded.
+    pub base_model: String,
+    pub tensors: NamedTensors,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    format: u32,
+    #[serde(flatten)]
+    method: Method,
+    head: HeadKind,
+    labels: Vec<String>,
+    base_model: String,
+}
+
+fn is_ia3_ffn(name: &str) -> bool {
+    name.ends_with(".output.dense.ia3_l") && !name.contains("attention.output")
+}
+
+fn is_ia3_attn(name: &str) -> bool {
+    name.ends_with(".ia3_l") && !is_ia3_ffn(name)
+}
+
+/// PEFT's `target_modules` for LoRA targets: plain module names, or a full-match regex when the FFN
+/// output dense is targeted (its name is a suffix of the attention output's).
+fn lora_target_modules(targets: &[Target]) -> serde_json::Value {
+    if !targets.contains(&Target::Output) {
+        return serde_json::json!(targets
+            .iter()
+            .map(|t| match t {
+                Target::Query => "query",
+                Target::Key => "key",
+                Target::Value => "value",
+                _ => t.module(),
+            })
+            .collect::<Vec<_>>());
+    }
+    let alts: Vec<String> = targets
+        .iter()
+        .map(|t| match t {
+            Target::Output => r"layer\.\d+\.output\.dense".to_string(),
+            _ => t.module().replace('.', r"\."),
+        })
+        .collect();
+    serde_json::Value::String(format!(r".*\.({})$", alts.join("|")))
+}
+
+impl AdapterFiles {
+    /// adapter_config.json for these files.
+    pub fn peft_config(&self) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "base_model_name_or_path": self.base_model,
+            "task_type": "SEQ_CLS",
+            "inference_mode": true,
+            "modules_to_save": ["classifier", "score"],
+            "revision": null,
+            "auto_mapping": null,
+        });
+        let m = c.as_object_mut().unwrap();
+        let mut set = |k: &str, v: serde_json::Value| {
+            m.insert(k.to_string(), v);
+        };
+        match &self.method {
+            Method::Lora(l) => {
+                set("peft_type", "LORA".into());
+                set("r", l.r.into());
+                set("lora_alpha", serde_json::json!(l.alpha));
+                set("lora_dropout", serde_json::json!(l.dropout));
+                set("use_rslora", l.rslora.into());
+                set("target_modules", lora_target_modules(&l.targets));
+                set("bias", "none".into());
+                set("fan_in_fan_out", false.into());
+                set("init_lora_weights", true.into());
+                set("use_dora", false.into());
+                set("lora_bias", false.into());
+                set("rank_pattern", serde_json::json!({}));
+                set("alpha_pattern", serde_json::json!({}));
+                set("layers_to_transform", serde_json::Value::Null);
+                set("layers_pattern", serde_json::Value::Null);
+            }
+            Method::Ia3 => {
+                set("peft_type", "IA3".into());
+                let targets = r".*\.(attention\.self\.key|attention\.self\.value|layer\.\d+\.output\.dense)$";
+                set("target_modules", targets.into());
+                set("feedforward_modules", r".*\.layer\.\d+\.output\.dense$".into());
+                set("fan_in_fan_out", false.into());
+                set("init_ia3_weights", true.into());
+            }
+            other => {
+                let t = match other {
+                    Method::Adapter(_) => "LOCALTUNE_ADAPTER",
+                    Method::ParallelAdapter(_) => "LOCALTUNE_PARALLEL_ADAPTER",
+                    Method::Prefix { .. } => "LOCALTUNE_PREFIX",
+                    Method::Bitfit => "LOCALTUNE_BITFIT",
+                    _ => "LOCALTUNE_HEAD",
+                };
+                set("peft_type", t.into());
+                set("localtune_method", serde_json::to_value(other).unwrap());
+            }
+        }
+        c
+    }
+
+    /// The three files' contents: (file name, bytes).
+    pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let meta = Meta {
+            format: 1,
+            method: self.method.clone(),
+            head: self.head,
+            labels: self.labels.clone(),
+            base_model: self.base_model.clone(),
+        };
+        let mut st_meta = HashMap::new();
+        st_meta.insert("format".to_string(), "pt".to_string());
+        Ok(vec![
+            (CONFIG_FILE, serde_json::to_vec_pretty(&self.peft_config()).unwrap()),
+            (WEIGHTS_FILE, self.tensors.to_bytes(Some(st_meta))?),
+            (META_FILE, serde_json::to_vec_pretty(&meta).unwrap()),
+        ])
+    }
+
+    /// Reads the files' contents; `meta_json` may be absent (an adapter made by PEFT itself).
+    /// `origin` names the folder in errors.
+    pub fn from_files(
+        config_json: &str,
+        safetensors: &[u8],
+        meta_json: Option<&str>,
+        origin: &str,
+    ) -> Result<AdapterFiles> {
+        let tensors = NamedTensors::from_bytes(safetensors, &format!("{origin}/{WEIGHTS_FILE}"))?;
+        let cfg_origin = format!("{origin}/{CONFIG_FILE}");
+        let config: serde_json::Value =
+            serde_json::from_str(config_json).map_err(|e| Error::file(&cfg_origin, format!("not valid JSON: {e}")))?;
+        if let Some(meta) = meta_json {
+            let meta_origin = format!("{origin}/{META_FILE}");
+            let m: Meta = serde_json::from_str(meta)
+                .map_err(|e| Error::file(&meta_origin, format!("not a localtune adapter description: {e}")))?;
+            return Ok(AdapterFiles {
+                method: m.method,
+                head: m.head,
+                labels: m.labels,
+                base_model: m.base_model,
+                tensors,
+            });
+        }
+        // A PEFT adapter: the method from adapter_config.json, the LoRA targets from the tensors present.
+        let peft_type = config.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
+        let method = match peft_type {
+            "LORA" => {
+                let num = |k: &str| config.get(k).and_then(|v| v.as_f64());
+                let r = num("r").ok_or_else(|| Error::file(&cfg_origin, "LORA config without `r`"))? as usize;
+                let alpha = num("lora_alpha").unwrap_or(8.0) as f32;
+                let targets: Vec<Target> = Target::ALL
+                    .into_iter()
+                    .filter(|t| {
+                        tensors.tensors.keys().any(|k| {
+                            k.ends_with(&format!("{}.lora_A.weight", t.module()))
+                                && (*t != Target::Output || !k.contains("attention.output"))
+                        })
+                    })
+                    .collect();
+                if targets.is_empty() {
+                    return Err(Error::file(
+                        format!("{origin}/{WEIGHTS_FILE}"),
+                        "a LORA adapter without lora_A tensors",
+                    ));
+                }
+                let use_dora = config.get("use_dora").and_then(|v| v.as_bool()).unwrap_or(false);
+                if use_dora {
+                    return Err(Error::file(&cfg_origin, "DoRA adapters are not supported"));
+                }
+                Method::Lora(LoraConfig {
+                    r,
+                    alpha,
+                    rslora: config.get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false),
+                    targets,
+                    dropout: num("lora_dropout").unwrap_or(0.0) as f32,
+                })
+            }
+            "IA3" => Method::Ia3,
+            other => {
+                return Err(Error::file(
+                    &cfg_origin,
+                    format!("peft_type `{other}` is not supported without {META_FILE} (LORA and IA3 adapters are)"),
+                ))
+            }
+        };
+        let classes =
+            tensors.tensors.get("base_model.model.classifier.weight").map(|t| t.shape[0]).ok_or_else(|| {
+                Error::tensor(
+                    format!("{origin}/{WEIGHTS_FILE}"),
+                    "base_model.model.classifier.weight",
+                    "missing: a SEQ_CLS adapter saves its classifier",
+                )
+            })?;
+        let base_model = config.get("base_model_name_or_path").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        Ok(AdapterFiles {
+            method,
+            head: HeadKind::Pooler,
+            labels: (0..classes).map(|i| i.to_string()).collect(),
+            base_model,
+            tensors,
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(dir: &std::path::Path) -> Result<AdapterFiles> {
+        let read = |name: &str| -> Result<Vec<u8>> {
+            std::fs::read(dir.join(name)).map_err(|e| Error::file(dir.join(name), e))
+        };
+        let config =
+            String::from_utf8(read(CONFIG_FILE)?).map_err(|_| Error::file(dir.join(CONFIG_FILE), "not UTF-8"))?;
+        let weights = read(WEIGHTS_FILE)?;
+        let meta = match std::fs::read_to_string(dir.join(META_FILE)) {
+            Ok(s) => Some(s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::file(dir.join(META_FILE), e)),
+        };
+        Self::from_files(&config, &weights, meta.as_deref(), &dir.display().to_string())
+    }
+
+    /// Writes the files into `dir` (created if needed). Each file is written to a temporary name and
+    /// renamed over the old one, so an interrupted save never leaves a truncated file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+        for (name, bytes) in self.to_files()? {
+            write_atomic(&dir.join(name), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Trainable parameters on `base`'s device from these tensors; every tensor must be present with
+    /// the shape the method implies.
+    pub fn to_trainable(&self, base: &Bert) -> Result<Trainable> {
+        let mut t = Trainable::init(base, &self.method, self.labels.len(), 0)?;
+        let names: Vec<(String, Vec<usize>)> = t.named().into_iter().map(|(n, x)| (n, x.shape().to_vec())).collect();
+        let mut tensors = self.tensors.clone();
+        let dev = base.device.clone();
+        for ((name, shape), slot) in names.into_iter().zip(t.tensors_mut()) {
+            let stored = if is_ia3_ffn(&name) {
+                vec![1, shape[0]]
+            } else if is_ia3_attn(&name) {
+                vec![shape[0], 1]
+            } else {
+                shape.clone()
+            };
+            let data = tensors.take(&name, &stored)?;
+            *slot = dev.weight(&data, &shape)?;
+        }
+        if let Some(extra) = tensors.tensors.keys().next() {
+            return Err(Error::tensor(
+                &tensors.origin,
+                extra,
+                format!("unexpected for a {} adapter of this model", self.method.name()),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Reads trainable parameters back to the host as adapter files.
+    pub async fn from_trainable(
+        t: &Trainable,
+        method: &Method,
+        head: HeadKind,
+        labels: &[String],
+        base_model: &str,
+    ) -> Result<AdapterFiles> {
+        let mut tensors = NamedTensors { origin: WEIGHTS_FILE.into(), ..Default::default() };
+        for (name, x) in t.named() {
+            let data = x.to_vec().await?;
+            let shape = if is_ia3_ffn(&name) {
+                vec![1, x.numel()]
+            } else if is_ia3_attn(&name) {
+                vec![x.numel(), 1]
+            } else {
+                x.shape().to_vec()
+            };
+            tensors.insert(name, HostTensor::new(shape, data));
+        }
+        Ok(AdapterFiles {
+            method: method.clone(),
+            head,
+            labels: labels.to_vec(),
+            base_model: base_model.to_string(),
+            tensors,
+        })
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(&tmp, e)
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}

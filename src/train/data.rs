@@ -1,0 +1,365 @@
+//! Labelled text data: CSV (a header naming `text` and `label` columns, RFC 4180 quoting), JSONL
+//! (`{"text": …, "label": …}` per line) and JSON arrays of such objects. Labels are strings (numbers
+//! and booleans are taken as their text), mapped to ids in sorted order.
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// One labelled example and the line it started on (1-based).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub text: String,
+    pub label: String,
+    pub line: usize,
+}
+
+/// A row that could not be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRow {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// The examples of one file, with the rows that were skipped (only with `skip_bad_rows`).
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub origin: String,
+    pub examples: Vec<Example>,
+    pub skipped: Vec<BadRow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Jsonl,
+    JsonArray,
+}
+
+impl Format {
+    /// From the file name, else from the first non-blank character.
+    pub fn detect(name: &str, text: &str) -> Format {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".csv") || lower.ends_with(".tsv") {
+            return Format::Csv;
+        }
+        if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") {
+            return Format::Jsonl;
+        }
+        match text.trim_start().chars().next() {
+            Some('[') => Format::JsonArray,
+            Some('{') => Format::Jsonl,
+            _ => Format::Csv,
+        }
+    }
+}
+
+impl Dataset {
+    /// Parses file contents. `origin` names the file in errors; with `skip_bad_rows` unreadable rows
+    /// are counted in `skipped` instead of failing.
+    pub fn parse(bytes: &[u8], origin: &str, skip_bad_rows: bool) -> Result<Dataset> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+            Error::file(format!("{origin}:{line}"), "invalid UTF-8: the file must be UTF-8 text")
+        })?;
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if text.trim().is_empty() {
+            return Err(Error::file(origin, "the file is empty"));
+        }
+        let mut ds = Dataset { origin: origin.to_string(), ..Default::default() };
+        let rows: Vec<std::result::Result<Example, BadRow>> = match Format::detect(origin, text) {
+            Format::Csv => parse_csv(text, origin)?,
+            Format::Jsonl => parse_jsonl(text),
+            Format::JsonArray => parse_json_array(text, origin)?,
+        };
+        for r in rows {
+            match r {
+                Ok(e) => ds.examples.push(e),
+                Err(bad) if skip_bad_rows => ds.skipped.push(bad),
+                Err(bad) => {
+                    return Err(Error::file(
+                        format!("{origin}:{}", bad.line),
+                        format!("{} (use --skip-bad-rows to skip such rows)", bad.reason),
+                    ))
+                }
+            }
+        }
+        if ds.examples.is_empty() {
+            return Err(Error::file(origin, "no usable rows: each needs a text and a label"));
+        }
+        Ok(ds)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(path: &std::path::Path, skip_bad_rows: bool) -> Result<Dataset> {
+        let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+        Self::parse(&bytes, &path.display().to_string(), skip_bad_rows)
+    }
+
+    /// The sorted distinct labels.
+    pub fn labels(&self) -> Vec<String> {
+        let mut l: Vec<String> = self.examples.iter().map(|e| e.label.clone()).collect();
+        l.sort();
+        l.dedup();
+        l
+    }
+
+    /// (label, count) in label order.
+    pub fn label_counts(&self) -> Vec<(String, usize)> {
+        self.labels()
+            .into_iter()
+            .map(|l| {
+                let n = self.examples.iter().filter(|e| e.label == l).count();
+                (l, n)
+            })
+            .collect()
+    }
+
+    /// Label ids under `labels`; a label not in it is an error naming the file and line.
+    pub fn label_ids(&self, labels: &[String]) -> Result<Vec<u32>> {
+        self.examples
+            .iter()
+            .map(|e| {
+                labels.iter().position(|l| *l == e.label).map(|i| i as u32).ok_or_else(|| {
+                    Error::file(
+                        format!("{}:{}", self.origin, e.line),
+                        format!("label `{}` was not seen in training (known: {})", e.label, labels.join(", ")),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// A seeded split into (train, validation) with `fraction` of the examples (rounded) held out.
+    pub fn split(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset)> {
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(Error::invalid(format!("validation fraction {fraction} must be in [0, 1)")));
+        }
+        let mut idx: Vec<usize> = (0..self.examples.len()).collect();
+        Rng::new(seed ^ 0x5EED_5B17).shuffle(&mut idx);
+        let n_valid = (self.examples.len() as f64 * fraction).round() as usize;
+        let pick = |ids: &[usize]| {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            Dataset {
+                origin: self.origin.clone(),
+                examples: ids.iter().map(|&i| self.examples[i].clone()).collect(),
+                skipped: vec![],
+            }
+        };
+        Ok((pick(&idx[n_valid..]), pick(&idx[..n_valid])))
+    }
+}
+
+fn label_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn example_from_object(v: &serde_json::Value, line: usize) -> std::result::Result<Example, BadRow> {
+    let bad = |reason: &str| BadRow { line, reason: reason.to_string() };
+    let obj = v.as_object().ok_or_else(|| bad("expected an object with \"text\" and \"label\""))?;
+    let text = match obj.get("text") {
+        Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(serde_json::Value::String(_)) => return Err(bad("empty \"text\"")),
+        Some(_) => return Err(bad("\"text\" is not a string")),
+        None => return Err(bad("no \"text\" field")),
+    };
+    // "class" is accepted as the label's name too (the UCI sentiment files use it).
+    let label = obj.get("label").or_else(|| obj.get("class")).ok_or_else(|| bad("no \"label\" field"))?;
+    let label = label_text(label).ok_or_else(|| bad("\"label\" is empty or not a string, number or boolean"))?;
+    Ok(Example { text, label, line })
+}
+
+fn parse_jsonl(text: &str) -> Vec<std::result::Result<Example, BadRow>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let line = i + 1;
+            serde_json::from_str::<serde_json::Value>(l)
+                .map_err(|e| BadRow { line, reason: format!("not JSON: {e}") })
+                .and_then(|v| example_from_object(&v, line))
+        })
+        .collect()
+}
+
+fn parse_json_array(text: &str, origin: &str) -> Result<Vec<std::result::Result<Example, BadRow>>> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::file(format!("{origin}:{}", e.line()), format!("not valid JSON: {e}")))?;
+    let arr =
+        v.as_array().ok_or_else(|| Error::file(origin, "expected a JSON array of {\"text\", \"label\"} objects"))?;
+    // Elements have no line of their own: report the element's 1-based index as its "line".
+    Ok(arr.iter().enumerate().map(|(i, v)| example_from_object(v, i + 1)).collect())
+}
+
+/// RFC 4180 records: fields separated by commas (tabs for .tsv files), optionally quoted with `"`,
+/// `""` an escaped quote, newlines allowed inside quotes. Returns (first line, fields) per record.
+pub fn csv_records(text: &str, sep: char) -> std::result::Result<Vec<(usize, Vec<String>)>, BadRow> {
+    let mut records = vec![];
+    let mut fields: Vec<String> = vec![];
+    let mut field = String::new();
+    let mut in_quotes = false;
+    let mut quoted_field = false;
+    let mut line = 1;
+    let mut start = 1;
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if in_quotes {
+            match ch {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => in_quotes = false,
+                '\n' => {
+                    line += 1;
+                    field.push('\n');
+                }
+                _ => field.push(ch),
+            }
+            continue;
+        }
+        match ch {
+            '"' if field.is_empty() && !quoted_field => {
+                in_quotes = true;
+                quoted_field = true;
+            }
+            '"' => {
+                return Err(BadRow {
+                    line,
+                    reason: "a quote inside an unquoted field (quote the whole field and double the inner quotes)"
+                        .into(),
+                })
+            }
+            c if c == sep => {
+                fields.push(std::mem::take(&mut field));
+                quoted_field = false;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                fields.push(std::mem::take(&mut field));
+                quoted_field = false;
+                if !(fields.len() == 1 && fields[0].is_empty()) {
+                    records.push((start, std::mem::take(&mut fields)));
+                }
+                fields.clear();
+                line += 1;
+                start = line;
+            }
+            _ => {
+                if quoted_field {
+                    return Err(BadRow { line, reason: "text after a closing quote".into() });
+                }
+                field.push(ch)
+            }
+        }
+    }
+    if in_quotes {
+        return Err(BadRow { line: start, reason: "a quoted field is never closed".into() });
+    }
+    if !field.is_empty() || !fields.is_empty() || quoted_field {
+        fields.push(field);
+        records.push((start, fields));
+    }
+    Ok(records)
+}
+
+fn parse_csv(text: &str, origin: &str) -> Result<Vec<std::result::Result<Example, BadRow>>> {
+    let sep = if origin.to_ascii_lowercase().ends_with(".tsv") { '\t' } else { ',' };
+    let records = csv_records(text, sep).map_err(|b| Error::file(format!("{origin}:{}", b.line), b.reason))?;
+    let Some(((hline, header), rows)) = records.split_first() else {
+        return Err(Error::file(origin, "the file is empty"));
+    };
+    let col = |name: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
+    let (Some(ti), Some(li)) = (col("text"), col("label")) else {
+        return Err(Error::file(
+            format!("{origin}:{hline}"),
+            format!("the header must name a `text` and a `label` column; it has: {}", header.join(", ")),
+        ));
+    };
+    Ok(rows
+        .iter()
+        .map(|(line, f)| {
+            let bad = |reason: String| BadRow { line: *line, reason };
+            let text = f.get(ti).ok_or_else(|| bad(format!("{} fields, no `text` column", f.len())))?;
+            let label = f.get(li).ok_or_else(|| bad(format!("{} fields, no `label` column", f.len())))?;
+            if text.trim().is_empty() {
+                return Err(bad("empty text".into()));
+            }
+            if label.trim().is_empty() {
+                return Err(bad("empty label".into()));
+            }
+            Ok(Example { text: text.clone(), label: label.trim().to_string(), line: *line })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_follows_rfc4180() {
+        let csv = "id,text,label\r\n1,\"Hello, \"\"world\"\"\",pos\n2,\"two\nlines\",neg\n3,plain,pos\n";
+        let ds = Dataset::parse(csv.as_bytes(), "d.csv", false).unwrap();
+        assert_eq!(ds.examples.len(), 3);
+        assert_eq!(ds.examples[0].text, "Hello, \"world\"");
+        assert_eq!(ds.examples[1].text, "two\nlines");
+        assert_eq!(ds.examples[2].line, 5, "the record after a two-line field starts on line 5");
+        assert_eq!(ds.labels(), vec!["neg", "pos"]);
+    }
+
+    #[test]
+    fn bad_rows_name_file_and_line() {
+        let csv = "text,label\nfine,a\nno label here\nok,b\n";
+        let e = Dataset::parse(csv.as_bytes(), "d.csv", false).unwrap_err().to_string();
+        assert!(e.starts_with("d.csv:3:") && e.contains("no `label` column") && e.contains("--skip-bad-rows"), "{e}");
+        let ds = Dataset::parse(csv.as_bytes(), "d.csv", true).unwrap();
+        assert_eq!(ds.examples.len(), 2);
+        assert_eq!(ds.skipped, vec![BadRow { line: 3, reason: "1 fields, no `label` column".into() }]);
+
+        let e = Dataset::parse(b"a,b\n1,2\n", "d.csv", false).unwrap_err().to_string();
+        assert!(e.contains("d.csv:1") && e.contains("`text` and a `label`"), "{e}");
+        let e = Dataset::parse(b"", "e.csv", false).unwrap_err().to_string();
+        assert!(e.contains("e.csv") && e.contains("empty"), "{e}");
+        let e = Dataset::parse(b"text,label\nok,a\n\xff\xfe,b\n", "u.csv", false).unwrap_err().to_string();
+        assert!(e.starts_with("u.csv:3:") && e.contains("UTF-8"), "{e}");
+        let e = Dataset::parse(b"{\"text\":\"a\",\"label\":1}\n{\"text\":\"b\"}\n", "j.jsonl", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("j.jsonl:2:") && e.contains("label"), "{e}");
+    }
+
+    #[test]
+    fn jsonl_and_arrays() {
+        let ds =
+            Dataset::parse(b"{\"text\":\"a\",\"label\":1}\n\n{\"text\":\"b\",\"label\":\"x\"}\n", "d.jsonl", false)
+                .unwrap();
+        assert_eq!(ds.examples[0].label, "1");
+        assert_eq!(ds.examples[1].line, 3);
+        let ds =
+            Dataset::parse(b"[{\"text\":\"a\",\"class\":0},{\"text\":\"\",\"class\":null}]", "d.json", true).unwrap();
+        assert_eq!(ds.examples.len(), 1);
+        assert_eq!(ds.skipped.len(), 1);
+    }
+
+    #[test]
+    fn split_is_seeded_and_disjoint() {
+        let rows: String = (0..100).map(|i| format!("{{\"text\":\"t{i}\",\"label\":\"{}\"}}\n", i % 2)).collect();
+        let ds = Dataset::parse(rows.as_bytes(), "d.jsonl", false).unwrap();
+        let (a, b) = ds.split(0.2, 7).unwrap();
+        let (a2, b2) = ds.split(0.2, 7).unwrap();
+        assert_eq!((a.examples.len(), b.examples.len()), (80, 20));
+        assert_eq!(b.examples, b2.examples);
+        assert_eq!(a.examples, a2.examples);
+        let (_, b3) = ds.split(0.2, 8).unwrap();
+        assert_ne!(b.examples, b3.examples);
+        assert!(b.examples.iter().all(|e| !a.examples.contains(e)));
+        let e = ds.label_ids(&["0".to_string()]).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl:2") && e.contains("label `1` was not seen in training"), "{e}");
+    }
+}
