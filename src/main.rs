@@ -56,6 +56,38 @@ mod cli {
             #[arg(long, default_value_t = 32)]
             batch: usize,
         },
+        /// Fine-tune a classifier on labelled data (CSV with text,label columns, or JSONL).
+        Train(Box<TrainArgs>),
+        /// Accuracy, macro-F1 and the confusion matrix of an adapter on labelled data.
+        Eval {
+            #[command(flatten)]
+            model: ModelArgs,
+            /// The adapter folder (adapter_config.json, adapter_model.safetensors).
+            #[arg(long)]
+            adapter: PathBuf,
+            /// Labelled data to evaluate on.
+            #[arg(long)]
+            data: PathBuf,
+            #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+            device: DeviceArg,
+            /// Skip unreadable rows (and say how many) instead of stopping.
+            #[arg(long)]
+            skip_bad_rows: bool,
+            /// One JSON object instead of text.
+            #[arg(long)]
+            json: bool,
+        },
+        /// Classify each input text (one per line on stdin, or --jsonl) and print the label and logits.
+        Predict {
+            #[command(flatten)]
+            model: ModelArgs,
+            #[command(flatten)]
+            input: InputArgs,
+            #[arg(long)]
+            adapter: PathBuf,
+            #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+            device: DeviceArg,
+        },
         /// Run a benchmark and print its figures.
         Bench {
             #[command(subcommand)]
@@ -72,6 +104,93 @@ mod cli {
         /// Longest input in tokens, [CLS] and [SEP] included; longer texts are truncated (at most 512).
         #[arg(long, default_value_t = 256)]
         max_len: usize,
+    }
+
+    #[derive(clap::Args)]
+    struct TrainArgs {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Training data: CSV (header with `text` and `label`), JSONL ({"text", "label"}) or a JSON array.
+        #[arg(long)]
+        data: PathBuf,
+        /// lora | ia3 | adapter | parallel-adapter | prefix | bitfit | head
+        #[arg(long, default_value = "lora")]
+        method: String,
+        /// Where the adapter is written (adapter_config.json, adapter_model.safetensors, localtune.json).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        /// Separate labelled data to evaluate on after training.
+        #[arg(long)]
+        eval: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        /// Peak learning rate (default per method: 1e-3 for lora, adapters and bitfit; 1e-2 for ia3, prefix, head).
+        #[arg(long)]
+        lr: Option<f32>,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Micro-batches per optimiser step.
+        #[arg(long, default_value_t = 1)]
+        grad_accum: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Fraction of --data held out for validation (seeded split).
+        #[arg(long, default_value_t = 0.2)]
+        valid_fraction: f64,
+        /// Fraction of optimiser steps of linear warm-up (then linear decay to 0).
+        #[arg(long, default_value_t = 0.0)]
+        warmup: f32,
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f32,
+        /// Global gradient-norm clipping; 0 turns it off.
+        #[arg(long, default_value_t = 1.0)]
+        max_grad_norm: f32,
+        /// Classifier input: the BERT pooler over [CLS] (as BertForSequenceClassification) or the mean of tokens.
+        #[arg(long, default_value = "pooler")]
+        head: String,
+        /// Turn off the model's hidden and attention dropout during training.
+        #[arg(long)]
+        no_dropout: bool,
+        /// LoRA rank.
+        #[arg(long, default_value_t = 8)]
+        r: usize,
+        /// LoRA alpha (scaling alpha / r).
+        #[arg(long, default_value_t = 16.0)]
+        alpha: f32,
+        /// LoRA: scale by alpha / sqrt(r) (rsLoRA).
+        #[arg(long)]
+        rslora: bool,
+        /// LoRA targets, comma-separated: query,key,value,attn-out,intermediate,output.
+        #[arg(long, default_value = "query,value")]
+        targets: String,
+        #[arg(long, default_value_t = 0.0)]
+        lora_dropout: f32,
+        /// Bottleneck adapters: hidden size / bottleneck size.
+        #[arg(long, default_value_t = 16)]
+        reduction_factor: usize,
+        /// Bottleneck adapters: relu | gelu | tanh.
+        #[arg(long, default_value = "relu")]
+        adapter_activation: String,
+        /// Bottleneck adapters: output scale (1 for Houlsby; He et al. use 4 for the parallel adapter).
+        #[arg(long)]
+        adapter_scaling: Option<f32>,
+        /// Prefix tuning: learned key/value rows per layer.
+        #[arg(long, default_value_t = 10)]
+        prefix_length: usize,
+        /// Write a checkpoint (adapter, optimiser state, position) every N optimiser steps into OUT/checkpoint.
+        #[arg(long)]
+        save_every: Option<u64>,
+        /// Continue from a checkpoint folder (same data and settings).
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Skip unreadable rows (and say how many) instead of stopping.
+        #[arg(long)]
+        skip_bad_rows: bool,
+        /// Print a JSON line per epoch instead of the progress bar.
+        #[arg(long)]
+        json: bool,
     }
 
     #[derive(clap::Args)]
@@ -134,6 +253,11 @@ mod cli {
             Command::Info { json } => info(json),
             Command::Tokenize { model, input } => tokenize(&model, &input),
             Command::Embed { model, input, device, batch } => embed(&model, &input, device, batch),
+            Command::Train(a) => train::train(&a),
+            Command::Eval { model, adapter, data, device, skip_bad_rows, json } => {
+                train::eval(&model, &adapter, &data, device, skip_bad_rows, json)
+            }
+            Command::Predict { model, input, adapter, device } => train::predict(&model, &input, &adapter, device),
             Command::Bench { what } => match what {
                 BenchWhat::Matmul { json, budget, cpu_only } => bench_matmul(json, budget, cpu_only),
                 BenchWhat::Forward { model, json, budget, cpu_only } => bench_forward(&model, json, budget, cpu_only),
@@ -407,5 +531,323 @@ mod cli {
             }
         }
         Ok(())
+    }
+
+    mod train {
+        use super::*;
+        use localtune::peft::format::AdapterFiles;
+        use localtune::peft::{Activation, AdapterConfig, HeadKind, LoraConfig, Method, Target};
+        use localtune::train::trainer::{metrics_from_logits, predict_logits, save_checkpoint, CheckpointFiles};
+        use localtune::train::{Dataset, Examples, OptimConfig, TrainConfig, Trainer};
+        use std::time::Instant;
+
+        pub fn method_of(a: &TrainArgs) -> Result<Method> {
+            let adapter = |default_scaling: f32| -> Result<AdapterConfig> {
+                let activation = match a.adapter_activation.as_str() {
+                    "relu" => Activation::Relu,
+                    "gelu" => Activation::Gelu,
+                    "tanh" => Activation::Tanh,
+                    o => return Err(Error::invalid(format!("--adapter-activation `{o}`: choose relu, gelu or tanh"))),
+                };
+                Ok(AdapterConfig {
+                    reduction_factor: a.reduction_factor,
+                    activation,
+                    scaling: a.adapter_scaling.unwrap_or(default_scaling),
+                })
+            };
+            Ok(match a.method.as_str() {
+                "lora" => Method::Lora(LoraConfig {
+                    r: a.r,
+                    alpha: a.alpha,
+                    rslora: a.rslora,
+                    targets: a.targets.split(',').map(|t| Target::parse(t.trim())).collect::<Result<_>>()?,
+                    dropout: a.lora_dropout,
+                }),
+                "ia3" => Method::Ia3,
+                "adapter" => Method::Adapter(adapter(1.0)?),
+                "parallel-adapter" => Method::ParallelAdapter(adapter(4.0)?),
+                "prefix" => Method::Prefix { length: a.prefix_length },
+                "bitfit" => Method::Bitfit,
+                "head" => Method::Head,
+                o => {
+                    return Err(Error::invalid(format!(
+                        "--method `{o}`: choose lora, ia3, adapter, parallel-adapter, prefix, bitfit or head"
+                    )))
+                }
+            })
+        }
+
+        pub fn default_lr(m: &Method) -> f32 {
+            match m {
+                Method::Ia3 | Method::Prefix { .. } | Method::Head => 1e-2,
+                _ => 1e-3,
+            }
+        }
+
+        fn head_of(s: &str) -> Result<HeadKind> {
+            match s {
+                "pooler" => Ok(HeadKind::Pooler),
+                "mean" => Ok(HeadKind::Mean),
+                o => Err(Error::invalid(format!("--head `{o}`: choose pooler or mean"))),
+            }
+        }
+
+        fn load_data(path: &Path, skip: bool) -> Result<Dataset> {
+            let ds = Dataset::load(path, skip)?;
+            if !ds.skipped.is_empty() {
+                eprintln!(
+                    "{}: skipped {} unreadable row(s) (first: line {}: {})",
+                    path.display(),
+                    ds.skipped.len(),
+                    ds.skipped[0].line,
+                    ds.skipped[0].reason
+                );
+            }
+            Ok(ds)
+        }
+
+        fn fmt_secs(s: f64) -> String {
+            let s = s.max(0.0) as u64;
+            format!("{:02}:{:02}", s / 60, s % 60)
+        }
+
+        pub fn train(a: &TrainArgs) -> Result<()> {
+            check_max_len(a.model.max_len)?;
+            let method = method_of(a)?;
+            let dir = model_dir(&a.model.model)?;
+            let dev = open_device(a.device)?;
+            let model = Model::load(&dir, &dev)?;
+            let data = load_data(&a.data, a.skip_bad_rows)?;
+            let (train_ds, valid_ds) = data.split(a.valid_fraction, a.seed)?;
+            let labels = train_ds.labels();
+            if labels.len() < 2 {
+                return Err(Error::file(&a.data, format!("needs at least 2 distinct labels, found {labels:?}")));
+            }
+            let train = Examples::from_dataset(&train_ds, &labels)?;
+            let valid = Examples::from_dataset(&valid_ds, &labels)?;
+            let config = TrainConfig {
+                method: method.clone(),
+                head: head_of(&a.head)?,
+                epochs: a.epochs,
+                batch_size: a.batch,
+                grad_accum: a.grad_accum,
+                max_len: a.model.max_len,
+                seed: a.seed,
+                optim: OptimConfig {
+                    lr: a.lr.unwrap_or(default_lr(&method)),
+                    weight_decay: a.weight_decay,
+                    max_grad_norm: a.max_grad_norm,
+                    warmup_ratio: a.warmup,
+                    ..OptimConfig::default()
+                },
+                dropout: !a.no_dropout,
+            };
+            let mut trainer = match &a.resume {
+                Some(ck) => {
+                    let t = Trainer::resume(&model, &CheckpointFiles::load(ck)?, train, valid)?;
+                    eprintln!(
+                        "resuming {} at epoch {}, step {} of {}",
+                        ck.display(),
+                        t.state.epoch + 1,
+                        t.state.micro_step,
+                        t.total_micro_steps()
+                    );
+                    t
+                }
+                None => Trainer::new(&model, config, labels, train, valid)?,
+            };
+            let base_name = dir.display().to_string();
+            eprintln!(
+                "{} on {}: {} trainable values, {} training / {} validation examples, labels {:?}",
+                trainer.config.method.name(),
+                dev.describe(),
+                trainer.params.count(),
+                trainer.train.len(),
+                trainer.valid.len(),
+                trainer.labels
+            );
+            let total = trainer.total_micro_steps();
+            let start = Instant::now();
+            let first_step = trainer.state.micro_step;
+            let mut seen = 0usize;
+            let checkpoint_dir = a.out.join("checkpoint");
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut last_opt_step = trainer.opt.step;
+            while !trainer.finished() {
+                let before = trainer.state.micro_step;
+                let batch = trainer
+                    .config
+                    .batch_size
+                    .min(trainer.train.len() - trainer.state.batch_in_epoch * trainer.config.batch_size);
+                let out = futures::executor::block_on(trainer.step()).map_err(|e| match &a.save_every {
+                    Some(_) if checkpoint_dir.exists() => {
+                        Error::invalid(format!("{e}; the last good checkpoint is in {}", checkpoint_dir.display()))
+                    }
+                    _ => e,
+                })?;
+                seen += batch;
+                let el = start.elapsed().as_secs_f64();
+                let done = out.micro_step - first_step;
+                let eta = el / done as f64 * (total - out.micro_step) as f64;
+                if !a.json && (tty || out.micro_step % 10 == 0 || out.epoch_end.is_some()) {
+                    let width = 24;
+                    let filled = (out.micro_step as usize * width) / total as usize;
+                    let bar: String = (0..width).map(|i| if i < filled { '#' } else { '.' }).collect();
+                    let line = format!(
+                        "epoch {}/{} [{bar}] {}/{total} loss {:.4} lr {:.2e} {:.1} ex/s ETA {}",
+                        out.epoch + 1,
+                        trainer.config.epochs,
+                        out.micro_step,
+                        out.loss,
+                        out.lr,
+                        seen as f64 / el,
+                        fmt_secs(eta)
+                    );
+                    if tty {
+                        eprint!("\r{line}\x1b[K");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+                let _ = before;
+                if let Some(rec) = &out.epoch_end {
+                    if tty && !a.json {
+                        eprintln!();
+                    }
+                    if a.json {
+                        println!("{}", serde_json::to_string(rec).unwrap());
+                    } else {
+                        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+                        println!(
+                            "epoch {}: train loss {:.4}, validation loss {}, accuracy {}, macro-F1 {}",
+                            rec.epoch,
+                            rec.train_loss,
+                            f(rec.valid_loss),
+                            f(rec.valid_accuracy),
+                            f(rec.valid_macro_f1)
+                        );
+                    }
+                }
+                if let Some(every) = a.save_every {
+                    if trainer.opt.step != last_opt_step && trainer.opt.step % every.max(1) == 0 {
+                        let files = futures::executor::block_on(trainer.checkpoint_files(&base_name))?;
+                        save_checkpoint(&checkpoint_dir, &files)?;
+                    }
+                }
+                last_opt_step = trainer.opt.step;
+            }
+            let adapter = futures::executor::block_on(trainer.adapter(&base_name))?;
+            adapter.save(&a.out)?;
+            eprintln!("adapter written to {} ({:.1} s)", a.out.display(), start.elapsed().as_secs_f64());
+            if let Some(eval_path) = &a.eval {
+                let ds = load_data(eval_path, a.skip_bad_rows)?;
+                let ex = Examples::from_dataset(&ds, &trainer.labels)?;
+                let m = futures::executor::block_on(trainer.evaluate(&ex, 64))?;
+                if a.json {
+                    println!("{}", serde_json::json!({"eval": eval_path.display().to_string(), "metrics": m}));
+                } else {
+                    println!(
+                        "{}: accuracy {:.4}, macro-F1 {:.4}, n {}",
+                        eval_path.display(),
+                        m.accuracy,
+                        m.macro_f1,
+                        m.n
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        fn load_adapter(
+            model: &ModelArgs,
+            adapter: &Path,
+            device: DeviceArg,
+        ) -> Result<(Model, AdapterFiles, localtune::peft::Trainable)> {
+            let dir = model_dir(&model.model)?;
+            let dev = open_device(device)?;
+            let m = Model::load(&dir, &dev)?;
+            let files = AdapterFiles::load(adapter)?;
+            let params = files.to_trainable(&m.bert)?;
+            Ok((m, files, params))
+        }
+
+        pub fn eval(
+            model: &ModelArgs,
+            adapter: &Path,
+            data: &Path,
+            device: DeviceArg,
+            skip: bool,
+            json: bool,
+        ) -> Result<()> {
+            check_max_len(model.max_len)?;
+            let (m, files, params) = load_adapter(model, adapter, device)?;
+            let ds = load_data(data, skip)?;
+            let ex = Examples::from_dataset(&ds, &files.labels)?;
+            let texts: Vec<&str> = ex.texts.iter().map(|s| s.as_str()).collect();
+            let logits = futures::executor::block_on(predict_logits(
+                &m,
+                &params,
+                &files.method,
+                files.head,
+                &texts,
+                model.max_len,
+                64,
+            ))?;
+            let met = metrics_from_logits(&logits, &ex.labels, files.labels.len());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"accuracy": met.accuracy, "macro_f1": met.macro_f1, "n": met.n, "loss": met.loss, "labels": files.labels, "confusion": met.confusion})
+                );
+            } else {
+                println!(
+                    "n {}  accuracy {:.4}  macro-F1 {:.4}  loss {:.4}",
+                    met.n,
+                    met.accuracy,
+                    met.macro_f1,
+                    met.loss.unwrap_or(f64::NAN)
+                );
+                let w = files.labels.iter().map(|l| l.len()).max().unwrap_or(4).max(6);
+                println!("confusion (rows: true, columns: predicted)");
+                print!("{:w$}", "");
+                for l in &files.labels {
+                    print!(" {l:>w$}");
+                }
+                println!();
+                for (l, row) in files.labels.iter().zip(&met.confusion) {
+                    print!("{l:>w$}");
+                    for c in row {
+                        print!(" {c:>w$}");
+                    }
+                    println!();
+                }
+            }
+            Ok(())
+        }
+
+        pub fn predict(model: &ModelArgs, input: &InputArgs, adapter: &Path, device: DeviceArg) -> Result<()> {
+            check_max_len(model.max_len)?;
+            let (m, files, params) = load_adapter(model, adapter, device)?;
+            let k = files.labels.len();
+            let mut out = std::io::stdout().lock();
+            for_each_input(input.jsonl, 64, |texts| {
+                let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+                let logits = futures::executor::block_on(predict_logits(
+                    &m,
+                    &params,
+                    &files.method,
+                    files.head,
+                    &refs,
+                    model.max_len,
+                    64,
+                ))?;
+                for row in logits.chunks_exact(k) {
+                    let best = localtune::train::metrics::argmax_rows(row, k)[0] as usize;
+                    let line = serde_json::json!({"label": files.labels[best], "logits": row.iter().map(|&x| serde_json::Number::from_f64(x as f64)).collect::<Vec<_>>()});
+                    writeln!(out, "{line}").map_err(|e| Error::file("<stdout>", e))?;
+                }
+                Ok(())
+            })
+        }
     }
 }

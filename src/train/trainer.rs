@@ -1,0 +1,445 @@
+//! The training loop, one micro-batch at a time so that a caller (the CLI's progress bar, the web
+//! app's worker) stays in control between steps. Every random choice is a function of the seed, the
+//! epoch and the step — the data order of an epoch, the dropout masks — so a run resumed from a
+//! checkpoint continues exactly as the uninterrupted run would have.
+
+use super::data::Dataset;
+use super::metrics::{argmax_rows, Metrics};
+use super::optim::{AdamW, OptimConfig};
+use crate::error::{Error, Result};
+use crate::model::encoder::{Classifier, Dropout};
+use crate::model::weights::{HostTensor, NamedTensors};
+use crate::model::Model;
+use crate::ops;
+use crate::peft::format::AdapterFiles;
+use crate::peft::{HeadKind, Method, Trainable};
+use crate::rng::Rng;
+
+/// Settings of a training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub method: Method,
+    pub head: HeadKind,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step.
+    pub grad_accum: usize,
+    pub max_len: usize,
+    pub seed: u64,
+    pub optim: OptimConfig,
+    /// Dropout as the model's config says (hidden and attention), in training only.
+    pub dropout: bool,
+}
+
+/// Texts with label ids.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Examples {
+    pub texts: Vec<String>,
+    pub labels: Vec<u32>,
+}
+
+impl Examples {
+    pub fn from_dataset(ds: &Dataset, labels: &[String]) -> Result<Examples> {
+        Ok(Examples { texts: ds.examples.iter().map(|e| e.text.clone()).collect(), labels: ds.label_ids(labels)? })
+    }
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+    /// A fingerprint of the texts and labels, to check that a resumed run sees the same data.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+        for (t, &l) in self.texts.iter().zip(&self.labels) {
+            for b in t.bytes().chain(l.to_le_bytes()) {
+                h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3);
+            }
+        }
+        h
+    }
+}
+
+/// Validation figures at the end of an epoch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub valid_loss: Option<f64>,
+    pub valid_accuracy: Option<f64>,
+    pub valid_macro_f1: Option<f64>,
+}
+
+/// Where a run stands; saved in checkpoints.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    pub epoch: usize,
+    /// Micro-batches of this epoch done.
+    pub batch_in_epoch: usize,
+    /// Micro-batches done in the run.
+    pub micro_step: u64,
+    /// This epoch's example order.
+    pub order: Vec<usize>,
+    /// Sum and count of this epoch's losses so far.
+    pub epoch_loss_sum: f64,
+    pub epoch_loss_n: usize,
+    pub history: Vec<EpochRecord>,
+    /// Loss of every micro-batch so far.
+    pub losses: Vec<f32>,
+    pub train_fingerprint: u64,
+    pub valid_fingerprint: u64,
+}
+
+/// What one call of `Trainer::step` did.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    pub loss: f32,
+    pub lr: f32,
+    pub epoch: usize,
+    pub micro_step: u64,
+    /// Set when the step finished an epoch (after its validation).
+    pub epoch_end: Option<EpochRecord>,
+    pub done: bool,
+}
+
+pub struct Trainer<'m> {
+    pub model: &'m Model,
+    pub config: TrainConfig,
+    pub labels: Vec<String>,
+    pub train: Examples,
+    pub valid: Examples,
+    pub params: Trainable,
+    grads: Trainable,
+    pub opt: AdamW,
+    pub state: TrainState,
+    accumulated: usize,
+}
+
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed ^ (0xE90C_0000 + epoch as u64)).shuffle(&mut order);
+    order
+}
+
+impl<'m> Trainer<'m> {
+    /// A fresh run of `config` on `model` with `labels` (the sorted training labels).
+    pub fn new(
+        model: &'m Model,
+        config: TrainConfig,
+        labels: Vec<String>,
+        train: Examples,
+        valid: Examples,
+    ) -> Result<Self> {
+        if train.is_empty() {
+            return Err(Error::invalid("no training examples"));
+        }
+        if config.batch_size == 0 || config.grad_accum == 0 || config.epochs == 0 {
+            return Err(Error::invalid("epochs, batch size and gradient accumulation must be at least 1"));
+        }
+        if !(2..=model.bert.config.max_position_embeddings).contains(&config.max_len) {
+            return Err(Error::invalid(format!(
+                "max length {} must be between 2 and {}",
+                config.max_len, model.bert.config.max_position_embeddings
+            )));
+        }
+        let dev = &model.bert.device;
+        let params = Trainable::init(&model.bert, &config.method, labels.len(), config.seed)?;
+        let grads = params.zeros_like(dev)?;
+        let micro = train.len().div_ceil(config.batch_size);
+        let total = (config.epochs * micro.div_ceil(config.grad_accum)) as u64;
+        let opt = AdamW::new(config.optim.clone(), &params, total, dev)?;
+        let state = TrainState {
+            epoch: 0,
+            batch_in_epoch: 0,
+            micro_step: 0,
+            order: epoch_order(train.len(), config.seed, 0),
+            epoch_loss_sum: 0.0,
+            epoch_loss_n: 0,
+            history: vec![],
+            losses: vec![],
+            train_fingerprint: train.fingerprint(),
+            valid_fingerprint: valid.fingerprint(),
+        };
+        Ok(Trainer { model, config, labels, train, valid, params, grads, opt, state, accumulated: 0 })
+    }
+
+    pub fn batches_per_epoch(&self) -> usize {
+        self.train.len().div_ceil(self.config.batch_size)
+    }
+
+    pub fn total_micro_steps(&self) -> u64 {
+        (self.batches_per_epoch() * self.config.epochs) as u64
+    }
+
+    pub fn finished(&self) -> bool {
+        self.state.epoch >= self.config.epochs
+    }
+
+    fn classifier(&self) -> Classifier<'_> {
+        Classifier { base: &self.model.bert, params: &self.params, method: &self.config.method, head: self.config.head }
+    }
+
+    fn dropout(&self) -> Option<Dropout> {
+        let c = &self.model.bert.config;
+        let lora = match &self.config.method {
+            Method::Lora(l) => l.dropout,
+            _ => 0.0,
+        };
+        let on = self.config.dropout;
+        Some(Dropout {
+            seed: (self.config.seed as u32) ^ ((self.config.seed >> 32) as u32),
+            step: self.state.micro_step as u32,
+            hidden: if on { c.hidden_dropout_prob as f32 } else { 0.0 },
+            attention: if on { c.attention_probs_dropout_prob as f32 } else { 0.0 },
+            lora,
+        })
+    }
+
+    /// Runs one micro-batch (and the optimiser step that completes an accumulation), and the
+    /// validation that ends an epoch.
+    pub async fn step(&mut self) -> Result<StepOutcome> {
+        if self.finished() {
+            return Err(Error::invalid("training is already finished"));
+        }
+        let bs = self.config.batch_size;
+        let start = self.state.batch_in_epoch * bs;
+        let idx: Vec<usize> = self.state.order[start..(start + bs).min(self.train.len())].to_vec();
+        let texts: Vec<&str> = idx.iter().map(|&i| self.train.texts[i].as_str()).collect();
+        let labels: Vec<u32> = idx.iter().map(|&i| self.train.labels[i]).collect();
+        let enc = self.model.encode(&texts, self.config.max_len)?;
+        let dev = &self.model.bert.device;
+        let dropout = self.dropout();
+        let (logits, acts) = self.classifier().forward(&enc.inputs, dropout.as_ref(), true)?;
+        let label_t = dev.tensor_u32(&labels, &[labels.len()])?;
+        let grad_scale = 1.0 / (labels.len() * self.config.grad_accum) as f32;
+        let (loss, dlogits) = ops::cross_entropy(&logits, &label_t, &labels, grad_scale)?;
+        let acts = acts.expect("forward keeps activations");
+        let clf = Classifier {
+            base: &self.model.bert,
+            params: &self.params,
+            method: &self.config.method,
+            head: self.config.head,
+        };
+        clf.backward(&enc.inputs, &acts, &dlogits, &mut self.grads, dropout.as_ref())?;
+        let losses = loss.to_vec().await?;
+        let loss = losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64;
+        if !loss.is_finite() {
+            return Err(Error::invalid(format!(
+                "training diverged: the loss is {loss} at step {} (epoch {}); try a lower learning rate",
+                self.state.micro_step + 1,
+                self.state.epoch + 1
+            )));
+        }
+        let lr = self.opt.lr_at(self.opt.step);
+        self.accumulated += 1;
+        self.state.batch_in_epoch += 1;
+        self.state.micro_step += 1;
+        let epoch_done = self.state.batch_in_epoch == self.batches_per_epoch();
+        if self.accumulated == self.config.grad_accum || epoch_done {
+            self.opt.step(&mut self.params, &mut self.grads)?;
+            self.grads.zero()?;
+            self.accumulated = 0;
+        }
+        self.state.losses.push(loss as f32);
+        self.state.epoch_loss_sum += loss;
+        self.state.epoch_loss_n += 1;
+        let epoch = self.state.epoch;
+        let mut epoch_end = None;
+        if epoch_done {
+            let (vl, va, vf) = if self.valid.is_empty() {
+                (None, None, None)
+            } else {
+                let m = self.evaluate(&self.valid, 64).await?;
+                (m.loss, Some(m.accuracy), Some(m.macro_f1))
+            };
+            let rec = EpochRecord {
+                epoch: epoch + 1,
+                train_loss: self.state.epoch_loss_sum / self.state.epoch_loss_n.max(1) as f64,
+                valid_loss: vl,
+                valid_accuracy: va,
+                valid_macro_f1: vf,
+            };
+            self.state.history.push(rec.clone());
+            self.state.epoch += 1;
+            self.state.batch_in_epoch = 0;
+            self.state.epoch_loss_sum = 0.0;
+            self.state.epoch_loss_n = 0;
+            self.state.order = epoch_order(self.train.len(), self.config.seed, self.state.epoch);
+            epoch_end = Some(rec);
+        }
+        Ok(StepOutcome {
+            loss: loss as f32,
+            lr,
+            epoch,
+            micro_step: self.state.micro_step,
+            epoch_end,
+            done: self.finished(),
+        })
+    }
+
+    /// Logits (n, K) of `texts` in evaluation mode.
+    pub async fn logits(&self, texts: &[&str], batch: usize) -> Result<Vec<f32>> {
+        predict_logits(
+            self.model,
+            &self.params,
+            &self.config.method,
+            self.config.head,
+            texts,
+            self.config.max_len,
+            batch,
+        )
+        .await
+    }
+
+    /// Accuracy, macro-F1, confusion matrix and mean loss on `data`.
+    pub async fn evaluate(&self, data: &Examples, batch: usize) -> Result<Metrics> {
+        let texts: Vec<&str> = data.texts.iter().map(|s| s.as_str()).collect();
+        let logits = self.logits(&texts, batch).await?;
+        Ok(metrics_from_logits(&logits, &data.labels, self.labels.len()))
+    }
+
+    /// The adapter as files (host copies).
+    pub async fn adapter(&self, base_model: &str) -> Result<AdapterFiles> {
+        AdapterFiles::from_trainable(&self.params, &self.config.method, self.config.head, &self.labels, base_model)
+            .await
+    }
+
+    /// Everything a checkpoint holds: the adapter files, optimizer.safetensors (the moments under the
+    /// parameters' names) and trainer_state.json.
+    pub async fn checkpoint_files(&self, base_model: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut files: Vec<(String, Vec<u8>)> =
+            self.adapter(base_model).await?.to_files()?.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
+        let mut opt = NamedTensors { origin: "optimizer.safetensors".into(), ..Default::default() };
+        for (which, t) in [("m", &self.opt.m), ("v", &self.opt.v)] {
+            for (name, x) in t.named() {
+                opt.insert(format!("{which}.{name}"), HostTensor::new(x.shape().to_vec(), x.to_vec().await?));
+            }
+        }
+        files.push(("optimizer.safetensors".into(), opt.to_bytes(None)?));
+        let state = serde_json::json!({
+            "config": self.config,
+            "labels": self.labels,
+            "optimizer_step": self.opt.step,
+            "total_steps": self.opt.total_steps,
+            "state": self.state,
+        });
+        files.push(("trainer_state.json".into(), serde_json::to_vec_pretty(&state).unwrap()));
+        Ok(files)
+    }
+
+    /// Restores a run from checkpoint files (as `checkpoint_files` wrote them), on the same data.
+    pub fn resume(model: &'m Model, files: &CheckpointFiles, train: Examples, valid: Examples) -> Result<Self> {
+        let origin = &files.origin;
+        let st: serde_json::Value = serde_json::from_slice(&files.trainer_state)
+            .map_err(|e| Error::file(format!("{origin}/trainer_state.json"), e))?;
+        let bad =
+            |what: &str| Error::file(format!("{origin}/trainer_state.json"), format!("missing or invalid `{what}`"));
+        let config: TrainConfig = serde_json::from_value(st["config"].clone()).map_err(|_| bad("config"))?;
+        let labels: Vec<String> = serde_json::from_value(st["labels"].clone()).map_err(|_| bad("labels"))?;
+        let state: TrainState = serde_json::from_value(st["state"].clone()).map_err(|_| bad("state"))?;
+        if state.train_fingerprint != train.fingerprint() || state.valid_fingerprint != valid.fingerprint() {
+            return Err(Error::invalid(format!(
+                "{origin}: this checkpoint was made on other data (or another split): resume with the same --data, --valid-fraction and --seed"
+            )));
+        }
+        let mut t = Trainer::new(model, config, labels, train, valid)?;
+        let adapter = AdapterFiles::from_files(
+            std::str::from_utf8(&files.adapter_config)
+                .map_err(|_| Error::file(origin, "adapter_config.json is not UTF-8"))?,
+            &files.adapter_weights,
+            Some(std::str::from_utf8(&files.meta).map_err(|_| Error::file(origin, "localtune.json is not UTF-8"))?),
+            origin,
+        )?;
+        t.params = adapter.to_trainable(&model.bert)?;
+        let dev = model.bert.device.clone();
+        let mut opt = NamedTensors::from_bytes(&files.optimizer, &format!("{origin}/optimizer.safetensors"))?;
+        let names: Vec<(String, Vec<usize>)> =
+            t.params.named().into_iter().map(|(n, x)| (n, x.shape().to_vec())).collect();
+        for (which, target) in [("m", &mut t.opt.m), ("v", &mut t.opt.v)] {
+            for ((name, shape), slot) in names.iter().zip(target.tensors_mut()) {
+                *slot = dev.tensor(&opt.take(&format!("{which}.{name}"), shape)?, shape)?;
+            }
+        }
+        t.opt.step = st["optimizer_step"].as_u64().ok_or_else(|| bad("optimizer_step"))?;
+        t.state = state;
+        Ok(t)
+    }
+}
+
+/// The files of a checkpoint.
+pub struct CheckpointFiles {
+    pub origin: String,
+    pub adapter_config: Vec<u8>,
+    pub adapter_weights: Vec<u8>,
+    pub meta: Vec<u8>,
+    pub optimizer: Vec<u8>,
+    pub trainer_state: Vec<u8>,
+}
+
+impl CheckpointFiles {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(dir: &std::path::Path) -> Result<CheckpointFiles> {
+        let read = |n: &str| std::fs::read(dir.join(n)).map_err(|e| Error::file(dir.join(n), e));
+        Ok(CheckpointFiles {
+            origin: dir.display().to_string(),
+            adapter_config: read(crate::peft::format::CONFIG_FILE)?,
+            adapter_weights: read(crate::peft::format::WEIGHTS_FILE)?,
+            meta: read(crate::peft::format::META_FILE)?,
+            optimizer: read("optimizer.safetensors")?,
+            trainer_state: read("trainer_state.json")?,
+        })
+    }
+}
+
+/// Writes a checkpoint folder atomically: into `dir.tmp`, then `dir` is replaced by a rename (the
+/// previous one is kept as `dir.old` until the new one is in place).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_checkpoint(dir: &std::path::Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    let tmp = dir.with_extension("tmp");
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    for (name, bytes) in files {
+        crate::peft::format::write_atomic(&tmp.join(name), bytes)?;
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::file(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Logits (n, K) of `texts` under trained parameters, in evaluation mode, `batch` texts at a time.
+pub async fn predict_logits(
+    model: &Model,
+    params: &Trainable,
+    method: &Method,
+    head: HeadKind,
+    texts: &[&str],
+    max_len: usize,
+    batch: usize,
+) -> Result<Vec<f32>> {
+    let clf = Classifier { base: &model.bert, params, method, head };
+    let mut out = Vec::with_capacity(texts.len() * params.classifier.weight.dim(0));
+    for chunk in texts.chunks(batch.max(1)) {
+        let enc = model.encode(chunk, max_len)?;
+        let (logits, _) = clf.forward(&enc.inputs, None, false)?;
+        out.extend(logits.to_vec().await?);
+    }
+    Ok(out)
+}
+
+/// Metrics of logits (n, K) against label ids, with the mean cross-entropy loss.
+pub fn metrics_from_logits(logits: &[f32], labels: &[u32], classes: usize) -> Metrics {
+    let pred = argmax_rows(logits, classes);
+    let mut loss = 0.0f64;
+    for (row, &l) in logits.chunks_exact(classes).zip(labels) {
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let lse = m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        loss += lse - row[l as usize] as f64;
+    }
+    let n = labels.len().max(1);
+    Metrics::new(labels, &pred, classes, Some(loss / n as f64))
+}
