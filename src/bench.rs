@@ -169,3 +169,89 @@ pub fn forward(model: &crate::model::Model, shapes: &[(usize, usize)], budget_s:
     }
     Ok(out)
 }
+
+/// One measured training configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainResult {
+    pub method: String,
+    pub device: String,
+    pub batch: usize,
+    pub tokens: usize,
+    pub examples_per_s: f64,
+    pub ms_per_step: f64,
+    pub reps: usize,
+    pub trainable: usize,
+    /// Peak bytes above the loaded model during a step: activations, gradients, optimiser state.
+    pub peak_bytes: Option<u64>,
+}
+
+/// Reads peak memory: `reset` starts a measurement, `peak` returns the bytes above the level at reset.
+pub trait MemoryProbe {
+    fn reset(&self);
+    fn peak(&self) -> u64;
+}
+
+/// The GPU pool's figures as a probe.
+pub struct GpuProbe(pub crate::gpu::Gpu);
+
+impl MemoryProbe for GpuProbe {
+    fn reset(&self) {
+        self.0.reset_peak();
+    }
+    fn peak(&self) -> u64 {
+        let m = self.0.memory();
+        m.peak_bytes.saturating_sub(m.weight_bytes)
+    }
+}
+
+/// Examples/s of full training steps (forward, backward, optimiser) at `batch` × `tokens` for each method.
+pub fn train(
+    model: &crate::model::Model,
+    methods: &[crate::peft::Method],
+    batch: usize,
+    tokens: usize,
+    budget_s: f64,
+    probe: Option<&dyn MemoryProbe>,
+) -> Result<Vec<TrainResult>> {
+    use crate::peft::HeadKind;
+    use crate::train::{Examples, OptimConfig, TrainConfig, Trainer};
+    // Texts of exactly `tokens` tokens: [CLS] "the" × (tokens − 2) [SEP].
+    let text = vec!["the"; tokens - 2].join(" ");
+    let n = batch * 64;
+    let data = Examples { texts: vec![text; n], labels: (0..n as u32).map(|i| i % 2).collect() };
+    let mut out = vec![];
+    for m in methods {
+        let cfg = TrainConfig {
+            method: m.clone(),
+            head: HeadKind::Pooler,
+            epochs: 1000,
+            batch_size: batch,
+            grad_accum: 1,
+            max_len: tokens,
+            seed: 0,
+            optim: OptimConfig::default(),
+            dropout: true,
+        };
+        let mut t = Trainer::new(model, cfg, vec!["a".into(), "b".into()], data.clone(), Examples::default())?;
+        futures::executor::block_on(t.step())?; // warm-up
+        let mut peak = None;
+        if let Some(p) = probe {
+            p.reset();
+            futures::executor::block_on(t.step())?;
+            peak = Some(p.peak());
+        }
+        let (secs, reps) = time_it(budget_s, || futures::executor::block_on(t.step()).map(|_| ()))?;
+        out.push(TrainResult {
+            method: m.name().to_string(),
+            device: model.bert.device.describe(),
+            batch,
+            tokens,
+            examples_per_s: batch as f64 / secs,
+            ms_per_step: secs * 1e3,
+            reps,
+            trainable: t.params.count(),
+            peak_bytes: peak,
+        });
+    }
+    Ok(out)
+}

@@ -4,6 +4,10 @@
 fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
+#[global_allocator]
+static ALLOC: cli::CountingAlloc = cli::CountingAlloc;
+
+#[cfg(not(target_arch = "wasm32"))]
 fn main() {
     cli::main()
 }
@@ -227,6 +231,25 @@ mod cli {
             #[arg(long)]
             cpu_only: bool,
         },
+        /// Examples/s and peak bytes of training steps (batch 16 × 64 tokens) for each method, per device.
+        Train {
+            #[command(flatten)]
+            model: ModelArgs,
+            #[arg(long)]
+            json: bool,
+            #[arg(long, default_value_t = 3.0)]
+            budget: f64,
+            /// Only the CPU device.
+            #[arg(long)]
+            cpu_only: bool,
+            /// Comma-separated methods (default: all).
+            #[arg(long)]
+            methods: Option<String>,
+            #[arg(long, default_value_t = 16)]
+            batch: usize,
+            #[arg(long, default_value_t = 64)]
+            tokens: usize,
+        },
     }
 
     #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -261,6 +284,9 @@ mod cli {
             Command::Bench { what } => match what {
                 BenchWhat::Matmul { json, budget, cpu_only } => bench_matmul(json, budget, cpu_only),
                 BenchWhat::Forward { model, json, budget, cpu_only } => bench_forward(&model, json, budget, cpu_only),
+                BenchWhat::Train { model, json, budget, cpu_only, methods, batch, tokens } => {
+                    bench_train(&model, json, budget, cpu_only, methods, batch, tokens)
+                }
             },
         }
     }
@@ -449,6 +475,112 @@ mod cli {
             }
         }
         Ok(())
+    }
+
+    /// Counts heap bytes so `bench train` can report the CPU device's peak memory.
+    pub struct CountingAlloc;
+    static ALLOCATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            use std::sync::atomic::Ordering::Relaxed;
+            let p = std::alloc::System.alloc(layout);
+            if !p.is_null() {
+                let now = ALLOCATED.fetch_add(layout.size(), Relaxed) + layout.size();
+                PEAK.fetch_max(now, Relaxed);
+            }
+            p
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            std::alloc::System.dealloc(ptr, layout);
+            ALLOCATED.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    struct HeapProbe(std::sync::atomic::AtomicUsize);
+
+    impl bench::MemoryProbe for HeapProbe {
+        fn reset(&self) {
+            use std::sync::atomic::Ordering::Relaxed;
+            let now = ALLOCATED.load(Relaxed);
+            self.0.store(now, Relaxed);
+            PEAK.store(now, Relaxed);
+        }
+        fn peak(&self) -> u64 {
+            use std::sync::atomic::Ordering::Relaxed;
+            PEAK.load(Relaxed).saturating_sub(self.0.load(Relaxed)) as u64
+        }
+    }
+
+    fn bench_train(
+        m: &ModelArgs,
+        json: bool,
+        budget: f64,
+        cpu_only: bool,
+        methods: Option<String>,
+        batch: usize,
+        tokens: usize,
+    ) -> Result<()> {
+        let dir = model_dir(&m.model)?;
+        let names = methods.unwrap_or_else(|| "lora,ia3,adapter,parallel-adapter,prefix,bitfit,head".into());
+        let list: Vec<localtune::peft::Method> = names
+            .split(',')
+            .map(|n| {
+                let mut a = TrainArgs::parse_defaults();
+                a.method = n.trim().to_string();
+                train::method_of(&a)
+            })
+            .collect::<Result<_>>()?;
+        let mut devices = vec![Device::Cpu];
+        if !cpu_only {
+            match futures::executor::block_on(Device::gpu()) {
+                Ok(g) => devices.push(g),
+                Err(e) => eprintln!("warning: {e}\nwarning: measuring the CPU device only"),
+            }
+        }
+        if !json {
+            println!(
+                "{:<18} {:<44} {:>10} {:>9} {:>11} {:>10}",
+                "method", "device", "examples/s", "ms/step", "trainable", "peak MiB"
+            );
+        }
+        for dev in devices {
+            let model = Model::load(&dir, &dev)?;
+            let heap = HeapProbe(std::sync::atomic::AtomicUsize::new(0));
+            let gpu_probe = match &dev {
+                Device::Gpu(g) => Some(bench::GpuProbe(g.clone())),
+                Device::Cpu => None,
+            };
+            let probe: &dyn bench::MemoryProbe = match &gpu_probe {
+                Some(p) => p,
+                None => &heap,
+            };
+            for r in bench::train(&model, &list, batch, tokens, budget, Some(probe))? {
+                if json {
+                    println!("{}", serde_json::to_string(&r).unwrap());
+                } else {
+                    let mib = r.peak_bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / (1 << 20) as f64));
+                    println!(
+                        "{:<18} {:<44} {:>10.2} {:>9.1} {:>11} {:>10}",
+                        r.method, r.device, r.examples_per_s, r.ms_per_step, r.trainable, mib
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    impl TrainArgs {
+        /// The training defaults, as if given no options (for `bench train`).
+        fn parse_defaults() -> TrainArgs {
+            #[derive(Parser)]
+            struct Wrap {
+                #[command(flatten)]
+                a: TrainArgs,
+            }
+            Wrap::parse_from(["x", "--data", "-", "--out", "-"]).a
+        }
     }
 
     fn info(json: bool) -> Result<()> {

@@ -361,40 +361,49 @@ fn attention_gradients_with_padding_mask() {
     mask[tk - 1] = -1e30; // batch 0: last key is padding
     let up = r.vec(b * tq * c, 1.0);
     let t = |data: &[f32], s: &[usize]| cpu.tensor(data, s).unwrap();
-    let f = |q: &[f32], k: &[f32], v: &[f32]| {
-        let (o, _) = ops::attention(
-            &t(q, &[b, tq, c]),
-            &t(k, &[b, tk, c]),
-            &t(v, &[b, tk, c]),
-            Some(&t(&mask, &[b, tk])),
+    let mut dv_last = vec![];
+    // Without and with dropout on the attention probabilities (a fixed seed fixes the mask).
+    for dropout in [None, Some((0.3f32, 7u32))] {
+        let f = |q: &[f32], k: &[f32], v: &[f32]| {
+            let mask_t = t(&mask, &[b, tk]);
+            let (o, _) = ops::attention(
+                &t(q, &[b, tq, c]),
+                &t(k, &[b, tk, c]),
+                &t(v, &[b, tk, c]),
+                Some(&mask_t),
+                heads,
+                dropout,
+            )
+            .unwrap();
+            dot32(&o.to_vec_blocking().unwrap(), &up)
+        };
+        let mask_t = t(&mask, &[b, tk]);
+        let (_, probs) = ops::attention(
+            &t(&q, &[b, tq, c]),
+            &t(&k, &[b, tk, c]),
+            &t(&v, &[b, tk, c]),
+            Some(&mask_t),
             heads,
+            dropout,
         )
         .unwrap();
-        dot32(&o.to_vec_blocking().unwrap(), &up)
-    };
-    let (_, probs) = ops::attention(
-        &t(&q, &[b, tq, c]),
-        &t(&k, &[b, tk, c]),
-        &t(&v, &[b, tk, c]),
-        Some(&t(&mask, &[b, tk])),
-        heads,
-        None,
-    )
-    .unwrap();
-    let (dq, dk, dv) = ops::attention_backward(
-        &t(&up, &[b, tq, c]),
-        &t(&q, &[b, tq, c]),
-        &t(&k, &[b, tk, c]),
-        &t(&v, &[b, tk, c]),
-        &probs,
-        heads,
-    )
-    .unwrap();
-    check_f32("attention dq", &q, &dq.to_vec_blocking().unwrap(), |q| f(q, &k, &v));
-    check_f32("attention dk", &k, &dk.to_vec_blocking().unwrap(), |k| f(&q, k, &v));
-    check_f32("attention dv", &v, &dv.to_vec_blocking().unwrap(), |v| f(&q, &k, v));
-
+        let (dq, dk, dv) = ops::attention_backward(
+            &t(&up, &[b, tq, c]),
+            &t(&q, &[b, tq, c]),
+            &t(&k, &[b, tk, c]),
+            &t(&v, &[b, tk, c]),
+            &probs,
+            heads,
+            dropout,
+        )
+        .unwrap();
+        let what = if dropout.is_some() { "attention (dropout)" } else { "attention" };
+        check_f32(&format!("{what} dq"), &q, &dq.to_vec_blocking().unwrap(), |q| f(q, &k, &v));
+        check_f32(&format!("{what} dk"), &k, &dk.to_vec_blocking().unwrap(), |k| f(&q, k, &v));
+        check_f32(&format!("{what} dv"), &v, &dv.to_vec_blocking().unwrap(), |v| f(&q, &k, v));
+        dv_last = dv.to_vec_blocking().unwrap();
+    }
+    let dv = dv_last;
     // The masked key receives no attention and so no gradient through its value.
-    let dvv = dv.to_vec_blocking().unwrap();
-    assert!(dvv[(tk - 1) * c..tk * c].iter().all(|&g| g == 0.0));
+    assert!(dv[(tk - 1) * c..tk * c].iter().all(|&g| g == 0.0));
 }

@@ -495,9 +495,11 @@ pub fn dropout_keep(seed: u32, i: u32, p: f32) -> bool {
 /// out = x * mask / (1 - p), the mask given by (seed, index).
 pub fn dropout<T: Real>(out: &mut [T], x: &[T], seed: u32, p: f32) {
     let scale = T::from_f64((1.0 / (1.0 - p)) as f64);
-    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-        *o = if dropout_keep(seed, i as u32, p) { v * scale } else { T::zero() };
-    }
+    par_rows(out, 1, |first, block| {
+        for (i, (o, &v)) in block.iter_mut().zip(&x[first..]).enumerate() {
+            *o = if dropout_keep(seed, (first + i) as u32, p) { v * scale } else { T::zero() };
+        }
+    });
 }
 
 /// out[b] = [prefix; x[b]] over (B, T, C) → (B, P+T, C)

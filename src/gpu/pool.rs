@@ -94,8 +94,9 @@ impl Drop for GpuBuffer {
             pool.stats.cached_bytes += self.size;
             pool.free.entry(self.size).or_default().push(buffer);
         } else {
+            // Dropping the handle (not destroy()) lets recorded but unsubmitted work still use it.
             pool.stats.weight_bytes -= self.size;
-            buffer.destroy();
+            drop(buffer);
         }
     }
 }
@@ -142,11 +143,9 @@ impl Gpu {
     /// Drops every cached free buffer.
     pub fn trim(&self) {
         let mut pool = lock(&self.inner.pool);
-        let pool = &mut *pool;
-        let free: Vec<wgpu::Buffer> = pool.free.drain().chain(pool.staging.drain()).flat_map(|(_, v)| v).collect();
-        for b in free {
-            b.destroy();
-        }
+        // Handles are dropped, not destroyed: recorded work may still use a freed buffer.
+        pool.free.clear();
+        pool.staging.clear();
         pool.stats.cached_bytes = 0;
     }
 }

@@ -108,3 +108,19 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// The example data folder (LOCALTUNE_DATA or .cache/data/sentiment), or None with a note when
+/// missing; under CI a missing folder fails the test.
+pub fn data_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("LOCALTUNE_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/data/sentiment"));
+    if dir.join("yelp.jsonl").exists() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set and the example data is missing at {}: run scripts/fetch-assets.sh", dir.display());
+    }
+    eprintln!("skipping: no example data at {} (run scripts/fetch-assets.sh)", dir.display());
+    None
+}

@@ -1,0 +1,207 @@
+//! Training end to end: the loss falls for every method (tiny model), a resumed run ends where the
+//! uninterrupted one does, the GPU follows the CPU on the real model, and a diverging run stops with
+//! an error while its last checkpoint stays usable.
+
+mod common;
+
+use common::*;
+use localtune::model::tiny::tiny_model;
+use localtune::model::Model;
+use localtune::peft::{Activation, AdapterConfig, HeadKind, LoraConfig, Method, Target};
+use localtune::train::trainer::CheckpointFiles;
+use localtune::train::{Examples, OptimConfig, TrainConfig, Trainer};
+use localtune::Device;
+
+/// A small separable task for the tiny model's vocabulary.
+fn toy_data() -> (Examples, Examples) {
+    let pos = ["good", "great", "love", "excellent", "best"];
+    let neg = ["bad", "awful", "hate", "terrible", "worst"];
+    let things = ["movie", "food", "service", "place", "phone", "film"];
+    let mut texts = vec![];
+    let mut labels = vec![];
+    for (i, thing) in things.iter().enumerate() {
+        for j in 0..5 {
+            texts.push(format!("the {thing} was really {}", pos[(i + j) % 5]));
+            labels.push(1);
+            texts.push(format!("this {thing} is {} !", neg[(i + 2 * j) % 5]));
+            labels.push(0);
+        }
+    }
+    let valid = Examples { texts: texts.split_off(48), labels: labels.split_off(48) };
+    (Examples { texts, labels }, valid)
+}
+
+fn config(method: Method, lr: f32, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        method,
+        head: HeadKind::Pooler,
+        epochs,
+        batch_size: 8,
+        grad_accum: 1,
+        max_len: 32,
+        seed: 1,
+        optim: OptimConfig { lr, warmup_ratio: 0.1, ..OptimConfig::default() },
+        dropout: true,
+    }
+}
+
+fn labels() -> Vec<String> {
+    vec!["negative".into(), "positive".into()]
+}
+
+fn run_all(t: &mut Trainer) {
+    while !t.finished() {
+        futures::executor::block_on(t.step()).unwrap();
+    }
+}
+
+#[test]
+fn the_loss_falls_for_every_method() {
+    let a = AdapterConfig { reduction_factor: 2, activation: Activation::Relu, scaling: 1.0 };
+    let methods = [
+        (
+            Method::Lora(LoraConfig { r: 4, alpha: 8.0, rslora: false, targets: Target::ALL.to_vec(), dropout: 0.05 }),
+            1e-2,
+        ),
+        (Method::Ia3, 5e-2),
+        (Method::Adapter(a.clone()), 1e-2),
+        (Method::ParallelAdapter(AdapterConfig { scaling: 4.0, ..a }), 1e-2),
+        (Method::Prefix { length: 4 }, 5e-2),
+        (Method::Bitfit, 1e-2),
+        (Method::Head, 5e-2),
+    ];
+    let mut devs = vec![Device::Cpu];
+    devs.extend(gpu());
+    for dev in devs {
+        let model = tiny_model(&dev, 3).unwrap();
+        for (m, lr) in methods.iter().cloned() {
+            let (train, valid) = toy_data();
+            let mut t = Trainer::new(&model, config(m.clone(), lr, 6), labels(), train, valid).unwrap();
+            run_all(&mut t);
+            let h = &t.state.history;
+            let (first, last) = (h[0].train_loss, h[h.len() - 1].train_loss);
+            assert!(last < first * 0.8, "{} on {}: train loss {first:.4} -> {last:.4}", m.name(), dev.describe());
+        }
+    }
+}
+
+#[test]
+fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
+    let cpu = Device::Cpu;
+    let model = tiny_model(&cpu, 3).unwrap();
+    let method = Method::Lora(LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        rslora: false,
+        targets: vec![Target::Query, Target::Value],
+        dropout: 0.1,
+    });
+    let (train, valid) = toy_data();
+    let mut cfg = config(method, 1e-2, 3);
+    cfg.grad_accum = 2;
+    let mut full = Trainer::new(&model, cfg.clone(), labels(), train.clone(), valid.clone()).unwrap();
+    run_all(&mut full);
+
+    // Stop after 7 micro-steps (mid-epoch, mid-accumulation is avoided by checkpointing after an
+    // optimiser step: step 8), save, drop everything, resume from the files.
+    let dir = std::env::temp_dir().join(format!("localtune-resume-{}", std::process::id()));
+    let mut part = Trainer::new(&model, cfg, labels(), train.clone(), valid.clone()).unwrap();
+    for _ in 0..8 {
+        futures::executor::block_on(part.step()).unwrap();
+    }
+    let files = futures::executor::block_on(part.checkpoint_files("tiny")).unwrap();
+    localtune::train::trainer::save_checkpoint(&dir, &files).unwrap();
+    drop(part);
+    let mut resumed =
+        Trainer::resume(&model, &CheckpointFiles::load(&dir).unwrap(), train.clone(), valid.clone()).unwrap();
+    run_all(&mut resumed);
+    assert_eq!(resumed.state.losses, full.state.losses, "per-step losses");
+    assert_eq!(resumed.state.history, full.state.history);
+    for ((n, a), (_, b)) in resumed.params.named().iter().zip(full.params.named()) {
+        assert_eq!(host(a), host(b), "{n}");
+    }
+    // Other data is refused.
+    let mut other = train.clone();
+    other.labels[0] = 1 - other.labels[0];
+    let e = Trainer::resume(&model, &CheckpointFiles::load(&dir).unwrap(), other, valid).err().unwrap().to_string();
+    assert!(e.contains("other data"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn gpu_losses_follow_the_cpu_on_the_real_model() {
+    // LoRA r=8 alpha=16 on query,value, batch 16 × max-len 64, dropout on: the first steps' losses
+    // on both devices agree within 1e-3.
+    let Some(dir) = model_dir() else { return };
+    let Some(gpu) = gpu() else { return };
+    let Some(data) = data_dir() else { return };
+    let ds = localtune::train::Dataset::load(&data.join("yelp.jsonl"), false).unwrap();
+    let (tr, va) = ds.split(0.2, 0).unwrap();
+    let labels = tr.labels();
+    let train = Examples::from_dataset(&tr, &labels).unwrap();
+    let valid = Examples::from_dataset(&va, &labels).unwrap();
+    let method = Method::Lora(LoraConfig {
+        r: 8,
+        alpha: 16.0,
+        rslora: false,
+        targets: vec![Target::Query, Target::Value],
+        dropout: 0.0,
+    });
+    let cfg = TrainConfig {
+        method,
+        head: HeadKind::Pooler,
+        epochs: 1,
+        batch_size: 16,
+        grad_accum: 1,
+        max_len: 64,
+        seed: 0,
+        optim: OptimConfig { lr: 1e-3, ..OptimConfig::default() },
+        dropout: true,
+    };
+    let mut losses = vec![];
+    for dev in [Device::Cpu, gpu] {
+        let model = Model::load(&dir, &dev).unwrap();
+        let mut t = Trainer::new(&model, cfg.clone(), labels.clone(), train.clone(), valid.clone()).unwrap();
+        let l: Vec<f32> = (0..3).map(|_| futures::executor::block_on(t.step()).unwrap().loss).collect();
+        losses.push(l);
+    }
+    eprintln!("cpu losses {:?}\ngpu losses {:?}", losses[0], losses[1]);
+    for (c, g) in losses[0].iter().zip(&losses[1]) {
+        assert!((c - g).abs() <= 1e-3, "cpu {c} vs gpu {g}");
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_keeps_its_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("localtune-diverge-{}", std::process::id()));
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let f = localtune::model::tiny::tiny_files(3).unwrap();
+    std::fs::write(model_dir.join("config.json"), &f.config_json).unwrap();
+    std::fs::write(model_dir.join("model.safetensors"), &f.safetensors).unwrap();
+    std::fs::write(model_dir.join("tokenizer.json"), &f.tokenizer_json).unwrap();
+    let (train, _) = toy_data();
+    let mut csv = String::from("text,label\n");
+    for (t, l) in train.texts.iter().zip(&train.labels) {
+        csv.push_str(&format!("\"{t}\",{}\n", if *l == 1 { "pos" } else { "neg" }));
+    }
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_localtune"))
+        .args(["train", "--model", model_dir.to_str().unwrap(), "--data", dir.join("d.csv").to_str().unwrap()])
+        .args(["--out", dir.join("out").to_str().unwrap(), "--device", "cpu", "--method", "head", "--lr", "3e38"])
+        .args(["--max-grad-norm", "0", "--batch", "4", "--save-every", "1", "--max-len", "32"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("training diverged") && err.contains("at step") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+    // The checkpoint left behind is complete and loads.
+    let ck = CheckpointFiles::load(&dir.join("out/checkpoint")).unwrap();
+    assert!(!ck.adapter_weights.is_empty());
+    let adapter = localtune::peft::format::AdapterFiles::load(&dir.join("out/checkpoint")).unwrap();
+    assert_eq!(adapter.labels, vec!["neg", "pos"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
