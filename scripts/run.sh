@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The main job: set-up, build, then show the device and the matmul benchmark.
+# The main job: set everything up, build the native tool and the wasm, and serve the web app on
+# 127.0.0.1 with the default model (all-MiniLM-L6-v2) and the example data ready. Prints the URL.
+#   PORT=8080 by default.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 "$root/scripts/setup.sh"
-export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo build --release
 "$root/scripts/build-wasm.sh"
-./target/release/localtune info
-./target/release/localtune bench matmul
+exec ./target/release/localtune serve --port "${PORT:-8080}" --www www --tiny

@@ -16,3 +16,5 @@ echo "== cargo test"
 cargo test
 echo "== wasm build"
 "$root/scripts/build-wasm.sh"
+echo "== browser test (headless Chromium)"
+LOCALTUNE_BIN="$root/target/debug/localtune" node --test --test-reporter=spec tests/browser/

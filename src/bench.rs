@@ -206,7 +206,7 @@ impl MemoryProbe for GpuProbe {
 
 /// Examples/s of full training steps (forward, backward, optimiser) at `batch` × `tokens` for each method.
 pub fn train(
-    model: &crate::model::Model,
+    model: &std::rc::Rc<crate::model::Model>,
     methods: &[crate::peft::Method],
     batch: usize,
     tokens: usize,
@@ -232,7 +232,7 @@ pub fn train(
             optim: OptimConfig::default(),
             dropout: true,
         };
-        let mut t = Trainer::new(model, cfg, vec!["a".into(), "b".into()], data.clone(), Examples::default())?;
+        let mut t = Trainer::new(model.clone(), cfg, vec!["a".into(), "b".into()], data.clone(), Examples::default())?;
         futures::executor::block_on(t.step())?; // warm-up
         let mut peak = None;
         if let Some(p) = probe {

@@ -13,6 +13,8 @@ pub mod model;
 pub mod ops;
 pub mod peft;
 pub mod rng;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod serve;
 pub mod tensor;
 pub mod train;
 

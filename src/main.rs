@@ -92,6 +92,34 @@ mod cli {
             #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
             device: DeviceArg,
         },
+        /// Serve the web app on 127.0.0.1 with the default model and the example data.
+        Serve {
+            /// Port on 127.0.0.1 (0 picks a free one).
+            #[arg(long, default_value_t = 8080)]
+            port: u16,
+            /// The web app folder (with the wasm in pkg/, built by scripts/build-wasm.sh).
+            #[arg(long, default_value = "www")]
+            www: PathBuf,
+            /// The default model folder (as for the other commands).
+            #[arg(long)]
+            model: Option<PathBuf>,
+            /// Folder of example data (*.jsonl); default: .cache/data/sentiment.
+            #[arg(long)]
+            data: Option<PathBuf>,
+            /// Also offer a tiny random model (for tests and quick tries).
+            #[arg(long)]
+            tiny: bool,
+            /// Serve without the default model (only --tiny).
+            #[arg(long)]
+            no_default_model: bool,
+        },
+        /// Write a tiny random BERT (config.json, model.safetensors, tokenizer.json) for tests.
+        TinyModel {
+            #[arg(long)]
+            out: PathBuf,
+            #[arg(long, default_value_t = 1)]
+            seed: u64,
+        },
         /// Run a benchmark and print its figures.
         Bench {
             #[command(subcommand)]
@@ -277,6 +305,10 @@ mod cli {
             Command::Tokenize { model, input } => tokenize(&model, &input),
             Command::Embed { model, input, device, batch } => embed(&model, &input, device, batch),
             Command::Train(a) => train::train(&a),
+            Command::Serve { port, www, model, data, tiny, no_default_model } => {
+                serve(port, www, model, data, tiny, no_default_model)
+            }
+            Command::TinyModel { out, seed } => write_tiny(&out, seed),
             Command::Eval { model, adapter, data, device, skip_bad_rows, json } => {
                 train::eval(&model, &adapter, &data, device, skip_bad_rows, json)
             }
@@ -546,7 +578,7 @@ mod cli {
             );
         }
         for dev in devices {
-            let model = Model::load(&dir, &dev)?;
+            let model = std::rc::Rc::new(Model::load(&dir, &dev)?);
             let heap = HeapProbe(std::sync::atomic::AtomicUsize::new(0));
             let gpu_probe = match &dev {
                 Device::Gpu(g) => Some(bench::GpuProbe(g.clone())),
@@ -581,6 +613,70 @@ mod cli {
             }
             Wrap::parse_from(["x", "--data", "-", "--out", "-"]).a
         }
+    }
+
+    fn write_tiny(out: &Path, seed: u64) -> Result<()> {
+        let f = localtune::model::tiny::tiny_files(seed)?;
+        std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+        for (name, bytes) in [
+            ("config.json", f.config_json.as_bytes()),
+            ("model.safetensors", &f.safetensors[..]),
+            ("tokenizer.json", f.tokenizer_json.as_bytes()),
+        ] {
+            localtune::peft::format::write_atomic(&out.join(name), bytes)?;
+        }
+        Ok(())
+    }
+
+    fn serve(
+        port: u16,
+        www: PathBuf,
+        model: Option<PathBuf>,
+        data: Option<PathBuf>,
+        tiny: bool,
+        no_default: bool,
+    ) -> Result<()> {
+        use localtune::serve;
+        if !www.join("index.html").exists() {
+            return Err(Error::file(&www, "no index.html here: pass --www with the web app folder"));
+        }
+        if !www.join("pkg/localtune_bg.wasm").exists() {
+            return Err(Error::file(www.join("pkg"), "the wasm is not built: run scripts/build-wasm.sh"));
+        }
+        let mut models = vec![];
+        if !no_default {
+            let dir = model_dir(&model)?;
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_string();
+            models.push(("default".to_string(), name, dir));
+        }
+        if tiny {
+            let dir = std::env::temp_dir().join(format!("localtune-tiny-{}", std::process::id()));
+            write_tiny(&dir, 1)?;
+            models.push(("tiny".to_string(), "tiny random BERT (for tests)".to_string(), dir));
+        }
+        let data_dir = data.unwrap_or_else(|| {
+            let rel = PathBuf::from(".cache/data/sentiment");
+            if rel.exists() {
+                rel
+            } else {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/data/sentiment")
+            }
+        });
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&data_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "jsonl" || x == "csv"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        let (listener, url) = serve::bind(port)?;
+        println!("localtune is serving {} at {url}", www.display());
+        println!("models: {}", models.iter().map(|(id, n, _)| format!("{id} ({n})")).collect::<Vec<_>>().join(", "));
+        println!("open {url} in a browser with WebGPU (Chrome/Edge 113+, or any browser on the CPU fallback)");
+        use std::io::Write as _;
+        std::io::stdout().flush().ok();
+        serve::serve(listener, serve::Site { www, models, data: files })
     }
 
     fn info(json: bool) -> Result<()> {
@@ -748,7 +844,7 @@ mod cli {
             let method = method_of(a)?;
             let dir = model_dir(&a.model.model)?;
             let dev = open_device(a.device)?;
-            let model = Model::load(&dir, &dev)?;
+            let model = std::rc::Rc::new(Model::load(&dir, &dev)?);
             let data = load_data(&a.data, a.skip_bad_rows)?;
             let (train_ds, valid_ds) = data.split(a.valid_fraction, a.seed)?;
             let labels = train_ds.labels();
@@ -776,7 +872,7 @@ mod cli {
             };
             let mut trainer = match &a.resume {
                 Some(ck) => {
-                    let t = Trainer::resume(&model, &CheckpointFiles::load(ck)?, train, valid)?;
+                    let t = Trainer::resume(model.clone(), &CheckpointFiles::load(ck)?, train, valid)?;
                     eprintln!(
                         "resuming {} at epoch {}, step {} of {}",
                         ck.display(),
@@ -786,7 +882,7 @@ mod cli {
                     );
                     t
                 }
-                None => Trainer::new(&model, config, labels, train, valid)?,
+                None => Trainer::new(model.clone(), config, labels, train, valid)?,
             };
             let base_name = dir.display().to_string();
             eprintln!(

@@ -252,6 +252,16 @@ impl Tensor {
             _ => panic!("cpu_f32_mut on a non-f32-CPU tensor"),
         }
     }
+    /// A copy with storage of its own (on the same device, without a host round trip).
+    pub fn duplicate(&self) -> Result<Tensor> {
+        let mut t = self.clone();
+        t.make_unique()?;
+        if let Storage::F32(v) = &mut t.storage {
+            Arc::make_mut(v);
+        }
+        Ok(t)
+    }
+
     /// Before writing into a GPU tensor in place: if its buffer is shared with another tensor, give
     /// this one a private copy first. Tensors thus have value semantics on both devices (the CPU side
     /// gets the same from `Arc::make_mut`).

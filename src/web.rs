@@ -1,19 +1,486 @@
-//! The only `#[wasm_bindgen]` surface. Errors cross the boundary as `JsError` with the same message.
+//! The only `#[wasm_bindgen]` surface: what the web app's worker calls. One session per worker holds
+//! the device, the model, the data and the run; every call takes the state out for its duration and
+//! puts it back, so a call that arrives while another is running gets a clear "busy" error instead of
+//! a panic. Errors cross the boundary as `JsError` with the library's message. Results are JSON strings.
+
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::peft::format::AdapterFiles;
+use crate::peft::{Activation, AdapterConfig, HeadKind, LoraConfig, Method, Target, Trainable};
+use crate::tensor::Device;
+use crate::train::trainer::{metrics_from_logits, predict_logits};
+use crate::train::{Dataset, Examples, OptimConfig, TrainConfig, Trainer};
+
+#[derive(Default)]
+struct State {
+    device: Option<Device>,
+    model: Option<Rc<Model>>,
+    model_name: String,
+    data: Option<Dataset>,
+    trainer: Option<Trainer>,
+    /// The adapter used by predict/evaluate when no run is active (loaded from storage).
+    adapter: Option<(AdapterFiles, Trainable)>,
+    valid: Option<Examples>,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<State>> = RefCell::new(Some(State::default()));
+}
+
+fn take() -> std::result::Result<State, JsError> {
+    STATE
+        .with(|s| s.borrow_mut().take())
+        .ok_or_else(|| JsError::new("busy: the previous request to the worker has not finished"))
+}
+
+fn put(s: State) {
+    STATE.with(|c| *c.borrow_mut() = Some(s));
+}
+
+/// Runs `f` on the taken state and puts it back, whatever `f` returns.
+async fn with_state<T, F, Fut>(f: F) -> std::result::Result<T, JsError>
+where
+    F: FnOnce(State) -> Fut,
+    Fut: std::future::Future<Output = (State, Result<T>)>,
+{
+    let s = take()?;
+    let (s, r) = f(s).await;
+    put(s);
+    r.map_err(|e| JsError::new(&e.to_string()))
+}
+
+fn json(v: serde_json::Value) -> String {
+    v.to_string()
+}
 
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// A JSON description of the device the page would use: the WebGPU adapter, or the CPU fallback
-/// with the reason WebGPU is not available.
-#[wasm_bindgen(js_name = deviceInfo)]
-pub async fn device_info() -> Result<String, JsError> {
-    let info = match crate::gpu::Gpu::new().await {
-        Ok(g) => serde_json::json!({ "device": "gpu", "adapter": g.info() }),
-        Err(e) => serde_json::json!({ "device": "cpu", "reason": e.to_string() }),
+/// Opens the device: WebGPU unless `prefer` is "cpu" or WebGPU is missing or fails, then the CPU
+/// fallback. Returns {device: "gpu"|"cpu", adapter?: {...}, fallback_reason?: "..."}.
+#[wasm_bindgen(js_name = initDevice)]
+pub async fn init_device(prefer: String) -> std::result::Result<String, JsError> {
+    with_state(|mut s| async move {
+        let (dev, info) = if prefer == "cpu" {
+            (Device::Cpu, serde_json::json!({"device": "cpu", "fallback_reason": "the CPU was chosen"}))
+        } else {
+            match crate::gpu::Gpu::new().await {
+                Ok(g) => {
+                    let info = serde_json::json!({"device": "gpu", "adapter": g.info()});
+                    (Device::Gpu(g), info)
+                }
+                Err(e) => (Device::Cpu, serde_json::json!({"device": "cpu", "fallback_reason": e.to_string()})),
+            }
+        };
+        s.device = Some(dev);
+        s.model = None;
+        s.trainer = None;
+        s.adapter = None;
+        (s, Ok(json(info)))
+    })
+    .await
+}
+
+/// Loads a model from its three files. Returns {name, parameters, hidden, layers, heads, vocab, bytes}.
+#[wasm_bindgen(js_name = loadModel)]
+pub async fn load_model(
+    config_json: String,
+    weights: Vec<u8>,
+    tokenizer_json: String,
+    name: String,
+) -> std::result::Result<String, JsError> {
+    with_state(|mut s| async move {
+        let r = (|| {
+            let dev = s.device.clone().ok_or_else(|| Error::invalid("call initDevice first"))?;
+            let m = Model::from_bytes(&config_json, &weights, &tokenizer_json, &name, &dev)?;
+            let c = &m.bert.config;
+            let info = serde_json::json!({
+                "name": name,
+                "parameters": c.num_parameters(),
+                "hidden": c.hidden_size,
+                "layers": c.num_hidden_layers,
+                "heads": c.num_attention_heads,
+                "vocab": c.vocab_size,
+                "max_positions": c.max_position_embeddings,
+                "bytes": weights.len(),
+                "device": dev.describe(),
+            });
+            Ok((m, info))
+        })();
+        match r {
+            Ok((m, info)) => {
+                s.model = Some(Rc::new(m));
+                s.model_name = name;
+                s.trainer = None;
+                s.adapter = None;
+                (s, Ok(json(info)))
+            }
+            Err(e) => (s, Err(e)),
+        }
+    })
+    .await
+}
+
+/// Parses a data file (CSV with text,label columns; JSONL; JSON array). Returns {rows, labels:
+/// [[label, count]…], bad_rows: [{line, reason}…] (with skip_bad_rows), preview: [{text, label}…]}.
+#[wasm_bindgen(js_name = loadData)]
+pub fn load_data(bytes: Vec<u8>, name: String, skip_bad_rows: bool) -> std::result::Result<String, JsError> {
+    let mut s = take()?;
+    let r = Dataset::parse(&bytes, &name, skip_bad_rows);
+    let out = r.map(|ds| {
+        let v = serde_json::json!({
+            "name": name,
+            "rows": ds.examples.len(),
+            "labels": ds.label_counts(),
+            "bad_rows": ds.skipped.iter().take(50).map(|b| serde_json::json!({"line": b.line, "reason": b.reason})).collect::<Vec<_>>(),
+            "bad_row_count": ds.skipped.len(),
+            "preview": ds.examples.iter().take(20).map(|e| serde_json::json!({"text": e.text, "label": e.label})).collect::<Vec<_>>(),
+        });
+        s.data = Some(ds);
+        json(v)
+    });
+    put(s);
+    out.map_err(|e| JsError::new(&e.to_string()))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(default)]
+struct Settings {
+    method: String,
+    epochs: usize,
+    batch: usize,
+    lr: Option<f32>,
+    max_len: usize,
+    seed: u64,
+    valid_fraction: f64,
+    head: String,
+    dropout: bool,
+    warmup: f32,
+    r: usize,
+    alpha: f32,
+    rslora: bool,
+    targets: Vec<String>,
+    lora_dropout: f32,
+    reduction_factor: usize,
+    adapter_activation: String,
+    prefix_length: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            method: "lora".into(),
+            epochs: 3,
+            batch: 16,
+            lr: None,
+            max_len: 64,
+            seed: 0,
+            valid_fraction: 0.2,
+            head: "pooler".into(),
+            dropout: true,
+            warmup: 0.0,
+            r: 8,
+            alpha: 16.0,
+            rslora: false,
+            targets: vec!["query".into(), "value".into()],
+            lora_dropout: 0.0,
+            reduction_factor: 16,
+            adapter_activation: "relu".into(),
+            prefix_length: 10,
+        }
+    }
+}
+
+fn method_of(st: &Settings) -> Result<Method> {
+    let activation = match st.adapter_activation.as_str() {
+        "gelu" => Activation::Gelu,
+        "tanh" => Activation::Tanh,
+        _ => Activation::Relu,
     };
-    Ok(info.to_string())
+    let adapter = |scaling| AdapterConfig { reduction_factor: st.reduction_factor, activation, scaling };
+    Ok(match st.method.as_str() {
+        "lora" => Method::Lora(LoraConfig {
+            r: st.r,
+            alpha: st.alpha,
+            rslora: st.rslora,
+            targets: st.targets.iter().map(|t| Target::parse(t)).collect::<Result<_>>()?,
+            dropout: st.lora_dropout,
+        }),
+        "ia3" => Method::Ia3,
+        "adapter" => Method::Adapter(adapter(1.0)),
+        "parallel-adapter" => Method::ParallelAdapter(adapter(4.0)),
+        "prefix" => Method::Prefix { length: st.prefix_length },
+        "bitfit" => Method::Bitfit,
+        "head" => Method::Head,
+        o => return Err(Error::invalid(format!("unknown method `{o}`"))),
+    })
+}
+
+/// The default learning rate of a method (as the CLI's).
+fn default_lr(m: &Method) -> f32 {
+    match m {
+        Method::Ia3 | Method::Prefix { .. } | Method::Head => 1e-2,
+        _ => 1e-3,
+    }
+}
+
+/// Starts a run on the loaded data with `settings` (JSON). Returns {train, valid, labels,
+/// total_steps, trainable, lr}.
+#[wasm_bindgen(js_name = startTraining)]
+pub fn start_training(settings: String) -> std::result::Result<String, JsError> {
+    let mut s = take()?;
+    let r = (|| -> Result<String> {
+        let st: Settings = serde_json::from_str(&settings).map_err(|e| Error::invalid(format!("settings: {e}")))?;
+        let model = s.model.clone().ok_or_else(|| Error::invalid("load a model first"))?;
+        let data = s.data.as_ref().ok_or_else(|| Error::invalid("load a data file first"))?;
+        let method = method_of(&st)?;
+        let (tr, va) = data.split(st.valid_fraction, st.seed)?;
+        let labels = tr.labels();
+        if labels.len() < 2 {
+            return Err(Error::invalid(format!("the training split needs at least 2 labels, found {labels:?}")));
+        }
+        let train = Examples::from_dataset(&tr, &labels)?;
+        let valid = Examples::from_dataset(&va, &labels)?;
+        let lr = st.lr.unwrap_or(default_lr(&method));
+        let cfg = TrainConfig {
+            method,
+            head: if st.head == "mean" { HeadKind::Mean } else { HeadKind::Pooler },
+            epochs: st.epochs,
+            batch_size: st.batch,
+            grad_accum: 1,
+            max_len: st.max_len,
+            seed: st.seed,
+            optim: OptimConfig { lr, warmup_ratio: st.warmup, ..OptimConfig::default() },
+            dropout: st.dropout,
+        };
+        let t = Trainer::new(model, cfg, labels.clone(), train, valid.clone())?;
+        let info = serde_json::json!({
+            "train": t.train.len(),
+            "valid": t.valid.len(),
+            "labels": labels,
+            "total_steps": t.total_micro_steps(),
+            "trainable": t.params.count(),
+            "lr": lr,
+        });
+        s.valid = Some(valid);
+        s.trainer = Some(t);
+        s.adapter = None;
+        Ok(json(info))
+    })();
+    put(s);
+    r.map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// One training step. Returns {loss, lr, epoch, step, total, epoch_end?: {...}, done}.
+#[wasm_bindgen(js_name = trainStep)]
+pub async fn train_step() -> std::result::Result<String, JsError> {
+    with_state(|mut s| async move {
+        let Some(mut t) = s.trainer.take() else {
+            return (s, Err(Error::invalid("no training run: start one first")));
+        };
+        let r = t.step().await.map(|o| {
+            json(serde_json::json!({
+                "loss": o.loss,
+                "lr": o.lr,
+                "epoch": o.epoch,
+                "step": o.micro_step,
+                "total": t.total_micro_steps(),
+                "epoch_end": o.epoch_end,
+                "done": o.done,
+            }))
+        });
+        s.trainer = Some(t);
+        (s, r)
+    })
+    .await
+}
+
+/// Metrics on the held-out split of the current run (or of the data, for a loaded adapter):
+/// {n, accuracy, macro_f1, loss, confusion, labels}.
+#[wasm_bindgen]
+pub async fn evaluate() -> std::result::Result<String, JsError> {
+    with_state(|s| async move {
+        let r = evaluate_inner(&s).await;
+        (s, r)
+    })
+    .await
+}
+
+async fn evaluate_inner(s: &State) -> Result<String> {
+    let model = s.model.as_ref().ok_or_else(|| Error::invalid("load a model first"))?;
+    let (params, method, head, labels, max_len) = active(s)?;
+    let data: Examples = match (&s.trainer, &s.data) {
+        (Some(_), _) => s.valid.clone().unwrap_or_default(),
+        (None, Some(ds)) => Examples::from_dataset(ds, labels)?,
+        _ => return Err(Error::invalid("load a data file to evaluate on")),
+    };
+    if data.is_empty() {
+        return Err(Error::invalid("nothing to evaluate: the held-out split is empty"));
+    }
+    let texts: Vec<&str> = data.texts.iter().map(|t| t.as_str()).collect();
+    let logits = predict_logits(model, params, method, head, &texts, max_len, 32).await?;
+    let m = metrics_from_logits(&logits, &data.labels, labels.len());
+    Ok(json(
+        serde_json::json!({"n": m.n, "accuracy": m.accuracy, "macro_f1": m.macro_f1, "loss": m.loss, "confusion": m.confusion, "labels": labels}),
+    ))
+}
+
+/// The parameters predictions use: the current run's, else the loaded adapter's.
+fn active(s: &State) -> Result<(&Trainable, &Method, HeadKind, &Vec<String>, usize)> {
+    if let Some(t) = &s.trainer {
+        return Ok((&t.params, &t.config.method, t.config.head, &t.labels, t.config.max_len));
+    }
+    if let Some((f, p)) = &s.adapter {
+        return Ok((p, &f.method, f.head, &f.labels, 128));
+    }
+    Err(Error::invalid("train or load an adapter first"))
+}
+
+/// Classifies one text: {label, probabilities: [...], labels}.
+#[wasm_bindgen]
+pub async fn predict(text: String) -> std::result::Result<String, JsError> {
+    with_state(|s| async move {
+        let r = async {
+            let model = s.model.as_ref().ok_or_else(|| Error::invalid("load a model first"))?;
+            let (params, method, head, labels, max_len) = active(&s)?;
+            let logits = predict_logits(model, params, method, head, &[text.as_str()], max_len, 1).await?;
+            let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let e: Vec<f32> = logits.iter().map(|&x| (x - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            let probs: Vec<f32> = e.iter().map(|x| x / z).collect();
+            let best = crate::train::metrics::argmax_rows(&logits, labels.len())[0] as usize;
+            Ok(json(serde_json::json!({"label": labels[best], "probabilities": probs, "labels": labels})))
+        }
+        .await;
+        (s, r)
+    })
+    .await
+}
+
+/// The current adapter as files: an array of [name, Uint8Array] pairs (adapter_config.json,
+/// adapter_model.safetensors, localtune.json).
+#[wasm_bindgen(js_name = exportAdapter)]
+pub async fn export_adapter() -> std::result::Result<js_sys::Array, JsError> {
+    let files = with_state(|s| async move {
+        let r = async {
+            let (params, method, head, labels, _) = active(&s)?;
+            AdapterFiles::from_trainable(params, method, head, labels, &s.model_name).await?.to_files()
+        }
+        .await;
+        (s, r)
+    })
+    .await?;
+    let out = js_sys::Array::new();
+    for (name, bytes) in files {
+        let pair = js_sys::Array::new();
+        pair.push(&JsValue::from_str(name));
+        pair.push(&js_sys::Uint8Array::from(bytes.as_slice()).into());
+        out.push(&pair);
+    }
+    Ok(out)
+}
+
+/// Loads a saved adapter for evaluation and prediction. Returns {method, labels, head}.
+#[wasm_bindgen(js_name = loadAdapter)]
+pub fn load_adapter(
+    config_json: String,
+    weights: Vec<u8>,
+    meta_json: Option<String>,
+    name: String,
+) -> std::result::Result<String, JsError> {
+    let mut s = take()?;
+    let r = (|| -> Result<String> {
+        let model = s.model.clone().ok_or_else(|| Error::invalid("load a model first"))?;
+        let files = AdapterFiles::from_files(&config_json, &weights, meta_json.as_deref(), &name)?;
+        let params = files.to_trainable(&model.bert)?;
+        let info = serde_json::json!({"method": files.method.name(), "labels": files.labels, "head": files.head});
+        s.trainer = None;
+        s.adapter = Some((files, params));
+        Ok(json(info))
+    })();
+    put(s);
+    r.map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// Times the loaded model in this browser: the embedding forward at batch 1 × 32 and 8 × 64 tokens,
+/// and a LoRA (r=8, query,value) training step at `train_batch` × 64. Returns one JSON object.
+#[wasm_bindgen]
+pub async fn benchmark(reps: u32, train_batch: u32) -> std::result::Result<String, JsError> {
+    with_state(|s| async move {
+        let r = benchmark_inner(&s, reps.max(1) as usize, train_batch.max(1) as usize).await;
+        (s, r)
+    })
+    .await
+}
+
+async fn benchmark_inner(s: &State, reps: usize, train_batch: usize) -> Result<String> {
+    use crate::model::{Inputs, Mode};
+    use web_time::Instant;
+    let model = s.model.clone().ok_or_else(|| Error::invalid("load a model first"))?;
+    let dev = model.bert.device.clone();
+    let mut rows = vec![];
+    for (batch, tokens) in [(1usize, 32usize), (8, 64)] {
+        let tok = &model.tokenizer;
+        let mut ids = vec![];
+        for b in 0..batch {
+            ids.push(tok.cls_id());
+            for t in 1..tokens - 1 {
+                ids.push(1000 + ((b * 7919 + t * 104_729) % 20000) as u32 % tok.vocab_size() as u32);
+            }
+            ids.push(tok.sep_id());
+        }
+        let ones = vec![1u32; ids.len()];
+        let zeros = vec![0u32; ids.len()];
+        let mut times = vec![];
+        for i in 0..=reps {
+            let t0 = Instant::now();
+            let inputs = Inputs::new(&dev, &ids, &ones, &zeros, batch, tokens)?;
+            let o = model.bert.forward(&inputs, Mode::Inference, false)?;
+            model.bert.sentence_embedding(&o.hidden, &inputs)?.to_vec().await?;
+            if i > 0 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        rows.push(serde_json::json!({"what": "forward", "batch": batch, "tokens": tokens, "ms": mean * 1e3, "sentences_per_s": batch as f64 / mean}));
+    }
+    let text = vec!["the"; 62].join(" ");
+    let n = train_batch * 8;
+    let data = Examples { texts: vec![text; n], labels: (0..n as u32).map(|i| i % 2).collect() };
+    let cfg = TrainConfig {
+        method: Method::Lora(LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            rslora: false,
+            targets: vec![Target::Query, Target::Value],
+            dropout: 0.0,
+        }),
+        head: HeadKind::Pooler,
+        epochs: 100,
+        batch_size: train_batch,
+        grad_accum: 1,
+        max_len: 64,
+        seed: 0,
+        optim: OptimConfig::default(),
+        dropout: true,
+    };
+    let mut t = Trainer::new(model.clone(), cfg, vec!["a".into(), "b".into()], data, Examples::default())?;
+    let mut times = vec![];
+    for i in 0..=reps {
+        let t0 = Instant::now();
+        t.step().await?;
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    rows.push(serde_json::json!({"what": "lora_train_step", "batch": train_batch, "tokens": 64, "ms": mean * 1e3, "examples_per_s": train_batch as f64 / mean}));
+    Ok(json(serde_json::json!({"device": dev.describe(), "model": s.model_name, "reps": reps, "results": rows})))
 }

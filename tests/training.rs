@@ -73,10 +73,10 @@ fn the_loss_falls_for_every_method() {
     let mut devs = vec![Device::Cpu];
     devs.extend(gpu());
     for dev in devs {
-        let model = tiny_model(&dev, 3).unwrap();
+        let model = std::rc::Rc::new(tiny_model(&dev, 3).unwrap());
         for (m, lr) in methods.iter().cloned() {
             let (train, valid) = toy_data();
-            let mut t = Trainer::new(&model, config(m.clone(), lr, 6), labels(), train, valid).unwrap();
+            let mut t = Trainer::new(model.clone(), config(m.clone(), lr, 6), labels(), train, valid).unwrap();
             run_all(&mut t);
             let h = &t.state.history;
             let (first, last) = (h[0].train_loss, h[h.len() - 1].train_loss);
@@ -88,7 +88,7 @@ fn the_loss_falls_for_every_method() {
 #[test]
 fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     let cpu = Device::Cpu;
-    let model = tiny_model(&cpu, 3).unwrap();
+    let model = std::rc::Rc::new(tiny_model(&cpu, 3).unwrap());
     let method = Method::Lora(LoraConfig {
         r: 2,
         alpha: 4.0,
@@ -99,13 +99,13 @@ fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     let (train, valid) = toy_data();
     let mut cfg = config(method, 1e-2, 3);
     cfg.grad_accum = 2;
-    let mut full = Trainer::new(&model, cfg.clone(), labels(), train.clone(), valid.clone()).unwrap();
+    let mut full = Trainer::new(model.clone(), cfg.clone(), labels(), train.clone(), valid.clone()).unwrap();
     run_all(&mut full);
 
     // Stop after 7 micro-steps (mid-epoch, mid-accumulation is avoided by checkpointing after an
     // optimiser step: step 8), save, drop everything, resume from the files.
     let dir = std::env::temp_dir().join(format!("localtune-resume-{}", std::process::id()));
-    let mut part = Trainer::new(&model, cfg, labels(), train.clone(), valid.clone()).unwrap();
+    let mut part = Trainer::new(model.clone(), cfg, labels(), train.clone(), valid.clone()).unwrap();
     for _ in 0..8 {
         futures::executor::block_on(part.step()).unwrap();
     }
@@ -113,7 +113,7 @@ fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     localtune::train::trainer::save_checkpoint(&dir, &files).unwrap();
     drop(part);
     let mut resumed =
-        Trainer::resume(&model, &CheckpointFiles::load(&dir).unwrap(), train.clone(), valid.clone()).unwrap();
+        Trainer::resume(model.clone(), &CheckpointFiles::load(&dir).unwrap(), train.clone(), valid.clone()).unwrap();
     run_all(&mut resumed);
     assert_eq!(resumed.state.losses, full.state.losses, "per-step losses");
     assert_eq!(resumed.state.history, full.state.history);
@@ -123,7 +123,8 @@ fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     // Other data is refused.
     let mut other = train.clone();
     other.labels[0] = 1 - other.labels[0];
-    let e = Trainer::resume(&model, &CheckpointFiles::load(&dir).unwrap(), other, valid).err().unwrap().to_string();
+    let e =
+        Trainer::resume(model.clone(), &CheckpointFiles::load(&dir).unwrap(), other, valid).err().unwrap().to_string();
     assert!(e.contains("other data"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -161,7 +162,7 @@ fn gpu_losses_follow_the_cpu_on_the_real_model() {
     let mut losses = vec![];
     for dev in [Device::Cpu, gpu] {
         let model = Model::load(&dir, &dev).unwrap();
-        let mut t = Trainer::new(&model, cfg.clone(), labels.clone(), train.clone(), valid.clone()).unwrap();
+        let mut t = Trainer::new(model.clone(), cfg.clone(), labels.clone(), train.clone(), valid.clone()).unwrap();
         let l: Vec<f32> = (0..3).map(|_| futures::executor::block_on(t.step()).unwrap().loss).collect();
         losses.push(l);
     }

@@ -276,7 +276,7 @@ impl Trainable {
             })
         };
         let mut layers = Vec::with_capacity(base.layers.len());
-        for (l, bl) in base.layers.iter().enumerate() {
+        for bl in &base.layers {
             let mut p = LayerParams { lora: vec![None; 6], ..Default::default() };
             match method {
                 Method::Lora(lc) => {
@@ -313,9 +313,8 @@ impl Trainable {
                     });
                 }
                 Method::Bitfit => {
-                    let copy = |t: &Tensor| -> Result<Tensor> {
-                        dev.weight(&futures::executor::block_on(t.to_vec())?, t.shape())
-                    };
+                    // Copies on the device: BitFit trains its own biases, the base stays as loaded.
+                    let copy = |t: &Tensor| t.duplicate();
                     let lin = [&bl.query, &bl.key, &bl.value, &bl.attn_out, &bl.intermediate, &bl.output];
                     p.biases = Some(Biases {
                         linear: lin.iter().map(|x| copy(&x.bias)).collect::<Result<_>>()?,
@@ -325,15 +324,13 @@ impl Trainable {
                 }
                 Method::Head => {}
             }
-            let _ = l;
             layers.push(p);
         }
-        let host_copy =
-            |t: &Tensor| -> Result<Tensor> { dev.weight(&futures::executor::block_on(t.to_vec())?, t.shape()) };
+        let device_copy = |t: &Tensor| t.duplicate();
         let (emb_norm_bias, pooler_bias) = if *method == Method::Bitfit {
             (
-                Some(host_copy(&base.embeddings.norm.bias)?),
-                base.pooler.as_ref().map(|p| host_copy(&p.bias)).transpose()?,
+                Some(device_copy(&base.embeddings.norm.bias)?),
+                base.pooler.as_ref().map(|p| device_copy(&p.bias)).transpose()?,
             )
         } else {
             (None, None)

@@ -14,6 +14,7 @@ use crate::ops;
 use crate::peft::format::AdapterFiles;
 use crate::peft::{HeadKind, Method, Trainable};
 use crate::rng::Rng;
+use std::rc::Rc;
 
 /// Settings of a training run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -102,8 +103,9 @@ pub struct StepOutcome {
     pub done: bool,
 }
 
-pub struct Trainer<'m> {
-    pub model: &'m Model,
+pub struct Trainer {
+    /// Shared so that a long-lived owner (the web app's session) can hold the trainer and the model.
+    pub model: Rc<Model>,
     pub config: TrainConfig,
     pub labels: Vec<String>,
     pub train: Examples,
@@ -121,10 +123,10 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-impl<'m> Trainer<'m> {
+impl Trainer {
     /// A fresh run of `config` on `model` with `labels` (the sorted training labels).
     pub fn new(
-        model: &'m Model,
+        model: Rc<Model>,
         config: TrainConfig,
         labels: Vec<String>,
         train: Examples,
@@ -280,7 +282,7 @@ impl<'m> Trainer<'m> {
     /// Logits (n, K) of `texts` in evaluation mode.
     pub async fn logits(&self, texts: &[&str], batch: usize) -> Result<Vec<f32>> {
         predict_logits(
-            self.model,
+            &self.model,
             &self.params,
             &self.config.method,
             self.config.head,
@@ -328,7 +330,7 @@ impl<'m> Trainer<'m> {
     }
 
     /// Restores a run from checkpoint files (as `checkpoint_files` wrote them), on the same data.
-    pub fn resume(model: &'m Model, files: &CheckpointFiles, train: Examples, valid: Examples) -> Result<Self> {
+    pub fn resume(model: Rc<Model>, files: &CheckpointFiles, train: Examples, valid: Examples) -> Result<Self> {
         let origin = &files.origin;
         let st: serde_json::Value = serde_json::from_slice(&files.trainer_state)
             .map_err(|e| Error::file(format!("{origin}/trainer_state.json"), e))?;
@@ -342,7 +344,7 @@ impl<'m> Trainer<'m> {
                 "{origin}: this checkpoint was made on other data (or another split): resume with the same --data, --valid-fraction and --seed"
             )));
         }
-        let mut t = Trainer::new(model, config, labels, train, valid)?;
+        let mut t = Trainer::new(model.clone(), config, labels, train, valid)?;
         let adapter = AdapterFiles::from_files(
             std::str::from_utf8(&files.adapter_config)
                 .map_err(|_| Error::file(origin, "adapter_config.json is not UTF-8"))?,

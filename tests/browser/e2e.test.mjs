@@ -1,0 +1,218 @@
+// End-to-end test of the web app in headless Chromium (Debian's package, driven by playwright-core):
+// load a tiny model, load data (a bad file first), train a few steps and check the loss falls,
+// evaluate, save an adapter, reload and find it, download it and parse its files — and fail on any
+// request that leaves the origin or on any request at all while data is loaded, training, evaluating
+// or saving. Screenshots go to test-output/browser/.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const out = path.join(root, 'test-output/browser');
+const bin =
+  process.env.LOCALTUNE_BIN ||
+  [path.join(root, 'target/release/localtune'), path.join(root, 'target/debug/localtune')].find((p) => fs.existsSync(p));
+const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+
+let server;
+let url;
+let browser;
+
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const args = ['serve', '--port', '0', '--tiny', '--www', path.join(root, 'www')];
+    const model = path.join(root, '.cache/models/all-MiniLM-L6-v2');
+    if (!fs.existsSync(path.join(model, 'model.safetensors'))) args.push('--no-default-model');
+    else args.push('--model', model);
+    server = spawn(bin, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+    let buf = '';
+    server.stdout.on('data', (d) => {
+      buf += d;
+      const m = buf.match(/http:\/\/127\.0\.0\.1:\d+\//);
+      if (m) resolve(m[0]);
+    });
+    server.on('exit', (code) => reject(new Error(`server exited with ${code}`)));
+    setTimeout(() => reject(new Error('the server did not start')), 20000);
+  });
+}
+
+before(async () => {
+  assert.ok(bin, 'build the native tool first (cargo build)');
+  assert.ok(fs.existsSync(path.join(root, 'www/pkg/localtune_bg.wasm')), 'build the wasm first (scripts/build-wasm.sh)');
+  fs.mkdirSync(out, { recursive: true });
+  url = await startServer();
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--enable-unsafe-webgpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--disable-features=Translate,OptimizationHints,MediaRouter',
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill();
+});
+
+// The toy task the tiny model's vocabulary knows.
+function toyCsv() {
+  const pos = ['good', 'great', 'love', 'excellent', 'best'];
+  const neg = ['bad', 'awful', 'hate', 'terrible', 'worst'];
+  const things = ['movie', 'food', 'service', 'place', 'phone', 'film'];
+  const rows = ['text,label'];
+  things.forEach((t, i) => {
+    for (let j = 0; j < 5; j++) {
+      rows.push(`"the ${t} was really ${pos[(i + j) % 5]}",positive`);
+      rows.push(`"this ${t} is ${neg[(i + 2 * j) % 5]} !",negative`);
+    }
+  });
+  return rows.join('\n') + '\n';
+}
+
+// Reads the entries of a stored (uncompressed) zip.
+function unzip(buf) {
+  const files = {};
+  let p = 0;
+  while (buf.readUInt32LE(p) === 0x04034b50) {
+    const size = buf.readUInt32LE(p + 18);
+    const nameLen = buf.readUInt16LE(p + 26);
+    const extra = buf.readUInt16LE(p + 28);
+    const name = buf.subarray(p + 30, p + 30 + nameLen).toString('utf8');
+    const start = p + 30 + nameLen + extra;
+    files[name] = buf.subarray(start, start + size);
+    p = start + size;
+  }
+  return files;
+}
+
+test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }, async () => {
+  const context = await browser.newContext({ acceptDownloads: true });
+  const page = await context.newPage();
+  const origin = new URL(url).origin;
+  let phase = 'load';
+  const requests = [];
+  context.on('request', (r) => requests.push({ url: r.url(), phase }));
+  const consoleErrors = [];
+  page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  const shot = (name) => page.screenshot({ path: path.join(out, `${name}.png`), fullPage: true });
+
+  await page.goto(`${url}?model=tiny`);
+  await page.waitForSelector('body[data-ready=yes]', { timeout: 120000 });
+  const device = await page.textContent('#device');
+  console.log(`device: ${device}`);
+
+  // 1. model
+  await page.click('#model-load');
+  await page.waitForFunction(() => /parameters/.test(document.querySelector('#model-info').textContent), null, { timeout: 120000 });
+  await shot('1-model');
+
+  // 2. data: a file that is not CSV/JSONL gets a clear message, then the real file
+  phase = 'data';
+  await page.setInputFiles('#data-file', { name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('just some words\nwithout a header\n') });
+  await page.waitForSelector('#error:not([hidden])');
+  const err = await page.textContent('#error');
+  assert.match(err, /text/);
+  assert.match(err, /label/);
+  await shot('2-bad-data');
+  await page.setInputFiles('#data-file', { name: 'toy.csv', mimeType: 'text/csv', buffer: Buffer.from(toyCsv()) });
+  await page.waitForFunction(() => /60 rows/.test(document.querySelector('#data-info').textContent));
+  assert.match(await page.textContent('#data-info'), /negative: 30, positive: 30/);
+  assert.equal(await page.isHidden('#error'), true);
+
+  // 3. settings, 4. training
+  await page.fill('#epochs', '4');
+  await page.fill('#batch', '8');
+  await page.fill('#lr', '0.02');
+  await page.fill('#max-len', '32');
+  phase = 'train';
+  await page.click('#train-start');
+  await page.waitForSelector('body[data-trained=yes]', { timeout: 15 * 60 * 1000 });
+  await shot('3-trained');
+  const { losses, epochs } = await page.evaluate(() => ({ losses: window.__localtune.losses, epochs: window.__localtune.epochs }));
+  console.log(`epoch train losses: ${epochs.map((e) => e.train_loss.toFixed(4)).join(' ')}`);
+  assert.equal(epochs.length, 4);
+  assert.ok(losses.length === 24, `24 steps, got ${losses.length}`);
+  assert.ok(epochs[3].train_loss < epochs[0].train_loss * 0.9, `the loss must fall: ${epochs[0].train_loss} -> ${epochs[3].train_loss}`);
+
+  // 5. evaluation and a sentence
+  phase = 'eval';
+  await page.click('#eval-run');
+  await page.waitForFunction(() => /accuracy/.test(document.querySelector('#eval-result').textContent), null, { timeout: 120000 });
+  await page.fill('#try-text', 'the food was great');
+  await page.click('#try-run');
+  await page.waitForFunction(() => /%/.test(document.querySelector('#try-result').textContent), null, { timeout: 120000 });
+  await shot('4-evaluated');
+
+  // 6. save in the browser's storage
+  phase = 'save';
+  await page.fill('#save-name', 'tiny-lora');
+  await page.click('#save-run');
+  await page.waitForSelector('#saved li[data-name="tiny-lora"]');
+
+  // No request at all while loading data, training, evaluating or saving.
+  const during = requests.filter((r) => ['data', 'train', 'eval', 'save'].includes(r.phase));
+  assert.deepEqual(during, [], 'requests during data/train/eval/save');
+
+  // Reload: the adapter is still there, and downloads as PEFT files.
+  phase = 'reload';
+  await page.reload();
+  await page.waitForSelector('body[data-ready=yes]', { timeout: 120000 });
+  await page.waitForSelector('#saved li[data-name="tiny-lora"]');
+  await page.waitForSelector('#saved li[data-name="autosave"]');
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    page.click('#saved li[data-name="tiny-lora"] button:text("Download")'),
+  ]);
+  const zipPath = path.join(out, 'tiny-lora.zip');
+  await download.saveAs(zipPath);
+  const files = unzip(fs.readFileSync(zipPath));
+  const config = JSON.parse(files['tiny-lora/adapter_config.json'].toString());
+  assert.equal(config.peft_type, 'LORA');
+  assert.equal(config.task_type, 'SEQ_CLS');
+  assert.equal(config.r, 8);
+  const st = files['tiny-lora/adapter_model.safetensors'];
+  const headerLen = Number(st.readBigUInt64LE(0));
+  const header = JSON.parse(st.subarray(8, 8 + headerLen).toString());
+  assert.deepEqual(header['base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight'].shape, [8, 16]);
+  assert.deepEqual(header['base_model.model.classifier.weight'].shape, [2, 16]);
+  const meta = JSON.parse(files['tiny-lora/localtune.json'].toString());
+  assert.deepEqual(meta.labels, ['negative', 'positive']);
+
+  // The saved adapter loads again and classifies.
+  await page.click('#model-load');
+  await page.waitForFunction(() => /parameters/.test(document.querySelector('#model-info').textContent), null, { timeout: 120000 });
+  await page.click('#saved li[data-name="tiny-lora"] button:text("Load")');
+  await page.waitForFunction(() => /Loaded/.test(document.querySelector('#try-result').textContent));
+  await shot('5-reloaded');
+
+  // Every request stayed on the origin.
+  const outside = requests.filter((r) => !r.url.startsWith(origin) && !r.url.startsWith('blob:') && !r.url.startsWith('data:'));
+  assert.deepEqual(outside, [], 'requests that left the origin');
+  assert.deepEqual(consoleErrors, [], 'errors in the console');
+  await context.close();
+});
+
+test('the CPU fallback is announced', { timeout: 5 * 60 * 1000 }, async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${url}?device=cpu&model=tiny`);
+  await page.waitForSelector('body[data-ready=yes]', { timeout: 120000 });
+  assert.match(await page.textContent('#device'), /CPU/);
+  assert.equal(await page.isVisible('#notice'), true);
+  assert.match(await page.textContent('#notice'), /CPU/);
+  await page.screenshot({ path: path.join(out, 'cpu-fallback.png'), fullPage: true });
+  await context.close();
+});

@@ -1,0 +1,549 @@
+// The page: UI on the main thread; all model work happens in worker.js.
+import { makeZip } from './zip.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+// ---------------------------------------------------------------------------------------------
+// worker RPC
+
+const worker = new Worker('worker.js', { type: 'module' });
+let nextId = 1;
+const pending = new Map();
+const listeners = [];
+worker.onmessage = (e) => {
+  const m = e.data;
+  if (m.event) {
+    listeners.forEach((f) => f(m));
+    return;
+  }
+  const p = pending.get(m.id);
+  if (!p) return;
+  pending.delete(m.id);
+  m.ok ? p.resolve(m.result) : p.reject(new Error(m.error));
+};
+worker.onerror = (e) => showError(`The worker stopped: ${e.message || 'unknown error'}. Reload the page to start again.`);
+function call(cmd, args, transfer) {
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, cmd, args }, transfer || []);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// state and messages
+
+const state = {
+  device: null,
+  model: null,
+  data: null,
+  trained: false,
+  training: false,
+  losses: [],
+  epochs: [],
+  totalSteps: 0,
+  lastAutosave: null,
+};
+window.__localtune = state; // for tests and the curious
+
+function showError(msg) {
+  const el = $('error');
+  el.textContent = msg;
+  el.hidden = !msg;
+}
+function clearError() {
+  showError('');
+}
+function showNotice(msg) {
+  const el = $('notice');
+  el.textContent = msg;
+  el.hidden = !msg;
+}
+function fmtBytes(n) {
+  if (n > 1 << 20) return `${(n / (1 << 20)).toFixed(1)} MiB`;
+  if (n > 1 << 10) return `${(n / (1 << 10)).toFixed(1)} KiB`;
+  return `${n} B`;
+}
+function fmtSecs(s) {
+  s = Math.max(0, Math.round(s));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
+}
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+function refreshButtons() {
+  const ready = !!state.model && !state.training;
+  $('train-start').disabled = !(ready && state.data);
+  $('train-stop').disabled = !state.training;
+  $('eval-run').disabled = !(ready && state.trained);
+  $('try-run').disabled = !(ready && state.trained);
+  $('save-run').disabled = !(ready && state.trained);
+  $('model-load').disabled = state.training;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 0. device
+
+async function startDevice() {
+  const prefer = params.get('device') === 'cpu' ? 'cpu' : 'gpu';
+  const badge = $('device');
+  try {
+    const info = await call('init', { prefer });
+    state.device = info;
+    if (info.device === 'gpu') {
+      badge.textContent = `WebGPU: ${info.adapter.name || 'adapter'} (${info.adapter.device_type})`;
+      badge.dataset.state = 'gpu';
+    } else {
+      badge.textContent = 'CPU (WebAssembly)';
+      badge.dataset.state = 'cpu';
+      showNotice(`WebGPU is not available here, so everything runs on the CPU (slower). Reason: ${info.fallback_reason}`);
+    }
+  } catch (e) {
+    badge.textContent = 'Failed to start';
+    badge.dataset.state = 'error';
+    showError(`Could not start: ${e.message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. model
+
+let index = { models: [], data: [] };
+
+async function loadIndex() {
+  try {
+    const r = await fetch('index.json');
+    index = await r.json();
+  } catch {
+    index = { models: [], data: [] };
+  }
+  const sel = $('model-select');
+  sel.replaceChildren(...index.models.map((m) => el('option', { value: m.id }, `${m.name} (${fmtBytes(m.bytes)})`)));
+  const wanted = params.get('model');
+  if (wanted && index.models.some((m) => m.id === wanted)) sel.value = wanted;
+  $('examples').replaceChildren(
+    ...index.data.map((d) => el('button', { class: 'small', 'data-url': d.url, onclick: () => loadExample(d) }, d.name.replace(/\.jsonl$/, ''))),
+  );
+}
+
+function showModel(info) {
+  state.model = info;
+  $('model-info').replaceChildren(
+    el('strong', {}, info.name),
+    ` — ${info.parameters >= 1e6 ? `${(info.parameters / 1e6).toFixed(1)}M` : info.parameters.toLocaleString()} parameters, ${info.layers} layers, hidden ${info.hidden}, ${fmtBytes(info.bytes)}, on ${info.device}`,
+  );
+  state.trained = false;
+  refreshButtons();
+}
+
+async function loadServedModel() {
+  clearError();
+  const id = $('model-select').value;
+  const m = index.models.find((x) => x.id === id);
+  if (!m) return showError('No model is served with this page; pick a model folder from your computer.');
+  $('model-info').textContent = `Loading ${m.name} (${fmtBytes(m.bytes)})…`;
+  try {
+    const info = await call('loadModel', {
+      name: m.name,
+      urls: { config: `models/${id}/config.json`, weights: `models/${id}/model.safetensors`, tokenizer: `models/${id}/tokenizer.json` },
+    });
+    showModel(info);
+  } catch (e) {
+    $('model-info').textContent = '';
+    showError(`The model could not be loaded: ${e.message}`);
+  }
+}
+
+async function loadLocalModel(files) {
+  clearError();
+  const byName = Object.fromEntries([...files].map((f) => [f.name, f]));
+  const missing = ['config.json', 'model.safetensors', 'tokenizer.json'].filter((n) => !byName[n]);
+  if (missing.length) {
+    return showError(`A model folder needs config.json, model.safetensors and tokenizer.json; missing: ${missing.join(', ')}. Select all three files.`);
+  }
+  $('model-info').textContent = `Reading ${fmtBytes(byName['model.safetensors'].size)} from your disk…`;
+  try {
+    const weights = await byName['model.safetensors'].arrayBuffer();
+    const info = await call(
+      'loadModel',
+      { name: 'local model', config: await byName['config.json'].text(), weights, tokenizer: await byName['tokenizer.json'].text() },
+      [weights],
+    );
+    showModel(info);
+  } catch (e) {
+    $('model-info').textContent = '';
+    showError(`The model could not be loaded: ${e.message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. data
+
+async function loadDataBytes(bytes, name) {
+  clearError();
+  try {
+    const info = await call('loadData', { bytes, name, skipBad: $('skip-bad').checked }, [bytes]);
+    state.data = info;
+    const counts = info.labels.map(([l, n]) => `${l}: ${n}`).join(', ');
+    const parts = [el('strong', {}, name), ` — ${info.rows} rows; labels ${counts}`];
+    if (info.bad_row_count) parts.push(el('div', { class: 'warn' }, `${info.bad_row_count} row(s) could not be read and were skipped: `, ...info.bad_rows.slice(0, 5).map((b) => el('div', {}, `line ${b.line}: ${b.reason}`))));
+    $('data-info').replaceChildren(...parts);
+    const table = el('table', {}, el('tr', {}, el('th', {}, 'text'), el('th', {}, 'label')));
+    for (const r of info.preview) table.append(el('tr', {}, el('td', {}, r.text), el('td', {}, r.label)));
+    $('data-preview').replaceChildren(el('div', { class: 'hint' }, `First ${info.preview.length} rows:`), table);
+  } catch (e) {
+    state.data = null;
+    $('data-info').textContent = '';
+    $('data-preview').textContent = '';
+    showError(`${e.message}. A data file is a CSV with a header naming "text" and "label" columns, or JSONL with one {"text": …, "label": …} object per line.`);
+  }
+  refreshButtons();
+}
+
+async function loadFile(file) {
+  const bytes = await file.arrayBuffer();
+  await loadDataBytes(bytes, file.name);
+}
+
+async function loadExample(d) {
+  try {
+    const r = await fetch(d.url);
+    if (!r.ok) throw new Error(`${d.url}: ${r.status}`);
+    await loadDataBytes(await r.arrayBuffer(), d.name);
+  } catch (e) {
+    showError(`The example could not be loaded: ${e.message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. settings
+
+function settings() {
+  const num = (id) => Number($(id).value);
+  const lr = $('lr').value.trim();
+  return {
+    method: $('method').value,
+    epochs: num('epochs'),
+    batch: num('batch'),
+    lr: lr === '' ? null : Number(lr),
+    max_len: num('max-len'),
+    valid_fraction: num('valid'),
+    seed: num('seed'),
+    head: $('head').value,
+    r: num('lora-r'),
+    alpha: num('lora-alpha'),
+    rslora: $('lora-rs').checked,
+    targets: [...document.querySelectorAll('input[name=target]:checked')].map((x) => x.value),
+    reduction_factor: num('reduction'),
+    adapter_activation: $('activation').value,
+    prefix_length: num('prefix-len'),
+  };
+}
+
+function showMethodOptions() {
+  const m = $('method').value;
+  document.querySelectorAll('.method-opts').forEach((d) => {
+    d.hidden = !d.dataset.for.split(' ').includes(m);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. training
+
+function drawChart() {
+  const c = $('chart');
+  const g = c.getContext('2d');
+  const W = c.width;
+  const H = c.height;
+  g.clearRect(0, 0, W, H);
+  g.fillStyle = '#fff';
+  g.fillRect(0, 0, W, H);
+  const pad = 36;
+  g.strokeStyle = '#999';
+  g.strokeRect(pad, 8, W - pad * 2, H - pad);
+  g.fillStyle = '#555';
+  g.font = '11px sans-serif';
+  g.fillText('loss', 4, 16);
+  g.fillText('val acc', W - pad + 2, 16);
+  const n = Math.max(state.totalSteps, state.losses.length, 1);
+  const maxLoss = Math.max(1e-6, ...state.losses);
+  const x = (i) => pad + ((W - pad * 2) * i) / n;
+  const yl = (v) => 8 + (H - pad) * (1 - v / maxLoss);
+  const ya = (v) => 8 + (H - pad) * (1 - v);
+  g.fillText(maxLoss.toFixed(2), 4, 28);
+  g.strokeStyle = '#2a6fdb';
+  g.beginPath();
+  state.losses.forEach((v, i) => (i ? g.lineTo(x(i + 1), yl(v)) : g.moveTo(x(1), yl(v))));
+  g.stroke();
+  g.strokeStyle = '#d2691e';
+  g.fillStyle = '#d2691e';
+  g.beginPath();
+  state.epochs.forEach((e, i) => {
+    if (e.valid_accuracy == null) return;
+    const px = x(e.step);
+    const py = ya(e.valid_accuracy);
+    i ? g.lineTo(px, py) : g.moveTo(px, py);
+    g.fillRect(px - 2, py - 2, 4, 4);
+  });
+  g.stroke();
+  g.fillStyle = '#555';
+  g.fillText('step', W / 2, H - 6);
+}
+
+function showEpochs() {
+  const t = el('table', {}, el('tr', {}, ...['epoch', 'train loss', 'validation loss', 'accuracy', 'macro-F1'].map((h) => el('th', {}, h))));
+  const f = (v) => (v == null ? '–' : v.toFixed(4));
+  for (const e of state.epochs) t.append(el('tr', {}, el('td', {}, e.epoch), el('td', {}, f(e.train_loss)), el('td', {}, f(e.valid_loss)), el('td', {}, f(e.valid_accuracy)), el('td', {}, f(e.valid_macro_f1))));
+  $('epochs-table').replaceChildren(t);
+}
+
+listeners.push((m) => {
+  if (m.event !== 'progress') return;
+  state.losses.push(m.loss);
+  const eta = (m.elapsed / m.step) * (m.total - m.step);
+  $('train-progress').value = m.step / m.total;
+  $('train-status').textContent = `step ${m.step}/${m.total} · epoch ${m.epoch + 1} · loss ${m.loss.toFixed(4)} · ETA ${fmtSecs(eta)}`;
+  if (m.epoch_end) {
+    state.epochs.push({ ...m.epoch_end, step: m.step });
+    showEpochs();
+  }
+  drawChart();
+});
+
+async function startTraining() {
+  clearError();
+  state.losses = [];
+  state.epochs = [];
+  state.trained = false;
+  try {
+    const info = await call('startTraining', { settings: settings() });
+    state.totalSteps = info.total_steps;
+    state.run = info;
+    state.training = true;
+    refreshButtons();
+    $('train-status').textContent = `training on ${info.train} examples (${info.valid} held out), ${info.trainable.toLocaleString()} trainable values, learning rate ${info.lr}`;
+    drawChart();
+    const r = await call('train');
+    state.trained = true;
+    $('train-status').textContent = r.stopped ? `stopped after ${state.losses.length} steps` : `done: ${state.losses.length} steps`;
+    document.body.dataset.trained = 'yes';
+  } catch (e) {
+    const lost = /lost|device/i.test(e.message);
+    showError(
+      lost
+        ? `The GPU stopped working during training (${e.message}). Your last saved state is kept under “autosave” below; reload the page to continue on the CPU.`
+        : `Training stopped: ${e.message}`,
+    );
+    state.trained = state.losses.length > 0;
+  } finally {
+    state.training = false;
+    refreshButtons();
+  }
+}
+
+// After each epoch the worker sends the adapter; it is kept in the browser's storage under
+// "autosave", so a failure later in the run loses at most one epoch.
+listeners.push(async (m) => {
+  if (m.event !== 'autosave') return;
+  try {
+    await storePut({ name: 'autosave', created: Date.now(), method: settings().method, labels: state.run?.labels, files: m.files.map(asStored) });
+    state.lastAutosave = Date.now();
+    await showSaved();
+  } catch (e) {
+    console.warn('autosave failed', e);
+  }
+});
+
+const asStored = (f) => ({ name: f.name, bytes: f.bytes.buffer.slice(f.bytes.byteOffset, f.bytes.byteOffset + f.bytes.byteLength) });
+
+// ---------------------------------------------------------------------------------------------
+// 5. evaluation
+
+async function evaluate() {
+  clearError();
+  $('eval-result').textContent = 'Evaluating…';
+  try {
+    const m = await call('evaluate');
+    const t = el('table', { class: 'confusion' }, el('tr', {}, el('th', {}, 'true \\ predicted'), ...m.labels.map((l) => el('th', {}, l))));
+    m.labels.forEach((l, i) => t.append(el('tr', {}, el('th', {}, l), ...m.confusion[i].map((c) => el('td', {}, c)))));
+    $('eval-result').replaceChildren(
+      el('div', {}, `n = ${m.n} · accuracy ${(m.accuracy * 100).toFixed(1)}% · macro-F1 ${m.macro_f1.toFixed(3)} · loss ${m.loss.toFixed(4)}`),
+      t,
+    );
+    state.lastEval = m;
+  } catch (e) {
+    $('eval-result').textContent = '';
+    showError(`Evaluation failed: ${e.message}`);
+  }
+}
+
+async function tryText() {
+  clearError();
+  const text = $('try-text').value;
+  try {
+    const r = await call('predict', { text });
+    $('try-result').replaceChildren(
+      el('strong', {}, r.label),
+      ' — ',
+      r.labels.map((l, i) => `${l} ${(r.probabilities[i] * 100).toFixed(1)}%`).join(', '),
+    );
+  } catch (e) {
+    showError(`Could not classify: ${e.message}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. storage (IndexedDB) and downloads
+
+function db() {
+  return new Promise((resolve, reject) => {
+    const r = indexedDB.open('localtune', 1);
+    r.onupgradeneeded = () => r.result.createObjectStore('adapters', { keyPath: 'name' });
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+}
+async function tx(mode, f) {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const t = d.transaction('adapters', mode);
+    const req = f(t.objectStore('adapters'));
+    t.oncomplete = () => resolve(req && req.result);
+    t.onerror = () => reject(t.error);
+  });
+}
+const storePut = (rec) => tx('readwrite', (s) => s.put(rec));
+const storeAll = () => tx('readonly', (s) => s.getAll());
+const storeGet = (name) => tx('readonly', (s) => s.get(name));
+const storeDelete = (name) => tx('readwrite', (s) => s.delete(name));
+
+async function saveAdapter() {
+  clearError();
+  const name = $('save-name').value.trim() || `${settings().method}-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-')}`;
+  try {
+    const files = await call('exportAdapter');
+    await storePut({
+      name,
+      created: Date.now(),
+      method: settings().method,
+      labels: state.run?.labels,
+      accuracy: state.lastEval?.accuracy ?? state.epochs.at(-1)?.valid_accuracy ?? null,
+      files: files.map(asStored),
+    });
+    $('save-name').value = '';
+    await showSaved();
+  } catch (e) {
+    showError(`Could not save: ${e.message}`);
+  }
+}
+
+function download(name, bytes, type) {
+  const url = URL.createObjectURL(new Blob([bytes], { type }));
+  const a = el('a', { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+async function showSaved() {
+  const list = $('saved');
+  let items = [];
+  try {
+    items = await storeAll();
+  } catch (e) {
+    list.replaceChildren(el('li', {}, `Browser storage is not available: ${e.message}`));
+    return;
+  }
+  items.sort((a, b) => b.created - a.created);
+  list.replaceChildren(
+    ...items.map((it) =>
+      el(
+        'li',
+        { 'data-name': it.name },
+        el('strong', {}, it.name),
+        ` ${it.method || ''} · ${new Date(it.created).toLocaleString()}${it.accuracy != null ? ` · accuracy ${(it.accuracy * 100).toFixed(1)}%` : ''} `,
+        el('button', { class: 'small', onclick: () => useAdapter(it.name) }, 'Load'),
+        el('button', { class: 'small', onclick: () => downloadAdapter(it.name) }, 'Download'),
+        el('button', { class: 'small danger', onclick: () => deleteAdapter(it.name) }, 'Delete'),
+      ),
+    ),
+  );
+}
+
+async function useAdapter(name) {
+  clearError();
+  const it = await storeGet(name);
+  if (!state.model) return showError('Load the model the adapter was trained on first.');
+  const file = (n) => it.files.find((f) => f.name === n)?.bytes;
+  try {
+    const dec = new TextDecoder();
+    const meta = file('localtune.json');
+    const info = await call('loadAdapter', {
+      name,
+      config: dec.decode(file('adapter_config.json')),
+      weights: file('adapter_model.safetensors'),
+      meta: meta ? dec.decode(meta) : null,
+    });
+    state.trained = true;
+    refreshButtons();
+    $('try-result').textContent = `Loaded “${name}” (${info.method}, labels ${info.labels.join(', ')}).`;
+  } catch (e) {
+    showError(`Could not load “${name}”: ${e.message}`);
+  }
+}
+
+async function downloadAdapter(name) {
+  const it = await storeGet(name);
+  const zip = makeZip(it.files.map((f) => ({ name: `${name}/${f.name}`, data: new Uint8Array(f.bytes) })));
+  download(`${name}.zip`, zip, 'application/zip');
+}
+
+async function deleteAdapter(name) {
+  await storeDelete(name);
+  await showSaved();
+}
+
+// ---------------------------------------------------------------------------------------------
+// wiring
+
+$('model-load').addEventListener('click', loadServedModel);
+$('model-files').addEventListener('change', (e) => loadLocalModel(e.target.files));
+$('data-file').addEventListener('change', (e) => e.target.files[0] && loadFile(e.target.files[0]));
+const drop = $('drop');
+drop.addEventListener('dragover', (e) => {
+  e.preventDefault();
+  drop.classList.add('over');
+});
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', (e) => {
+  e.preventDefault();
+  drop.classList.remove('over');
+  const f = e.dataTransfer.files[0];
+  if (f) loadFile(f);
+});
+$('method').addEventListener('change', showMethodOptions);
+$('train-start').addEventListener('click', startTraining);
+$('train-stop').addEventListener('click', () => call('stop'));
+$('eval-run').addEventListener('click', evaluate);
+$('try-run').addEventListener('click', tryText);
+$('try-text').addEventListener('keydown', (e) => e.key === 'Enter' && !$('try-run').disabled && tryText());
+$('save-run').addEventListener('click', saveAdapter);
+
+showMethodOptions();
+drawChart();
+refreshButtons();
+await startDevice();
+await loadIndex();
+await showSaved();
+document.body.dataset.ready = 'yes';
+if (params.get('autoload') === '1') await loadServedModel();

@@ -1,0 +1,104 @@
+// The worker: runs the wasm (model, training, evaluation) so the page stays responsive.
+// Protocol: the page posts {id, cmd, args}; the worker answers {id, ok, result} or {id, ok: false, error}.
+// During training it also posts {event: "progress", ...} after every step.
+import init, * as lt from './pkg/localtune.js';
+
+const ready = init();
+let stopRequested = false;
+let training = false;
+
+// Lets queued messages (a Stop) run between steps, also on the CPU fallback, whose steps never wait.
+const yieldToEvents = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+async function fetchBytes(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: ${r.status} ${r.statusText}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+async function fetchText(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: ${r.status} ${r.statusText}`);
+  return r.text();
+}
+
+const commands = {
+  async init({ prefer }) {
+    return JSON.parse(await lt.initDevice(prefer || 'gpu'));
+  },
+  // Either {urls: {config, weights, tokenizer}} (served with the page) or the files' contents.
+  async loadModel({ name, urls, config, weights, tokenizer }) {
+    if (urls) {
+      [config, weights, tokenizer] = await Promise.all([fetchText(urls.config), fetchBytes(urls.weights), fetchText(urls.tokenizer)]);
+    }
+    return JSON.parse(await lt.loadModel(config, new Uint8Array(weights), tokenizer, name));
+  },
+  async loadData({ bytes, name, skipBad }) {
+    return JSON.parse(lt.loadData(new Uint8Array(bytes), name, !!skipBad));
+  },
+  async startTraining({ settings }) {
+    return JSON.parse(lt.startTraining(JSON.stringify(settings)));
+  },
+  async train() {
+    if (training) throw new Error('training is already running');
+    training = true;
+    stopRequested = false;
+    const started = performance.now();
+    let last = null;
+    try {
+      for (;;) {
+        if (stopRequested) return { stopped: true, last };
+        const r = JSON.parse(await lt.trainStep());
+        last = r;
+        postMessage({ event: 'progress', ...r, elapsed: (performance.now() - started) / 1000 });
+        if (r.epoch_end) {
+          // Kept by the page under "autosave": a failure later in the run loses at most one epoch.
+          const files = (await lt.exportAdapter()).map(([name, bytes]) => ({ name, bytes }));
+          postMessage({ event: 'autosave', files });
+        }
+        if (r.done) return { stopped: false, last };
+        await yieldToEvents();
+      }
+    } finally {
+      training = false;
+    }
+  },
+  async stop() {
+    stopRequested = true;
+    return { stopping: training };
+  },
+  async evaluate() {
+    return JSON.parse(await lt.evaluate());
+  },
+  async predict({ text }) {
+    return JSON.parse(await lt.predict(text));
+  },
+  async exportAdapter() {
+    const files = await lt.exportAdapter();
+    return files.map(([name, bytes]) => ({ name, bytes }));
+  },
+  async loadAdapter({ config, weights, meta, name }) {
+    return JSON.parse(lt.loadAdapter(config, new Uint8Array(weights), meta ?? undefined, name));
+  },
+  async benchmark({ reps, trainBatch }) {
+    return JSON.parse(await lt.benchmark(reps ?? 3, trainBatch ?? 16));
+  },
+};
+
+onmessage = async (e) => {
+  const { id, cmd, args } = e.data;
+  // A Stop must not wait behind the running training loop.
+  if (cmd === 'stop') {
+    postMessage({ id, ok: true, result: await commands.stop() });
+    return;
+  }
+  try {
+    await ready;
+    const fn = commands[cmd];
+    if (!fn) throw new Error(`unknown command ${cmd}`);
+    const result = await fn(args || {});
+    postMessage({ id, ok: true, result });
+  } catch (err) {
+    postMessage({ id, ok: false, error: String(err && err.message ? err.message : err) });
+  }
+};
