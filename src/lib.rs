@@ -4,6 +4,10 @@
 //! then dispatch); `tensor` holds tensors and the `Device` enum; `model` loads and runs BERT-family
 //! encoders.
 
+// Natively the GPU handles are Send + Sync and Arc shares them across threads; in the browser they are
+// single-threaded JS objects and the Arc is only shared ownership.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod cpu;

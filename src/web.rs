@@ -63,8 +63,10 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// Opens the device: WebGPU unless `prefer` is "cpu" or WebGPU is missing or fails, then the CPU
-/// fallback. Returns {device: "gpu"|"cpu", adapter?: {...}, fallback_reason?: "..."}.
+/// Opens the device. `prefer`: "gpu" uses WebGPU whenever it opens; "auto" (the page's default) too,
+/// except that a software WebGPU adapter (device type Cpu) gives way to the WebAssembly CPU path, which
+/// is faster there; "cpu" uses the CPU. A missing or failing WebGPU falls back to the CPU.
+/// Returns {device: "gpu"|"cpu", adapter?: {...}, fallback_reason?: "..."}.
 #[wasm_bindgen(js_name = initDevice)]
 pub async fn init_device(prefer: String) -> std::result::Result<String, JsError> {
     with_state(|mut s| async move {
@@ -72,6 +74,13 @@ pub async fn init_device(prefer: String) -> std::result::Result<String, JsError>
             (Device::Cpu, serde_json::json!({"device": "cpu", "fallback_reason": "the CPU was chosen"}))
         } else {
             match crate::gpu::Gpu::new().await {
+                Ok(g) if prefer == "auto" && g.info().device_type == "Cpu" => {
+                    let reason = format!(
+                        "this browser's WebGPU adapter{} is a software renderer, slower here than the WebAssembly CPU path (add ?device=gpu to the address to use it anyway)",
+                        if g.info().name.is_empty() { String::new() } else { format!(" ({})", g.info().name) }
+                    );
+                    (Device::Cpu, serde_json::json!({"device": "cpu", "fallback_reason": reason, "adapter": g.info()}))
+                }
                 Ok(g) => {
                     let info = serde_json::json!({"device": "gpu", "adapter": g.info()});
                     (Device::Gpu(g), info)

@@ -106,7 +106,7 @@ fn check_method(name: &str, method: &Method, head: HeadKind, dropout: Option<&Dr
         let n = grad.len();
         let picks: Vec<usize> = [0, n / 3, n / 2, (2 * n) / 3, n - 1].into_iter().collect();
         for &i in &picks {
-            let mut at = |delta: f32| {
+            let at = |delta: f32| {
                 let mut p = params.clone();
                 let t = &mut p.tensors_mut()[ti];
                 let mut v = host(t);

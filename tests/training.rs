@@ -161,7 +161,7 @@ fn gpu_losses_follow_the_cpu_on_the_real_model() {
     };
     let mut losses = vec![];
     for dev in [Device::Cpu, gpu] {
-        let model = Model::load(&dir, &dev).unwrap();
+        let model = std::rc::Rc::new(Model::load(&dir, &dev).unwrap());
         let mut t = Trainer::new(model.clone(), cfg.clone(), labels.clone(), train.clone(), valid.clone()).unwrap();
         let l: Vec<f32> = (0..3).map(|_| futures::executor::block_on(t.step()).unwrap().loss).collect();
         losses.push(l);

@@ -94,7 +94,9 @@ function refreshButtons() {
 // 0. device
 
 async function startDevice() {
-  const prefer = params.get('device') === 'cpu' ? 'cpu' : 'gpu';
+  // ?device=gpu forces WebGPU, ?device=cpu the CPU; by default a software WebGPU adapter gives way to
+  // the (faster) WebAssembly CPU path.
+  const prefer = ['gpu', 'cpu'].includes(params.get('device')) ? params.get('device') : 'auto';
   const badge = $('device');
   try {
     const info = await call('init', { prefer });
@@ -105,7 +107,7 @@ async function startDevice() {
     } else {
       badge.textContent = 'CPU (WebAssembly)';
       badge.dataset.state = 'cpu';
-      showNotice(`WebGPU is not available here, so everything runs on the CPU (slower). Reason: ${info.fallback_reason}`);
+      showNotice(`Running on the CPU (WebAssembly), not WebGPU: ${info.fallback_reason}.`);
     }
   } catch (e) {
     badge.textContent = 'Failed to start';

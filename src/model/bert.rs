@@ -6,12 +6,15 @@
 //!   h1      = LayerNorm(ctx W_aoᵀ + b + x)
 //!   inter   = GELU(h1 W_iᵀ + b)                          (B·T, F)
 //!   x'      = LayerNorm(inter W_oᵀ + b + h1)
-//! Training mode keeps these activations (`LayerCache`) for the backward pass; inference mode keeps none.
+//! The forward itself lives in `encoder` (shared with the fine-tuning methods); training mode keeps the
+//! activations the backward pass needs, inference mode keeps none.
 
 use super::config::BertConfig;
+use super::encoder::{Encoder, LayerActs};
 use super::weights::NamedTensors;
 use crate::error::{Error, Result};
 use crate::ops::{self, MatmulDesc, Strides};
+use crate::peft::{LayerParams, Method};
 use crate::tensor::{Device, Tensor};
 
 /// A linear layer: weight (out, in) and bias (out), as PyTorch stores them.
@@ -122,41 +125,6 @@ impl Inputs {
     }
 }
 
-/// The activations of one layer that its backward pass needs.
-#[derive(Clone, Debug)]
-pub struct LayerCache {
-    pub input: Tensor,
-    pub q: Tensor,
-    pub k: Tensor,
-    pub v: Tensor,
-    pub probs: Tensor,
-    pub ctx: Tensor,
-    pub attn_sum: Tensor,
-    pub attn_mean: Tensor,
-    pub attn_rstd: Tensor,
-    pub h1: Tensor,
-    pub inter_pre: Tensor,
-    pub inter: Tensor,
-    pub out_sum: Tensor,
-    pub out_mean: Tensor,
-    pub out_rstd: Tensor,
-}
-
-/// What the embedding block keeps for the backward pass.
-#[derive(Clone, Debug)]
-pub struct EmbeddingCache {
-    pub sum: Tensor,
-    pub mean: Tensor,
-    pub rstd: Tensor,
-}
-
-/// Activations kept by a training-mode forward.
-#[derive(Clone, Debug, Default)]
-pub struct ForwardCache {
-    pub embeddings: Option<EmbeddingCache>,
-    pub layers: Vec<LayerCache>,
-}
-
 /// How much a forward pass keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -170,8 +138,8 @@ pub enum Mode {
 pub struct Output {
     /// (B, T, C) the last hidden state
     pub hidden: Tensor,
-    /// Training mode only.
-    pub cache: Option<ForwardCache>,
+    /// Training mode only: each layer's activations.
+    pub acts: Option<Vec<LayerActs>>,
     /// When asked: the embedding output and every layer's output (HF hidden_states).
     pub hidden_states: Vec<Tensor>,
 }
@@ -236,88 +204,14 @@ impl Bert {
         Ok(Bert { config, device: device.clone(), embeddings, layers, pooler })
     }
 
-    fn eps(&self) -> f32 {
-        self.config.layer_norm_eps as f32
-    }
-
-    /// Runs the encoder. `keep_hidden_states` also returns the embedding output and each layer's output.
+    /// Runs the encoder (no adapters, no dropout). `keep_hidden_states` also returns the embedding
+    /// output and each layer's output.
     pub fn forward(&self, inputs: &Inputs, mode: Mode, keep_hidden_states: bool) -> Result<Output> {
-        let (b, t, c) = (inputs.batch, inputs.seq, self.config.hidden_size);
-        if t > self.config.max_position_embeddings {
-            return Err(Error::shape(
-                "bert",
-                format!(
-                    "sequence of {t} tokens is longer than max_position_embeddings {}",
-                    self.config.max_position_embeddings
-                ),
-            ));
-        }
+        let none = vec![LayerParams::default(); self.layers.len()];
+        let enc = Encoder { base: self, layers: &none, emb_norm_bias: None, method: &Method::Head };
         let training = mode == Mode::Training;
-        let mut cache = ForwardCache::default();
-        let mut hidden_states = vec![];
-
-        // Embeddings: word + position + token type, then LayerNorm.   (B·T, C)
-        let e = &self.embeddings;
-        let mut sum = ops::embedding(&inputs.ids, &e.word)?;
-        ops::add_into(&mut sum, &ops::embedding(&inputs.positions, &e.position)?, 1.0)?;
-        ops::add_into(&mut sum, &ops::embedding(&inputs.types, &e.token_type)?, 1.0)?;
-        let (mut x, mean, rstd) = ops::layernorm(&sum, &e.norm.weight, &e.norm.bias, self.eps())?;
-        if training {
-            cache.embeddings = Some(EmbeddingCache { sum, mean, rstd });
-        }
-        if keep_hidden_states {
-            hidden_states.push(x.reshape(&[b, t, c])?);
-        }
-
-        for layer in &self.layers {
-            let (out, lc) = self.layer_forward(layer, x, inputs)?;
-            x = out;
-            if training {
-                cache.layers.push(lc);
-            }
-            if keep_hidden_states {
-                hidden_states.push(x.reshape(&[b, t, c])?);
-            }
-        }
-        Ok(Output { hidden: x.reshape(&[b, t, c])?, cache: training.then_some(cache), hidden_states })
-    }
-
-    /// One encoder layer on x (B·T, C); returns its output and the activations it used.
-    pub fn layer_forward(&self, layer: &Layer, x: Tensor, inputs: &Inputs) -> Result<(Tensor, LayerCache)> {
-        let (b, t, c) = (inputs.batch, inputs.seq, self.config.hidden_size);
-        let q = layer.query.forward(&x)?.reshape(&[b, t, c])?;
-        let k = layer.key.forward(&x)?.reshape(&[b, t, c])?;
-        let v = layer.value.forward(&x)?.reshape(&[b, t, c])?;
-        let (ctx, probs) = ops::attention(&q, &k, &v, Some(&inputs.mask_add), self.config.num_attention_heads, None)?;
-        let ctx = ctx.reshape(&[b * t, c])?;
-        let mut attn_sum = layer.attn_out.forward(&ctx)?;
-        ops::add_into(&mut attn_sum, &x, 1.0)?;
-        let (h1, attn_mean, attn_rstd) =
-            ops::layernorm(&attn_sum, &layer.attn_norm.weight, &layer.attn_norm.bias, self.eps())?;
-        let inter_pre = layer.intermediate.forward(&h1)?;
-        let inter = ops::gelu(&inter_pre)?;
-        let mut out_sum = layer.output.forward(&inter)?;
-        ops::add_into(&mut out_sum, &h1, 1.0)?;
-        let (out, out_mean, out_rstd) =
-            ops::layernorm(&out_sum, &layer.out_norm.weight, &layer.out_norm.bias, self.eps())?;
-        let cache = LayerCache {
-            input: x,
-            q,
-            k,
-            v,
-            probs,
-            ctx,
-            attn_sum,
-            attn_mean,
-            attn_rstd,
-            h1,
-            inter_pre,
-            inter,
-            out_sum,
-            out_mean,
-            out_rstd,
-        };
-        Ok((out, cache))
+        let (hidden, acts, hidden_states) = enc.encode(inputs, None, training, keep_hidden_states)?;
+        Ok(Output { hidden, acts: training.then_some(acts), hidden_states })
     }
 
     /// Masked mean pooling then L2 normalisation: the sentence-transformers embedding. (B, C)
@@ -327,8 +221,15 @@ impl Bert {
 
     /// The BERT pooler: tanh(W h[CLS] + b). (B, C)
     pub fn pool_cls(&self, hidden: &Tensor) -> Result<Tensor> {
-        let pooler =
-            self.pooler.as_ref().ok_or_else(|| Error::invalid("this checkpoint has no pooler (pooler.dense.*)"))?;
+        ops::tanh(&self.cls_dense(hidden, None)?)
+    }
+
+    /// The pooler's dense layer over the [CLS] rows, before tanh: W h[CLS] + b, with `bias` in place
+    /// of the checkpoint's when given (BitFit). (B, C)
+    pub fn cls_dense(&self, hidden: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let pooler = self.pooler.as_ref().ok_or_else(|| {
+            Error::invalid("this checkpoint has no pooler (pooler.dense.*): use the mean-pooling head")
+        })?;
         let (b, t, c) = (hidden.dim(0), hidden.dim(1), hidden.dim(2));
         // Rows b*T*C of the hidden state are the [CLS] vectors: a matmul with row stride T*C.
         let mut pre = self.device.uninit("pooler", &[b, c])?;
@@ -336,8 +237,8 @@ impl Bert {
             a: Strides { offset: 0, ld: t * c, bs: [0, 0] },
             ..MatmulDesc::contiguous(1, b, c, c, false, true)
         };
-        ops::matmul_into(&mut pre, hidden, &pooler.weight, Some(&pooler.bias), &desc)?;
-        ops::tanh(&pre)
+        ops::matmul_into(&mut pre, hidden, &pooler.weight, Some(bias.unwrap_or(&pooler.bias)), &desc)?;
+        Ok(pre)
     }
 
     /// Every weight under its Hugging Face name (no `bert.` prefix), for export and merging.

@@ -13,7 +13,7 @@
 //!   out = LN(o + h1)
 //! ```
 
-use super::bert::{Bert, Inputs, Linear, MASKED};
+use super::bert::{Bert, Inputs, Linear};
 use crate::error::{Error, Result};
 use crate::ops::{self, MatmulDesc, Strides};
 use crate::peft::{Activation, Bottleneck, HeadKind, LayerParams, Lora, Method, Target, Trainable};
@@ -117,6 +117,14 @@ pub struct Acts {
     pub features_dropped: Tensor,
 }
 
+/// The frozen encoder with the per-layer trainable parameters of a method (none for the plain model).
+pub struct Encoder<'a> {
+    pub base: &'a Bert,
+    pub layers: &'a [LayerParams],
+    pub emb_norm_bias: Option<&'a Tensor>,
+    pub method: &'a Method,
+}
+
 /// The frozen encoder with trainable parameters on top: what training and evaluation run.
 pub struct Classifier<'a> {
     pub base: &'a Bert,
@@ -171,7 +179,7 @@ fn linear_dx_acc(dx: &mut Tensor, dy: &Tensor, w: &Tensor) -> Result<()> {
     ops::matmul_into(dx, dy, w, None, &d)
 }
 
-impl Classifier<'_> {
+impl Encoder<'_> {
     fn layer_dims(&self, inputs: &Inputs) -> (usize, usize, usize) {
         (inputs.batch, inputs.seq, self.base.config.hidden_size)
     }
@@ -290,7 +298,7 @@ impl Classifier<'_> {
     ) -> Result<(Tensor, LayerActs)> {
         let (b, t, c) = self.layer_dims(inputs);
         let layer = &self.base.layers[l];
-        let p = &self.params.layers[l];
+        let p = &self.layers[l];
         let bias = |i: Target| p.biases.as_ref().map(|bs| &bs.linear[i.index()]);
         let mut lora_acts: Vec<Option<LoraActs>> = vec![None; 6];
         let mut proj = |t: Target, w: &Linear, input: &Tensor| -> Result<Tensor> {
@@ -387,7 +395,7 @@ impl Classifier<'_> {
 
     /// The attention key mask, with zeros in front for prefix rows. (B, P+T)
     fn key_mask(&self, l: usize, inputs: &Inputs) -> Result<Tensor> {
-        match &self.params.layers[l].prefix {
+        match &self.layers[l].prefix {
             Some(pr) => {
                 let dev = &self.base.device;
                 let zeros = dev.zeros(&[pr.key.dim(0), 1])?;
@@ -398,13 +406,19 @@ impl Classifier<'_> {
         }
     }
 
-    /// The forward pass to logits (B, K). With `dropout` (training) it keeps every activation the
-    /// backward pass needs.
-    pub fn forward(&self, inputs: &Inputs, dropout: Option<&Dropout>, keep: bool) -> Result<(Tensor, Option<Acts>)> {
+    /// Embeddings and every layer: the last hidden state (B, T, C); with `keep` the activations of
+    /// each layer; with `keep_states` the embedding output and each layer's output (HF hidden_states).
+    pub fn encode(
+        &self,
+        inputs: &Inputs,
+        dropout: Option<&Dropout>,
+        keep: bool,
+        keep_states: bool,
+    ) -> Result<(Tensor, Vec<LayerActs>, Vec<Tensor>)> {
         let (b, t, c) = self.layer_dims(inputs);
         if t > self.base.config.max_position_embeddings {
             return Err(Error::shape(
-                "classifier",
+                "encoder",
                 format!(
                     "sequence of {t} tokens is longer than max_position_embeddings {}",
                     self.base.config.max_position_embeddings
@@ -415,10 +429,14 @@ impl Classifier<'_> {
         let mut sum = ops::embedding(&inputs.ids, &e.word)?;
         ops::add_into(&mut sum, &ops::embedding(&inputs.positions, &e.position)?, 1.0)?;
         ops::add_into(&mut sum, &ops::embedding(&inputs.types, &e.token_type)?, 1.0)?;
-        let emb_bias = self.params.emb_norm_bias.as_ref().unwrap_or(&e.norm.bias);
+        let emb_bias = self.emb_norm_bias.unwrap_or(&e.norm.bias);
         let (x, _, _) = ops::layernorm(&sum, &e.norm.weight, emb_bias, self.eps())?;
         let mut x = drop(&x, dropout, |d| d.hidden, SITE_EMBEDDINGS)?;
         let mut layers = vec![];
+        let mut states = vec![];
+        if keep_states {
+            states.push(x.reshape(&[b, t, c])?);
+        }
         for l in 0..self.base.layers.len() {
             let mask = self.key_mask(l, inputs)?;
             let (out, acts) = self.layer_forward(l, x, inputs, &mask, dropout)?;
@@ -426,86 +444,14 @@ impl Classifier<'_> {
             if keep {
                 layers.push(acts);
             }
-        }
-        let hidden = x.reshape(&[b, t, c])?;
-        let (features, pooled) = match self.head {
-            HeadKind::Pooler => {
-                let pooler = self.base.pooler.as_ref().ok_or_else(|| {
-                    Error::invalid("the pooler head needs pooler.dense.* in the checkpoint; use the mean head")
-                })?;
-                let bias = self.params.pooler_bias.as_ref().unwrap_or(&pooler.bias);
-                let mut pre = self.base.device.uninit("pooler", &[b, c])?;
-                let desc = MatmulDesc {
-                    a: Strides { offset: 0, ld: t * c, bs: [0, 0] },
-                    ..MatmulDesc::contiguous(1, b, c, c, false, true)
-                };
-                ops::matmul_into(&mut pre, &hidden, &pooler.weight, Some(bias), &desc)?;
-                (ops::tanh(&pre)?, Some(pre))
+            if keep_states {
+                states.push(x.reshape(&[b, t, c])?);
             }
-            HeadKind::Mean => (ops::mean_pool(&hidden, &inputs.mask)?, None),
-        };
-        let features_dropped = drop(&features, dropout, |d| d.hidden, SITE_HEAD)?;
-        let logits = self.params.classifier.forward(&features_dropped)?;
-        let acts = keep.then_some(Acts { layers, hidden, pooled, features, features_dropped });
-        Ok((logits, acts))
+        }
+        Ok((x.reshape(&[b, t, c])?, layers, states))
     }
 
-    /// Backward from dlogits (B, K): accumulates every trainable gradient into `grads`.
-    pub fn backward(
-        &self,
-        inputs: &Inputs,
-        acts: &Acts,
-        dlogits: &Tensor,
-        grads: &mut Trainable,
-        dropout: Option<&Dropout>,
-    ) -> Result<()> {
-        let (b, t, c) = self.layer_dims(inputs);
-        let dev = &self.base.device;
-        // Head: classifier, dropout, pooler or mean pooling.
-        let dfeat = ops::linear_backward(
-            dlogits,
-            &acts.features_dropped,
-            &self.params.classifier.weight,
-            Some(&mut grads.classifier.weight),
-            Some(&mut grads.classifier.bias),
-            self.params.trains_encoder(),
-        )?;
-        let Some(dfeat) = dfeat else { return Ok(()) };
-        let dfeat = drop(&dfeat, dropout, |d| d.hidden, SITE_HEAD)?;
-        let dhidden = match self.head {
-            HeadKind::Pooler => {
-                let pooler = self.base.pooler.as_ref().expect("pooler head checked in forward");
-                let dpre = ops::tanh_backward(&dfeat, &acts.features)?;
-                if let Some(db) = &mut grads.pooler_bias {
-                    ops::sum_rows_into(db, &dpre, true)?;
-                }
-                // Only the [CLS] rows receive a gradient: write them with a row stride of T·C.
-                let mut dh = dev.zeros(&[b, t, c])?;
-                let desc = MatmulDesc {
-                    c: Strides { offset: 0, ld: t * c, bs: [0, 0] },
-                    ..MatmulDesc::contiguous(1, b, c, c, false, false)
-                };
-                ops::matmul_into(&mut dh, &dpre, &pooler.weight, None, &desc)?;
-                dh
-            }
-            HeadKind::Mean => ops::mean_pool_backward(&dfeat, &inputs.mask)?,
-        };
-        let Some(lowest) = self.params.lowest_trained_layer() else { return Ok(()) };
-        let mut dx = dhidden.reshape(&[b * t, c])?;
-        for l in (lowest..self.base.layers.len()).rev() {
-            let need_dx = l > lowest || self.params.emb_norm_bias.is_some();
-            let lg = &mut grads.layers[l];
-            dx = self.layer_backward(l, &acts.layers[l], inputs, dx, lg, dropout, need_dx)?;
-        }
-        if let Some(db) = &mut grads.emb_norm_bias {
-            // y = LN(sum) * γ + β, then dropout: dβ = Σ_rows drop(dx).
-            let d0 = drop(&dx, dropout, |d| d.hidden, SITE_EMBEDDINGS)?;
-            ops::sum_rows_into(db, &d0, true)?;
-        }
-        Ok(())
-    }
-
-    /// Backward of one layer: returns the gradient of its input (zeros-sized placeholder when not needed).
+    /// Backward of one layer: returns the gradient of its input (a placeholder when `need_dx` is false).
     #[allow(clippy::too_many_arguments)]
     fn layer_backward(
         &self,
@@ -520,7 +466,7 @@ impl Classifier<'_> {
         let (b, t, c) = self.layer_dims(inputs);
         let dev = &self.base.device;
         let layer = &self.base.layers[l];
-        let p = &self.params.layers[l];
+        let p = &self.layers[l];
         let lsite = |tg: Target| site(l, SITE_LORA + tg.index() as u32);
 
         // out = LN2(out_sum)
@@ -657,12 +603,92 @@ impl Classifier<'_> {
     }
 }
 
+impl Classifier<'_> {
+    fn encoder(&self) -> Encoder<'_> {
+        Encoder {
+            base: self.base,
+            layers: &self.params.layers,
+            emb_norm_bias: self.params.emb_norm_bias.as_ref(),
+            method: self.method,
+        }
+    }
+
+    /// The forward pass to logits (B, K). With `dropout` (training) dropout is on; with `keep` it
+    /// keeps every activation the backward pass needs.
+    pub fn forward(&self, inputs: &Inputs, dropout: Option<&Dropout>, keep: bool) -> Result<(Tensor, Option<Acts>)> {
+        let (hidden, layers, _) = self.encoder().encode(inputs, dropout, keep, false)?;
+        let (features, pooled) = match self.head {
+            HeadKind::Pooler => {
+                let pre = self.base.cls_dense(&hidden, self.params.pooler_bias.as_ref())?;
+                (ops::tanh(&pre)?, Some(pre))
+            }
+            HeadKind::Mean => (ops::mean_pool(&hidden, &inputs.mask)?, None),
+        };
+        let features_dropped = drop(&features, dropout, |d| d.hidden, SITE_HEAD)?;
+        let logits = self.params.classifier.forward(&features_dropped)?;
+        let acts = keep.then_some(Acts { layers, hidden, pooled, features, features_dropped });
+        Ok((logits, acts))
+    }
+
+    /// Backward from dlogits (B, K): accumulates every trainable gradient into `grads`.
+    pub fn backward(
+        &self,
+        inputs: &Inputs,
+        acts: &Acts,
+        dlogits: &Tensor,
+        grads: &mut Trainable,
+        dropout: Option<&Dropout>,
+    ) -> Result<()> {
+        let (b, t, c) = (inputs.batch, inputs.seq, self.base.config.hidden_size);
+        let dev = &self.base.device;
+        // Head: classifier, dropout, pooler or mean pooling.
+        let dfeat = ops::linear_backward(
+            dlogits,
+            &acts.features_dropped,
+            &self.params.classifier.weight,
+            Some(&mut grads.classifier.weight),
+            Some(&mut grads.classifier.bias),
+            self.params.trains_encoder(),
+        )?;
+        let Some(dfeat) = dfeat else { return Ok(()) };
+        let dfeat = drop(&dfeat, dropout, |d| d.hidden, SITE_HEAD)?;
+        let dhidden = match self.head {
+            HeadKind::Pooler => {
+                let pooler = self.base.pooler.as_ref().expect("pooler head checked in forward");
+                let dpre = ops::tanh_backward(&dfeat, &acts.features)?;
+                if let Some(db) = &mut grads.pooler_bias {
+                    ops::sum_rows_into(db, &dpre, true)?;
+                }
+                // Only the [CLS] rows receive a gradient: write them with a row stride of T·C.
+                let mut dh = dev.zeros(&[b, t, c])?;
+                let desc = MatmulDesc {
+                    c: Strides { offset: 0, ld: t * c, bs: [0, 0] },
+                    ..MatmulDesc::contiguous(1, b, c, c, false, false)
+                };
+                ops::matmul_into(&mut dh, &dpre, &pooler.weight, None, &desc)?;
+                dh
+            }
+            HeadKind::Mean => ops::mean_pool_backward(&dfeat, &inputs.mask)?,
+        };
+        let Some(lowest) = self.params.lowest_trained_layer() else { return Ok(()) };
+        let mut dx = dhidden.reshape(&[b * t, c])?;
+        for l in (lowest..self.base.layers.len()).rev() {
+            let need_dx = l > lowest || self.params.emb_norm_bias.is_some();
+            let lg = &mut grads.layers[l];
+            dx = self.encoder().layer_backward(l, &acts.layers[l], inputs, dx, lg, dropout, need_dx)?;
+        }
+        if let Some(db) = &mut grads.emb_norm_bias {
+            // y = LN(sum) * γ + β, then dropout: dβ = Σ_rows drop(dx).
+            let d0 = drop(&dx, dropout, |d| d.hidden, SITE_EMBEDDINGS)?;
+            ops::sum_rows_into(db, &d0, true)?;
+        }
+        Ok(())
+    }
+}
+
 /// The LoRA and bias gradients of one target, borrowed together.
 fn split_grads(g: &mut LayerParams, t: Target) -> (Option<&mut Lora>, Option<&mut Tensor>) {
     let lora = g.lora.get_mut(t.index()).and_then(|l| l.as_mut());
     let bias = g.biases.as_mut().map(|b| &mut b.linear[t.index()]);
     (lora, bias)
 }
-
-/// The additive value of masked keys (re-exported for callers that build masks).
-pub const MASK_VALUE: f32 = MASKED;

@@ -109,7 +109,8 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   page.on('pageerror', (e) => consoleErrors.push(String(e)));
   const shot = (name) => page.screenshot({ path: path.join(out, `${name}.png`), fullPage: true });
 
-  await page.goto(`${url}?model=tiny`);
+  // ?device=gpu: use WebGPU even where the adapter is a software one (SwiftShader here).
+  await page.goto(`${url}?model=tiny&device=gpu`);
   await page.waitForSelector('body[data-ready=yes]', { timeout: 120000 });
   const device = await page.textContent('#device');
   console.log(`device: ${device}`);
