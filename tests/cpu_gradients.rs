@@ -407,3 +407,42 @@ fn attention_gradients_with_padding_mask() {
     // The masked key receives no attention and so no gradient through its value.
     assert!(dv[(tk - 1) * c..tk * c].iter().all(|&g| g == 0.0));
 }
+
+#[test]
+fn relu_dropout_and_prefix_gradients() {
+    let mut r = Rng(13);
+    // ReLU away from its kink.
+    let x: Vec<f64> = r.vec64(64, 2.0).into_iter().map(|v| if v.abs() < 0.05 { 0.5 } else { v }).collect();
+    let w = r.vec64(64, 1.0);
+    let mut dx = vec![0.0; 64];
+    cpu::relu_backward(&mut dx, &w, &x, false);
+    check("relu", &x, &dx, |x| {
+        let mut y = vec![0.0; x.len()];
+        cpu::relu_forward(&mut y, x);
+        dot(&y, &w)
+    });
+    // Dropout is linear in x for a fixed mask; its backward is itself.
+    let mut dx = vec![0.0; 64];
+    cpu::dropout(&mut dx, &w, 77, 0.3);
+    check("dropout", &x, &dx, |x| {
+        let mut y = vec![0.0; x.len()];
+        cpu::dropout(&mut y, x, 77, 0.3);
+        dot(&y, &w)
+    });
+    let kept = (0..64u32).filter(|&i| cpu::dropout_keep(77, i, 0.3)).count();
+    assert!((30..=60).contains(&kept), "about 70% kept, got {kept}/64");
+    // Prefix concatenation: gradients of the prefix (summed over the batch) and of x.
+    let (b, t, c, p) = (3, 4, 5, 2);
+    let prefix = r.vec64(p * c, 1.0);
+    let xs = r.vec64(b * t * c, 1.0);
+    let w = r.vec64(b * (p + t) * c, 1.0);
+    let (mut dxs, mut dp) = (vec![0.0; b * t * c], vec![0.0; p * c]);
+    cpu::prefix_split(&mut dxs, &mut dp, &w, b, t, c);
+    let f = |pre: &[f64], xs: &[f64]| {
+        let mut y = vec![0.0; b * (p + t) * c];
+        cpu::prefix_concat(&mut y, pre, xs, b, t, c);
+        dot(&y, &w)
+    };
+    check("prefix dprefix", &prefix, &dp, |pre| f(pre, &xs));
+    check("prefix dx", &xs, &dxs, |xs| f(&prefix, xs));
+}

@@ -348,3 +348,49 @@ fn reductions_and_adamw() {
         compare(&format!("adamw v {rows}x{cols}"), &vg, &vc, 1e-7, 1e-5);
     }
 }
+
+#[test]
+fn relu_dropout_and_prefix() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(11);
+    for n in ODD.into_iter().chain([300_000]) {
+        let x = r.vec(n, 2.0);
+        let y = r.vec(n, 1.0);
+        let (xc, xg) = pair(&x, &[n], &gpu);
+        let (yc, yg) = pair(&y, &[n], &gpu);
+        compare(&format!("relu {n}"), &ops::relu(&xg).unwrap(), &ops::relu(&xc).unwrap(), 0.0, 0.0);
+        compare(
+            &format!("relu_backward {n}"),
+            &ops::relu_backward(&yg, &xg).unwrap(),
+            &ops::relu_backward(&yc, &xc).unwrap(),
+            0.0,
+            0.0,
+        );
+        // The same elements are dropped on both devices.
+        compare(
+            &format!("dropout {n}"),
+            &ops::dropout(&xg, 0.25, 1234).unwrap(),
+            &ops::dropout(&xc, 0.25, 1234).unwrap(),
+            0.0,
+            1e-6,
+        );
+    }
+    for &(b, t, c, p) in &[(1, 1, 1, 1), (3, 7, 33, 5), (8, 64, 384, 10)] {
+        let prefix = r.vec(p * c, 1.0);
+        let x = r.vec(b * t * c, 1.0);
+        let (pc, pg) = pair(&prefix, &[p, c], &gpu);
+        let (xc, xg) = pair(&x, &[b, t, c], &gpu);
+        let what = format!("prefix b{b} t{t} c{c} p{p}");
+        let oc = ops::prefix_concat(&pc, &xc).unwrap();
+        let og = ops::prefix_concat(&pg, &xg).unwrap();
+        compare(&what, &og, &oc, 0.0, 0.0);
+        let d = r.vec(b * (p + t) * c, 1.0);
+        let (dc, dg) = pair(&d, &[b, p + t, c], &gpu);
+        let (mut gc, mut gg) =
+            (Device::Cpu.tensor(&vec![0.5; p * c], &[p, c]).unwrap(), gpu.tensor(&vec![0.5; p * c], &[p, c]).unwrap());
+        let dxc = ops::prefix_split(&dc, &mut gc).unwrap();
+        let dxg = ops::prefix_split(&dg, &mut gg).unwrap();
+        compare(&format!("{what} dx"), &dxg, &dxc, 0.0, 0.0);
+        compare(&format!("{what} dprefix"), &gg, &gc, 1e-5, 1e-5);
+    }
+}

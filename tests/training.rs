@@ -206,3 +206,32 @@ fn a_diverging_run_stops_with_the_step_and_keeps_its_checkpoint() {
     assert_eq!(adapter.labels, vec!["neg", "pos"]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_training_step_allocates_no_gpu_buffers_once_warm() {
+    // Same-shaped batches: after the first steps every buffer comes from the pool.
+    if gpu().is_none() {
+        return;
+    }
+    let dev = futures::executor::block_on(Device::gpu()).unwrap(); // a device of its own
+    let Device::Gpu(g) = &dev else { unreachable!() };
+    let model = std::rc::Rc::new(tiny_model(&dev, 3).unwrap());
+    let text = "the movie was really good".to_string();
+    let data = Examples { texts: vec![text; 32], labels: (0..32).map(|i| i % 2).collect() };
+    let method = Method::Lora(LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        rslora: false,
+        targets: vec![Target::Query, Target::Value],
+        dropout: 0.1,
+    });
+    let mut t = Trainer::new(model, config(method, 1e-2, 2), labels(), data, Examples::default()).unwrap();
+    for _ in 0..2 {
+        futures::executor::block_on(t.step()).unwrap();
+    }
+    let warm = g.memory().allocations;
+    for _ in 0..3 {
+        futures::executor::block_on(t.step()).unwrap();
+    }
+    assert_eq!(g.memory().allocations, warm, "training steps allocated GPU buffers");
+}
