@@ -470,8 +470,8 @@ mod cli {
         Ok(())
     }
 
-    fn bench_forward(m: &ModelArgs, json: bool, budget: f64, cpu_only: bool) -> Result<()> {
-        let dir = model_dir(&m.model)?;
+    /// The CPU device, and the GPU unless `cpu_only` or none opens (with a warning).
+    fn bench_devices(cpu_only: bool) -> Vec<Device> {
         let mut devices = vec![Device::Cpu];
         if !cpu_only {
             match futures::executor::block_on(Device::gpu()) {
@@ -479,6 +479,12 @@ mod cli {
                 Err(e) => eprintln!("warning: {e}\nwarning: measuring the CPU device only"),
             }
         }
+        devices
+    }
+
+    fn bench_forward(m: &ModelArgs, json: bool, budget: f64, cpu_only: bool) -> Result<()> {
+        let dir = model_dir(&m.model)?;
+        let devices = bench_devices(cpu_only);
         if !json {
             println!(
                 "{:<50} {:>5} {:>6} {:>12} {:>10} {:>12} {:>14}",
@@ -564,13 +570,7 @@ mod cli {
                 train::method_of(&a)
             })
             .collect::<Result<_>>()?;
-        let mut devices = vec![Device::Cpu];
-        if !cpu_only {
-            match futures::executor::block_on(Device::gpu()) {
-                Ok(g) => devices.push(g),
-                Err(e) => eprintln!("warning: {e}\nwarning: measuring the CPU device only"),
-            }
-        }
+        let devices = bench_devices(cpu_only);
         if !json {
             println!(
                 "{:<18} {:<44} {:>10} {:>9} {:>11} {:>10}",
@@ -764,52 +764,25 @@ mod cli {
     mod train {
         use super::*;
         use localtune::peft::format::AdapterFiles;
-        use localtune::peft::{Activation, AdapterConfig, HeadKind, LoraConfig, Method, Target};
+        use localtune::peft::{HeadKind, Method, MethodOptions};
         use localtune::train::trainer::{metrics_from_logits, predict_logits, save_checkpoint, CheckpointFiles};
         use localtune::train::{Dataset, Examples, OptimConfig, TrainConfig, Trainer};
         use std::time::Instant;
 
         pub fn method_of(a: &TrainArgs) -> Result<Method> {
-            let adapter = |default_scaling: f32| -> Result<AdapterConfig> {
-                let activation = match a.adapter_activation.as_str() {
-                    "relu" => Activation::Relu,
-                    "gelu" => Activation::Gelu,
-                    "tanh" => Activation::Tanh,
-                    o => return Err(Error::invalid(format!("--adapter-activation `{o}`: choose relu, gelu or tanh"))),
-                };
-                Ok(AdapterConfig {
-                    reduction_factor: a.reduction_factor,
-                    activation,
-                    scaling: a.adapter_scaling.unwrap_or(default_scaling),
-                })
-            };
-            Ok(match a.method.as_str() {
-                "lora" => Method::Lora(LoraConfig {
-                    r: a.r,
-                    alpha: a.alpha,
-                    rslora: a.rslora,
-                    targets: a.targets.split(',').map(|t| Target::parse(t.trim())).collect::<Result<_>>()?,
-                    dropout: a.lora_dropout,
-                }),
-                "ia3" => Method::Ia3,
-                "adapter" => Method::Adapter(adapter(1.0)?),
-                "parallel-adapter" => Method::ParallelAdapter(adapter(4.0)?),
-                "prefix" => Method::Prefix { length: a.prefix_length },
-                "bitfit" => Method::Bitfit,
-                "head" => Method::Head,
-                o => {
-                    return Err(Error::invalid(format!(
-                        "--method `{o}`: choose lora, ia3, adapter, parallel-adapter, prefix, bitfit or head"
-                    )))
-                }
-            })
-        }
-
-        pub fn default_lr(m: &Method) -> f32 {
-            match m {
-                Method::Ia3 | Method::Prefix { .. } | Method::Head => 1e-2,
-                _ => 1e-3,
+            MethodOptions {
+                method: a.method.clone(),
+                r: a.r,
+                alpha: a.alpha,
+                rslora: a.rslora,
+                targets: a.targets.split(',').map(|t| t.trim().to_string()).collect(),
+                lora_dropout: a.lora_dropout,
+                reduction_factor: a.reduction_factor,
+                adapter_activation: a.adapter_activation.clone(),
+                adapter_scaling: a.adapter_scaling,
+                prefix_length: a.prefix_length,
             }
+            .build()
         }
 
         fn head_of(s: &str) -> Result<HeadKind> {
@@ -862,7 +835,7 @@ mod cli {
                 max_len: a.model.max_len,
                 seed: a.seed,
                 optim: OptimConfig {
-                    lr: a.lr.unwrap_or(default_lr(&method)),
+                    lr: a.lr.unwrap_or(method.default_lr()),
                     weight_decay: a.weight_decay,
                     max_grad_norm: a.max_grad_norm,
                     warmup_ratio: a.warmup,

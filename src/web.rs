@@ -11,7 +11,7 @@ use wasm_bindgen::prelude::*;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::peft::format::AdapterFiles;
-use crate::peft::{Activation, AdapterConfig, HeadKind, LoraConfig, Method, Target, Trainable};
+use crate::peft::{HeadKind, LoraConfig, Method, MethodOptions, Target, Trainable};
 use crate::tensor::Device;
 use crate::train::trainer::{metrics_from_logits, predict_logits};
 use crate::train::{Dataset, Examples, OptimConfig, TrainConfig, Trainer};
@@ -162,7 +162,8 @@ pub fn load_data(bytes: Vec<u8>, name: String, skip_bad_rows: bool) -> std::resu
 #[derive(serde::Deserialize)]
 #[serde(default)]
 struct Settings {
-    method: String,
+    #[serde(flatten)]
+    method: MethodOptions,
     epochs: usize,
     batch: usize,
     lr: Option<f32>,
@@ -172,20 +173,12 @@ struct Settings {
     head: String,
     dropout: bool,
     warmup: f32,
-    r: usize,
-    alpha: f32,
-    rslora: bool,
-    targets: Vec<String>,
-    lora_dropout: f32,
-    reduction_factor: usize,
-    adapter_activation: String,
-    prefix_length: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            method: "lora".into(),
+            method: MethodOptions::default(),
             epochs: 3,
             batch: 16,
             lr: None,
@@ -195,48 +188,7 @@ impl Default for Settings {
             head: "pooler".into(),
             dropout: true,
             warmup: 0.0,
-            r: 8,
-            alpha: 16.0,
-            rslora: false,
-            targets: vec!["query".into(), "value".into()],
-            lora_dropout: 0.0,
-            reduction_factor: 16,
-            adapter_activation: "relu".into(),
-            prefix_length: 10,
         }
-    }
-}
-
-fn method_of(st: &Settings) -> Result<Method> {
-    let activation = match st.adapter_activation.as_str() {
-        "gelu" => Activation::Gelu,
-        "tanh" => Activation::Tanh,
-        _ => Activation::Relu,
-    };
-    let adapter = |scaling| AdapterConfig { reduction_factor: st.reduction_factor, activation, scaling };
-    Ok(match st.method.as_str() {
-        "lora" => Method::Lora(LoraConfig {
-            r: st.r,
-            alpha: st.alpha,
-            rslora: st.rslora,
-            targets: st.targets.iter().map(|t| Target::parse(t)).collect::<Result<_>>()?,
-            dropout: st.lora_dropout,
-        }),
-        "ia3" => Method::Ia3,
-        "adapter" => Method::Adapter(adapter(1.0)),
-        "parallel-adapter" => Method::ParallelAdapter(adapter(4.0)),
-        "prefix" => Method::Prefix { length: st.prefix_length },
-        "bitfit" => Method::Bitfit,
-        "head" => Method::Head,
-        o => return Err(Error::invalid(format!("unknown method `{o}`"))),
-    })
-}
-
-/// The default learning rate of a method (as the CLI's).
-fn default_lr(m: &Method) -> f32 {
-    match m {
-        Method::Ia3 | Method::Prefix { .. } | Method::Head => 1e-2,
-        _ => 1e-3,
     }
 }
 
@@ -249,7 +201,7 @@ pub fn start_training(settings: String) -> std::result::Result<String, JsError> 
         let st: Settings = serde_json::from_str(&settings).map_err(|e| Error::invalid(format!("settings: {e}")))?;
         let model = s.model.clone().ok_or_else(|| Error::invalid("load a model first"))?;
         let data = s.data.as_ref().ok_or_else(|| Error::invalid("load a data file first"))?;
-        let method = method_of(&st)?;
+        let method = st.method.build()?;
         let (tr, va) = data.split(st.valid_fraction, st.seed)?;
         let labels = tr.labels();
         if labels.len() < 2 {
@@ -257,7 +209,7 @@ pub fn start_training(settings: String) -> std::result::Result<String, JsError> 
         }
         let train = Examples::from_dataset(&tr, &labels)?;
         let valid = Examples::from_dataset(&va, &labels)?;
-        let lr = st.lr.unwrap_or(default_lr(&method));
+        let lr = st.lr.unwrap_or(method.default_lr());
         let cfg = TrainConfig {
             method,
             head: if st.head == "mean" { HeadKind::Mean } else { HeadKind::Pooler },

@@ -432,6 +432,25 @@ pub fn layernorm_backward(
 // ---------------------------------------------------------------------------------------------
 // elementwise
 
+/// The output of an elementwise op: `out` (checked against x and made private before the write), or a
+/// fresh tensor shaped like x held in `fresh`.
+fn output<'a>(
+    op: &'static str,
+    out: Option<&'a mut Tensor>,
+    x: &Tensor,
+    fresh: &'a mut Option<Tensor>,
+) -> Result<&'a mut Tensor> {
+    match out {
+        Some(o) => {
+            want_shape(op, "out", o, x.shape())?;
+            device_of(op, &[o, x])?;
+            o.make_unique()?;
+            Ok(o)
+        }
+        None => Ok(fresh.insert(x.device().uninit(op, x.shape())?)),
+    }
+}
+
 /// out (+)= f(x); `out` None allocates a fresh output.
 fn map(op: &'static str, out: Option<&mut Tensor>, x: &Tensor, code: u32, alpha: f32) -> Result<Option<Tensor>> {
     rows_cols(op, x)?;
@@ -439,15 +458,7 @@ fn map(op: &'static str, out: Option<&mut Tensor>, x: &Tensor, code: u32, alpha:
     let dev = x.device();
     let accumulate = out.is_some();
     let mut fresh = None;
-    let out = match out {
-        Some(o) => {
-            want_shape(op, "out", o, x.shape())?;
-            device_of(op, &[o, x])?;
-            o.make_unique()?;
-            o
-        }
-        None => fresh.insert(dev.uninit(op, x.shape())?),
-    };
+    let out = output(op, out, x, &mut fresh)?;
     match &dev {
         Device::Cpu => {
             let mut r = vec![0.0; x.numel()];
@@ -506,15 +517,7 @@ fn zip(
     let dev = device_of(op, &[x, y])?;
     let accumulate = out.is_some();
     let mut fresh = None;
-    let out = match out {
-        Some(o) => {
-            want_shape(op, "out", o, x.shape())?;
-            device_of(op, &[o, x])?;
-            o.make_unique()?;
-            o
-        }
-        None => fresh.insert(dev.uninit(op, x.shape())?),
-    };
+    let out = output(op, out, x, &mut fresh)?;
     match &dev {
         Device::Cpu => {
             let (xv, yv) = (x.cpu_f32(), y.cpu_f32());

@@ -149,6 +149,90 @@ impl Method {
     }
 }
 
+impl Method {
+    /// The learning rate a run uses unless told otherwise: 1e-3, or 1e-2 for the methods that move few
+    /// or scale-type parameters ((IA)³, prefix, the head-only probe).
+    pub fn default_lr(&self) -> f32 {
+        match self {
+            Method::Ia3 | Method::Prefix { .. } | Method::Head => 1e-2,
+            _ => 1e-3,
+        }
+    }
+}
+
+/// A method as the command line and the web app describe it: a name and flat options with defaults.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct MethodOptions {
+    /// lora | ia3 | adapter | parallel-adapter | prefix | bitfit | head
+    pub method: String,
+    pub r: usize,
+    pub alpha: f32,
+    pub rslora: bool,
+    /// LoRA targets by their command-line names (query, key, value, attn-out, intermediate, output).
+    pub targets: Vec<String>,
+    pub lora_dropout: f32,
+    pub reduction_factor: usize,
+    /// relu | gelu | tanh
+    pub adapter_activation: String,
+    /// Default 1 for `adapter`, 4 for `parallel-adapter`.
+    pub adapter_scaling: Option<f32>,
+    pub prefix_length: usize,
+}
+
+impl Default for MethodOptions {
+    fn default() -> Self {
+        MethodOptions {
+            method: "lora".into(),
+            r: 8,
+            alpha: 16.0,
+            rslora: false,
+            targets: vec!["query".into(), "value".into()],
+            lora_dropout: 0.0,
+            reduction_factor: 16,
+            adapter_activation: "relu".into(),
+            adapter_scaling: None,
+            prefix_length: 10,
+        }
+    }
+}
+
+impl MethodOptions {
+    pub fn build(&self) -> Result<Method> {
+        let activation = match self.adapter_activation.as_str() {
+            "relu" => Activation::Relu,
+            "gelu" => Activation::Gelu,
+            "tanh" => Activation::Tanh,
+            o => return Err(Error::invalid(format!("adapter activation `{o}`: choose relu, gelu or tanh"))),
+        };
+        let adapter = |default_scaling: f32| AdapterConfig {
+            reduction_factor: self.reduction_factor,
+            activation,
+            scaling: self.adapter_scaling.unwrap_or(default_scaling),
+        };
+        Ok(match self.method.as_str() {
+            "lora" => Method::Lora(LoraConfig {
+                r: self.r,
+                alpha: self.alpha,
+                rslora: self.rslora,
+                targets: self.targets.iter().map(|t| Target::parse(t.trim())).collect::<Result<_>>()?,
+                dropout: self.lora_dropout,
+            }),
+            "ia3" => Method::Ia3,
+            "adapter" => Method::Adapter(adapter(1.0)),
+            "parallel-adapter" => Method::ParallelAdapter(adapter(4.0)),
+            "prefix" => Method::Prefix { length: self.prefix_length },
+            "bitfit" => Method::Bitfit,
+            "head" => Method::Head,
+            o => {
+                return Err(Error::invalid(format!(
+                    "method `{o}`: choose lora, ia3, adapter, parallel-adapter, prefix, bitfit or head"
+                )))
+            }
+        })
+    }
+}
+
 /// Which hidden state the classifier reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
