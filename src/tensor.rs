@@ -31,7 +31,8 @@ impl Device {
             Device::Cpu => format!("cpu ({} threads)", crate::cpu::threads()),
             Device::Gpu(g) => {
                 let i = g.info();
-                format!("gpu: {} ({}, {})", i.name, i.backend, i.device_type)
+                let name = if i.name.is_empty() { "unnamed adapter" } else { &i.name };
+                format!("gpu: {name} ({}, {})", i.backend, i.device_type)
             }
         }
     }

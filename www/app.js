@@ -541,6 +541,11 @@ $('try-run').addEventListener('click', tryText);
 $('try-text').addEventListener('keydown', (e) => e.key === 'Enter' && !$('try-run').disabled && tryText());
 $('save-run').addEventListener('click', saveAdapter);
 
+// Offline use: the service worker keeps the last good copy of the app and the model.
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.register('sw.js').catch((e) => console.warn('no offline support:', e.message));
+}
+
 showMethodOptions();
 drawChart();
 refreshButtons();

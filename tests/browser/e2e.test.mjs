@@ -199,6 +199,15 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   await page.waitForFunction(() => /Loaded/.test(document.querySelector('#try-result').textContent));
   await shot('5-reloaded');
 
+  // Offline: with the network gone the page, the wasm and the model still load (service worker).
+  await context.setOffline(true);
+  await page.reload();
+  await page.waitForSelector('body[data-ready=yes]', { timeout: 120000 });
+  await page.click('#model-load');
+  await page.waitForFunction(() => /parameters/.test(document.querySelector('#model-info').textContent), null, { timeout: 120000 });
+  await context.setOffline(false);
+  await shot('6-offline');
+
   // Every request stayed on the origin.
   const outside = requests.filter((r) => !r.url.startsWith(origin) && !r.url.startsWith('blob:') && !r.url.startsWith('data:'));
   assert.deepEqual(outside, [], 'requests that left the origin');
