@@ -1,12 +1,13 @@
 // AdamW step with global-norm gradient clipping folded in (no readback of the norm).
-//   clip = max_norm > 0 ? min(1, max_norm / (sqrt(norm_sq) + 1e-6)) : 1      (as torch clip_grad_norm_)
-//   g = clip * grad
+//   s = grad_scale (1, or the correction of an epoch's last, shorter accumulation)
+//   clip = max_norm > 0 ? min(1, max_norm / (s sqrt(norm_sq) + 1e-6)) : 1    (as torch clip_grad_norm_)
+//   g = clip * s * grad
 //   m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²
 //   param -= lr * (m / bc1) / (sqrt(v / bc2) + eps) + lr * wd * param         (as torch.optim.AdamW)
 // bc1 = 1 - β1^t and bc2 = 1 - β2^t are computed on the host.
 
 struct Params {
-    n: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    n: u32, grad_scale: f32, _pad1: u32, _pad2: u32,
     lr: f32, beta1: f32, beta2: f32, eps: f32,
     weight_decay: f32, bc1: f32, bc2: f32, max_norm: f32,
 }
@@ -27,8 +28,8 @@ fn adamw_update(
     let i = (wid.y * nwg.x + wid.x) * 256u + lid.x;
     if (i >= p.n) { return; }
     var clip = 1.0;
-    if (p.max_norm > 0.0) { clip = min(1.0, p.max_norm / (sqrt(norm_sq[0]) + 1e-6)); }
-    let g = clip * grad[i];
+    if (p.max_norm > 0.0) { clip = min(1.0, p.max_norm / (sqrt(norm_sq[0]) * p.grad_scale + 1e-6)); }
+    let g = clip * p.grad_scale * grad[i];
     let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
     let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
     m[i] = mi;

@@ -37,15 +37,21 @@ fn pool_mean_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(2) var<storage, read> mb_mask: array<f32>;      // (B, T)
 @group(0) @binding(3) var<storage, read_write> mb_dx: array<f32>;  // (B, T, C)
 
-@compute @workgroup_size(64, 1, 1)
-fn pool_mean_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    let bt = gid.y;
-    if (c >= p.cols || bt >= p.batch * p.tokens) { return; }
+// One invocation per element of dx, on a 2-D grid of 256-wide workgroups.
+@compute @workgroup_size(256, 1, 1)
+fn pool_mean_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid.x;
+    if (i >= p.batch * p.tokens * p.cols) { return; }
+    let c = i % p.cols;
+    let bt = i / p.cols;
     let b = bt / p.tokens;
     var n = 0.0;
     for (var t = 0u; t < p.tokens; t = t + 1u) { n = n + mb_mask[b * p.tokens + t]; }
-    mb_dx[bt * p.cols + c] = mb_dout[b * p.cols + c] * mb_mask[bt] / max(n, 1e-9);
+    mb_dx[i] = mb_dout[b * p.cols + c] * mb_mask[bt] / max(n, 1e-9);
 }
 
 var<workgroup> red: array<f32, 64>;
@@ -65,8 +71,8 @@ fn reduce_sum(t: u32) -> f32 {
 @group(0) @binding(2) var<storage, read_write> nf_y: array<f32>;   // (B, C)
 
 @compute @workgroup_size(64, 1, 1)
-fn pool_l2norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let b = wid.x;
+fn pool_l2norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let b = wid.y * nwg.x + wid.x;
     if (b >= p.batch) { return; }
     var s = 0.0;
     for (var c = t; c < p.cols; c = c + 64u) { let v = nf_x[b * p.cols + c]; s = s + v * v; }
@@ -80,8 +86,8 @@ fn pool_l2norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_inv
 @group(0) @binding(3) var<storage, read_write> nb_dx: array<f32>;  // (B, C)
 
 @compute @workgroup_size(64, 1, 1)
-fn pool_l2norm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let b = wid.x;
+fn pool_l2norm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let b = wid.y * nwg.x + wid.x;
     if (b >= p.batch) { return; }
     var s = 0.0;
     for (var c = t; c < p.cols; c = c + 64u) { let v = nb_x[b * p.cols + c]; s = s + v * v; }

@@ -28,7 +28,10 @@ impl Device {
     /// A short human description: "cpu (2 threads)" or "gpu: llvmpipe (Vulkan, Cpu)".
     pub fn describe(&self) -> String {
         match self {
-            Device::Cpu => format!("cpu ({} threads)", crate::cpu::threads()),
+            Device::Cpu => match crate::cpu::threads() {
+                1 => "cpu (1 thread)".to_string(),
+                n => format!("cpu ({n} threads)"),
+            },
             Device::Gpu(g) => {
                 let i = g.info();
                 let name = if i.name.is_empty() { "unnamed adapter" } else { &i.name };

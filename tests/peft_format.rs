@@ -90,7 +90,7 @@ fn every_method_round_trips_through_its_files() {
         let files = futures::executor::block_on(AdapterFiles::from_trainable(
             &params,
             &method,
-            HeadKind::Mean,
+            HeadKind::Pooler,
             &labels,
             "tiny",
         ))
@@ -99,10 +99,10 @@ fn every_method_round_trips_through_its_files() {
         let back = AdapterFiles::load(&dir).unwrap();
         assert_eq!(back.method, method);
         assert_eq!(back.labels, labels);
-        assert_eq!(back.head, HeadKind::Mean);
+        assert_eq!(back.head, HeadKind::Pooler);
         let loaded = back.to_trainable(&model.bert).unwrap();
         let run = |p: &Trainable| {
-            let clf = Classifier { base: &model.bert, params: p, method: &method, head: HeadKind::Mean };
+            let clf = Classifier { base: &model.bert, params: p, method: &method, head: HeadKind::Pooler };
             host(&clf.forward(&enc.inputs, None, false).unwrap().0)
         };
         assert_eq!(run(&loaded), run(&params), "{}", method.name());
@@ -164,4 +164,29 @@ fn a_misshapen_adapter_names_the_tensor() {
     files.tensors.tensors.get_mut(key).unwrap().shape = vec![4, 8];
     let e = files.to_trainable(&model.bert).unwrap_err().to_string();
     assert!(e.contains(key) && e.contains("[4, 8]") && e.contains("[2, 16]"), "{e}");
+}
+
+#[test]
+fn a_mean_head_adapter_is_not_labelled_as_peft() {
+    // PEFT would put the classifier on the pooler and predict wrongly: such files get our own type.
+    let cpu = Device::Cpu;
+    let model = tiny_model(&cpu, 5).unwrap();
+    for (method, want) in [
+        (
+            Method::Lora(LoraConfig { r: 2, alpha: 4.0, rslora: false, targets: vec![Target::Query], dropout: 0.0 }),
+            "LOCALTUNE_LORA_MEAN_HEAD",
+        ),
+        (Method::Ia3, "LOCALTUNE_IA3_MEAN_HEAD"),
+    ] {
+        let params = Trainable::init(&model.bert, &method, 2, 4).unwrap();
+        let files = futures::executor::block_on(AdapterFiles::from_trainable(
+            &params,
+            &method,
+            HeadKind::Mean,
+            &["a".into(), "b".into()],
+            "tiny",
+        ))
+        .unwrap();
+        assert_eq!(files.peft_config()["peft_type"], want);
+    }
 }

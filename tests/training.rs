@@ -235,3 +235,27 @@ fn a_training_step_allocates_no_gpu_buffers_once_warm() {
     }
     assert_eq!(g.memory().allocations, warm, "training steps allocated GPU buffers");
 }
+
+#[test]
+fn a_short_last_accumulation_is_rescaled_to_a_full_mean() {
+    // One micro-batch per epoch: with grad_accum 2 the epoch ends after half an accumulation. The
+    // update must equal that of grad_accum 1 (same data, same seeds).
+    let cpu = Device::Cpu;
+    let model = std::rc::Rc::new(tiny_model(&cpu, 3).unwrap());
+    let (train, _) = toy_data();
+    let train = Examples { texts: train.texts[..8].to_vec(), labels: train.labels[..8].to_vec() };
+    let method =
+        Method::Lora(LoraConfig { r: 2, alpha: 4.0, rslora: false, targets: vec![Target::Query], dropout: 0.0 });
+    let run = |accum: usize| {
+        let mut cfg = config(method.clone(), 1e-2, 1);
+        cfg.grad_accum = accum;
+        let mut t = Trainer::new(model.clone(), cfg, labels(), train.clone(), Examples::default()).unwrap();
+        run_all(&mut t);
+        assert_eq!(t.opt.step, 1);
+        t.params.named().into_iter().map(|(n, x)| (n, host(x))).collect::<Vec<_>>()
+    };
+    let (a, b) = (run(1), run(2));
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        assert_close(n, y, x, 1e-7, 1e-6);
+    }
+}

@@ -23,6 +23,7 @@ worker.onmessage = (e) => {
   m.ok ? p.resolve(m.result) : p.reject(new Error(m.error));
 };
 worker.onerror = (e) => showError(`The worker stopped: ${e.message || 'unknown error'}. Reload the page to start again.`);
+listeners.push((m) => m.event === 'fatal' && showError(`An internal error stopped the worker: ${m.error}. Reload the page to start again; your saved adapters are kept.`));
 function call(cmd, args, transfer) {
   const id = nextId++;
   return new Promise((resolve, reject) => {
@@ -87,7 +88,12 @@ function refreshButtons() {
   $('eval-run').disabled = !(ready && state.trained);
   $('try-run').disabled = !(ready && state.trained);
   $('save-run').disabled = !(ready && state.trained);
-  $('model-load').disabled = state.training;
+  // Nothing may change the model, the data or the settings under a running training.
+  for (const id of ['model-load', 'model-files', 'data-file', 'skip-bad']) $(id).disabled = state.training;
+  document.querySelectorAll('#examples button, #saved button, #step-settings input, #step-settings select').forEach((b) => {
+    b.disabled = state.training;
+  });
+  $('drop').classList.toggle('disabled', state.training);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,16 +328,17 @@ listeners.push((m) => {
 });
 
 async function startTraining() {
+  if (state.training) return;
   clearError();
   state.losses = [];
   state.epochs = [];
   state.trained = false;
+  state.training = true; // before the first await: a second click must find the run started
+  refreshButtons();
   try {
     const info = await call('startTraining', { settings: settings() });
     state.totalSteps = info.total_steps;
     state.run = info;
-    state.training = true;
-    refreshButtons();
     $('train-status').textContent = `training on ${info.train} examples (${info.valid} held out), ${info.trainable.toLocaleString()} trainable values, learning rate ${info.lr}`;
     drawChart();
     const r = await call('train');
@@ -339,7 +346,7 @@ async function startTraining() {
     $('train-status').textContent = r.stopped ? `stopped after ${state.losses.length} steps` : `done: ${state.losses.length} steps`;
     document.body.dataset.trained = 'yes';
   } catch (e) {
-    const lost = /lost|device/i.test(e.message);
+    const lost = /device (was |is )?lost|lost the device/i.test(e.message);
     showError(
       lost
         ? `The GPU stopped working during training (${e.message}). Your last saved state is kept under “autosave” below; reload the page to continue on the CPU.`
@@ -406,13 +413,16 @@ async function tryText() {
 // ---------------------------------------------------------------------------------------------
 // 6. storage (IndexedDB) and downloads
 
+let dbPromise = null;
 function db() {
-  return new Promise((resolve, reject) => {
+  dbPromise ??= new Promise((resolve, reject) => {
     const r = indexedDB.open('localtune', 1);
     r.onupgradeneeded = () => r.result.createObjectStore('adapters', { keyPath: 'name' });
     r.onsuccess = () => resolve(r.result);
     r.onerror = () => reject(r.error);
+    r.onblocked = () => reject(new Error('the browser storage is in use by another tab of this page; close it and retry'));
   });
+  return dbPromise;
 }
 async function tx(mode, f) {
   const d = await db();
@@ -421,6 +431,8 @@ async function tx(mode, f) {
     const req = f(t.objectStore('adapters'));
     t.oncomplete = () => resolve(req && req.result);
     t.onerror = () => reject(t.error);
+    // A full disk (QuotaExceededError) aborts the transaction without an error event.
+    t.onabort = () => reject(t.error || new Error('the browser refused to store it (is the disk or quota full?)'));
   });
 }
 const storePut = (rec) => tx('readwrite', (s) => s.put(rec));
@@ -480,12 +492,19 @@ async function showSaved() {
       ),
     ),
   );
+  refreshButtons();
 }
 
 async function useAdapter(name) {
   clearError();
-  const it = await storeGet(name);
   if (!state.model) return showError('Load the model the adapter was trained on first.');
+  let it;
+  try {
+    it = await storeGet(name);
+    if (!it) throw new Error('it is no longer in the browser storage');
+  } catch (e) {
+    return showError(`Could not read “${name}”: ${e.message}`);
+  }
   const file = (n) => it.files.find((f) => f.name === n)?.bytes;
   try {
     const dec = new TextDecoder();
@@ -505,7 +524,13 @@ async function useAdapter(name) {
 }
 
 async function downloadAdapter(name) {
-  const it = await storeGet(name);
+  let it;
+  try {
+    it = await storeGet(name);
+    if (!it) throw new Error('it is no longer in the browser storage');
+  } catch (e) {
+    return showError(`Could not read “${name}”: ${e.message}`);
+  }
   const zip = makeZip(it.files.map((f) => ({ name: `${name}/${f.name}`, data: new Uint8Array(f.bytes) })));
   download(`${name}.zip`, zip, 'application/zip');
 }
@@ -531,7 +556,7 @@ drop.addEventListener('drop', (e) => {
   e.preventDefault();
   drop.classList.remove('over');
   const f = e.dataTransfer.files[0];
-  if (f) loadFile(f);
+  if (f && !state.training) loadFile(f);
 });
 $('method').addEventListener('change', showMethodOptions);
 $('train-start').addEventListener('click', startTraining);

@@ -85,6 +85,10 @@ const commands = {
   },
 };
 
+// Commands that would change the model, the data or the run underneath a running training loop.
+const refusedWhileTraining = new Set(['init', 'loadModel', 'loadData', 'startTraining', 'train', 'loadAdapter', 'benchmark']);
+let broken = null;
+
 onmessage = async (e) => {
   const { id, cmd, args } = e.data;
   // A Stop must not wait behind the running training loop.
@@ -93,12 +97,20 @@ onmessage = async (e) => {
     return;
   }
   try {
+    if (broken) throw new Error(`the worker stopped after an internal error (${broken}); reload the page`);
+    if (training && refusedWhileTraining.has(cmd)) throw new Error('training is running: stop it first');
     await ready;
     const fn = commands[cmd];
     if (!fn) throw new Error(`unknown command ${cmd}`);
     const result = await fn(args || {});
     postMessage({ id, ok: true, result });
   } catch (err) {
-    postMessage({ id, ok: false, error: String(err && err.message ? err.message : err) });
+    const message = String(err && err.message ? err.message : err);
+    // A trap in the wasm (a panic) leaves its state unusable: say so once and refuse what follows.
+    if (err instanceof WebAssembly.RuntimeError) {
+      broken = message;
+      postMessage({ event: 'fatal', error: message });
+    }
+    postMessage({ id, ok: false, error: message });
   }
 };

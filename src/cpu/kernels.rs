@@ -405,6 +405,9 @@ pub struct AdamWStep {
     pub bc2: f32,
     /// Global-norm clipping threshold; 0 disables clipping.
     pub max_norm: f32,
+    /// Factor applied to the gradient before clipping (1 normally; it corrects an epoch's last,
+    /// shorter gradient accumulation).
+    pub grad_scale: f32,
 }
 
 impl AdamWStep {
@@ -412,15 +415,21 @@ impl AdamWStep {
     pub fn new(lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, max_norm: f32, t: u64) -> Self {
         let bc1 = 1.0 - (beta1 as f64).powi(t as i32);
         let bc2 = 1.0 - (beta2 as f64).powi(t as i32);
-        AdamWStep { lr, beta1, beta2, eps, weight_decay, bc1: bc1 as f32, bc2: bc2 as f32, max_norm }
+        AdamWStep { lr, beta1, beta2, eps, weight_decay, bc1: bc1 as f32, bc2: bc2 as f32, max_norm, grad_scale: 1.0 }
     }
 
-    /// The clipping factor for a global squared norm, as torch's clip_grad_norm_.
+    /// The same step with the gradient multiplied by `s`.
+    pub fn with_grad_scale(self, s: f32) -> Self {
+        AdamWStep { grad_scale: s, ..self }
+    }
+
+    /// The factor applied to the raw gradient: `grad_scale`, times the clipping factor of torch's
+    /// clip_grad_norm_ for the scaled gradient's global norm (`norm_sq` is that of the raw gradient).
     pub fn clip_factor(&self, norm_sq: f32) -> f32 {
         if self.max_norm > 0.0 {
-            (self.max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0)
+            self.grad_scale * (self.max_norm / (norm_sq.sqrt() * self.grad_scale + 1e-6)).min(1.0)
         } else {
-            1.0
+            self.grad_scale
         }
     }
 }

@@ -323,7 +323,12 @@ impl Gpu {
         writes: &[&wgpu::Buffer],
         groups: [u32; 3],
     ) -> Result<()> {
-        debug_assert!(params.len() as u64 <= PARAM_SLOT && params.len().is_multiple_of(16));
+        if params.is_empty() || params.len() as u64 > PARAM_SLOT || !params.len().is_multiple_of(16) {
+            return Err(Error::Gpu(format!(
+                "{entry}: a uniform block of {} bytes (must be 16..={PARAM_SLOT}, a multiple of 16)",
+                params.len()
+            )));
+        }
         self.check_groups(entry, groups)?;
         let kernel = self.kernel(entry, reads.len(), writes.len())?;
         let mut batch = lock(&self.inner.batch);

@@ -52,6 +52,15 @@ fn attn_dropout(d: Option<&Dropout>, l: usize) -> Option<(f32, u32)> {
     d.filter(|d| d.attention > 0.0).map(|d| (d.attention, d.seed(site(l, SITE_PROBS))))
 }
 
+/// `drop` that hands back its input itself when dropout is off, so that no alias is left behind to
+/// force a copy at the next in-place add.
+fn drop_owned(x: Tensor, d: Option<&Dropout>, p: impl Fn(&Dropout) -> f32, site: u32) -> Result<Tensor> {
+    match d {
+        Some(d) if p(d) > 0.0 => ops::dropout(&x, p(d), d.seed(site)),
+        _ => Ok(x),
+    }
+}
+
 fn drop(x: &Tensor, d: Option<&Dropout>, p: impl Fn(&Dropout) -> f32, site: u32) -> Result<Tensor> {
     match d {
         Some(d) if p(d) > 0.0 => ops::dropout(x, p(d), d.seed(site)),
@@ -235,7 +244,7 @@ impl Encoder<'_> {
             desc.accumulate = true;
             ops::matmul_into(&mut dl.b, dy, &acts.u, None, &desc)?;
             // du = s · dy B
-            let mut du = dy.device().zeros(&[rows, r])?;
+            let mut du = dy.device().uninit("lora_backward", &[rows, r])?;
             let mut desc = MatmulDesc::contiguous(1, rows, r, out, false, false);
             desc.alpha = s;
             ops::matmul_into(&mut du, dy, &lora.b, None, &desc)?;
@@ -325,8 +334,8 @@ impl Encoder<'_> {
         let heads = self.base.config.num_attention_heads;
         let (ctx, probs) = ops::attention(&q, &k, &v, Some(mask), heads, attn_dropout(d, l))?;
         let ctx = ctx.reshape(&[b * t, c])?;
-        let ao = proj(Target::AttnOut, &layer.attn_out, &ctx)?;
-        let mut ao = drop(&ao, d, |d| d.hidden, site(l, SITE_ATTN_OUT))?;
+        let mut ao =
+            drop_owned(proj(Target::AttnOut, &layer.attn_out, &ctx)?, d, |d| d.hidden, site(l, SITE_ATTN_OUT))?;
         let mut adapter_attn = None;
         if let Some(a) = &p.adapter_attn {
             let (delta, acts) = self.bottleneck_forward(a, &ao)?;
@@ -344,8 +353,8 @@ impl Encoder<'_> {
             Some(ia3) => ops::mul(&inter, &ia3.ffn)?,
             None => inter.clone(),
         };
-        let o = proj(Target::Output, &layer.output, &inter_in)?;
-        let mut o = drop(&o, d, |d| d.hidden, site(l, SITE_FFN_OUT))?;
+        let mut o =
+            drop_owned(proj(Target::Output, &layer.output, &inter_in)?, d, |d| d.hidden, site(l, SITE_FFN_OUT))?;
         let mut adapter_ffn = None;
         if let Some(a) = &p.adapter_ffn {
             let (delta, acts) = self.bottleneck_forward(a, &o)?;

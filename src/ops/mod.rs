@@ -652,8 +652,8 @@ pub fn prefix_concat(prefix: &Tensor, x: &Tensor) -> Result<Tensor> {
     match &dev {
         Device::Cpu => cpu::prefix_concat(out.cpu_f32_mut(), prefix.cpu_f32(), x.cpu_f32(), b, t, c),
         Device::Gpu(g) => {
+            let n = u32_of(op, "elements", out.numel())? as usize;
             let p = PrefixParams { batch: b as u32, plen: plen as u32, tokens: t as u32, cols: c as u32 };
-            let n = out.numel();
             g.dispatch(
                 "prefix_concat",
                 bytemuck::bytes_of(&p),
@@ -915,14 +915,10 @@ pub fn mean_pool_backward(dout: &Tensor, mask: &Tensor) -> Result<Tensor> {
         Device::Cpu => cpu::mean_pool_backward(dx.cpu_f32_mut(), dout.cpu_f32(), mask.cpu_f32(), t, c),
         Device::Gpu(g) => {
             let p = PoolParams { batch: b as u32, tokens: t as u32, cols: c as u32, _pad: 0 };
-            g.check_groups(op, [1, (b * t) as u32, 1])?;
-            g.dispatch(
-                "pool_mean_backward",
-                bytemuck::bytes_of(&p),
-                &[dout.buf(), mask.buf()],
-                &[dx.buf()],
-                [groups(c, 64) as u32, u32_of(op, "rows", b * t)?, 1],
-            )?;
+            let n = b * t * c;
+            u32_of(op, "elements", n)?;
+            let grid = g.grid(op, groups(n, 256))?;
+            g.dispatch("pool_mean_backward", bytemuck::bytes_of(&p), &[dout.buf(), mask.buf()], &[dx.buf()], grid)?;
         }
     }
     Ok(dx)
@@ -943,7 +939,7 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
                 bytemuck::bytes_of(&p),
                 &[x.buf()],
                 &[y.buf()],
-                [u32_of(op, "rows", rows)?, 1, 1],
+                g.grid(op, rows as u64)?,
             )?;
         }
     }
@@ -966,7 +962,7 @@ pub fn l2_normalize_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
                 bytemuck::bytes_of(&p),
                 &[dy.buf(), x.buf()],
                 &[dx.buf()],
-                [u32_of(op, "rows", rows)?, 1, 1],
+                g.grid(op, rows as u64)?,
             )?;
         }
     }
@@ -1104,7 +1100,8 @@ pub fn adamw(
             let n = param.numel();
             let p = AdamWParams {
                 n: u32_of(op, "n", n)?,
-                _pad: [0; 3],
+                grad_scale: h.grad_scale,
+                _pad: [0; 2],
                 lr: h.lr,
                 beta1: h.beta1,
                 beta2: h.beta2,

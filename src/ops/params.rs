@@ -127,7 +127,8 @@ pub struct ReduceParams {
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct AdamWParams {
     pub n: u32,
-    pub _pad: [u32; 3],
+    pub grad_scale: f32,
+    pub _pad: [u32; 2],
     pub lr: f32,
     pub beta1: f32,
     pub beta2: f32,

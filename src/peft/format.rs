@@ -89,9 +89,12 @@ impl AdapterFiles {
         let mut set = |k: &str, v: serde_json::Value| {
             m.insert(k.to_string(), v);
         };
+        // PEFT puts its classifier on BertForSequenceClassification's pooler: an adapter trained with
+        // the mean head would load there and predict wrongly, so it is not labelled as PEFT's.
+        let pooler_head = self.head == HeadKind::Pooler;
         match &self.method {
             Method::Lora(l) => {
-                set("peft_type", "LORA".into());
+                set("peft_type", if pooler_head { "LORA" } else { "LOCALTUNE_LORA_MEAN_HEAD" }.into());
                 set("r", l.r.into());
                 set("lora_alpha", serde_json::json!(l.alpha));
                 set("lora_dropout", serde_json::json!(l.dropout));
@@ -108,7 +111,7 @@ impl AdapterFiles {
                 set("layers_pattern", serde_json::Value::Null);
             }
             Method::Ia3 => {
-                set("peft_type", "IA3".into());
+                set("peft_type", if pooler_head { "IA3" } else { "LOCALTUNE_IA3_MEAN_HEAD" }.into());
                 let targets = r".*\.(attention\.self\.key|attention\.self\.value|layer\.\d+\.output\.dense)$";
                 set("target_modules", targets.into());
                 set("feedforward_modules", r".*\.layer\.\d+\.output\.dense$".into());
@@ -198,6 +201,20 @@ impl AdapterFiles {
                 if use_dora {
                     return Err(Error::file(&cfg_origin, "DoRA adapters are not supported"));
                 }
+                for key in ["rank_pattern", "alpha_pattern"] {
+                    if config.get(key).and_then(|v| v.as_object()).is_some_and(|o| !o.is_empty()) {
+                        return Err(Error::file(
+                            &cfg_origin,
+                            format!("`{key}` (per-module ranks or alphas) is not supported"),
+                        ));
+                    }
+                }
+                if config.get("layers_to_transform").is_some_and(|v| !v.is_null()) {
+                    return Err(Error::file(
+                        &cfg_origin,
+                        "`layers_to_transform` (LoRA on some layers only) is not supported",
+                    ));
+                }
                 Method::Lora(LoraConfig {
                     r,
                     alpha,
@@ -206,7 +223,18 @@ impl AdapterFiles {
                     dropout: num("lora_dropout").unwrap_or(0.0) as f32,
                 })
             }
-            "IA3" => Method::Ia3,
+            "IA3" => {
+                // Ours scales keys, values and the FFN input. PEFT's default for BERT also scales the
+                // attention output's input ("output.dense" matches both): not supported yet.
+                if let Some(k) = tensors.tensors.keys().find(|k| k.ends_with("attention.output.dense.ia3_l")) {
+                    return Err(Error::tensor(
+                        format!("{origin}/{WEIGHTS_FILE}"),
+                        k,
+                        "(IA)³ on the attention output is not supported: localtune's (IA)³ scales keys, values and the FFN intermediate activation (PEFT target_modules key, value and layer.N.output.dense)",
+                    ));
+                }
+                Method::Ia3
+            }
             other => {
                 return Err(Error::file(
                     &cfg_origin,

@@ -71,12 +71,18 @@ impl AdamW {
         (self.config.lr as f64 * f) as f32
     }
 
-    /// One update of `params` from `grads`.
-    pub fn step(&mut self, params: &mut Trainable, grads: &mut Trainable) -> Result<()> {
+    /// The global squared norm of `grads`, computed on the device (kept for `apply`).
+    pub fn compute_norm(&mut self, grads: &mut Trainable) -> Result<&Tensor> {
         ops::zero_(&mut self.norm_sq)?;
         for g in grads.tensors_mut() {
             ops::sumsq_into(&mut self.norm_sq, g)?;
         }
+        Ok(&self.norm_sq)
+    }
+
+    /// One update of `params` from `grads` (times `grad_scale`), clipped by the norm that
+    /// `compute_norm` left.
+    pub fn apply(&mut self, params: &mut Trainable, grads: &mut Trainable, grad_scale: f32) -> Result<()> {
         let c = &self.config;
         let h = AdamWStep::new(
             self.lr_at(self.step),
@@ -86,7 +92,8 @@ impl AdamW {
             c.weight_decay,
             c.max_grad_norm,
             self.step + 1,
-        );
+        )
+        .with_grad_scale(grad_scale);
         let ps = params.tensors_mut();
         let gs = grads.tensors_mut();
         let ms = self.m.tensors_mut();
@@ -96,5 +103,11 @@ impl AdamW {
         }
         self.step += 1;
         Ok(())
+    }
+
+    /// `compute_norm` then `apply` with no scaling.
+    pub fn step(&mut self, params: &mut Trainable, grads: &mut Trainable) -> Result<()> {
+        self.compute_norm(grads)?;
+        self.apply(params, grads, 1.0)
     }
 }

@@ -223,11 +223,27 @@ impl Trainer {
             head: self.config.head,
         };
         clf.backward(&enc.inputs, &acts, &dlogits, &mut self.grads, dropout.as_ref())?;
+        let epoch_done = self.state.batch_in_epoch + 1 == self.batches_per_epoch();
+        let update = self.accumulated + 1 == self.config.grad_accum || epoch_done;
+        // The global gradient norm is read back with the loss: a non-finite one must not reach the
+        // parameters (nor, through them, a checkpoint).
+        let norm_sq = if update { Some(self.opt.compute_norm(&mut self.grads)?.clone()) } else { None };
         let losses = loss.to_vec().await?;
         let loss = losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64;
-        if !loss.is_finite() {
+        let norm = match &norm_sq {
+            Some(n) => n.to_vec().await?[0] as f64,
+            None => 0.0,
+        };
+        if !loss.is_finite() || !norm.is_finite() {
+            let what = if loss.is_finite() {
+                format!("the gradient norm is {}", norm.sqrt())
+            } else {
+                format!("the loss is {loss}")
+            };
+            self.grads.zero()?;
+            self.accumulated = 0;
             return Err(Error::invalid(format!(
-                "training diverged: the loss is {loss} at step {} (epoch {}); try a lower learning rate",
+                "training diverged: {what} at step {} (epoch {}); try a lower learning rate",
                 self.state.micro_step + 1,
                 self.state.epoch + 1
             )));
@@ -236,9 +252,10 @@ impl Trainer {
         self.accumulated += 1;
         self.state.batch_in_epoch += 1;
         self.state.micro_step += 1;
-        let epoch_done = self.state.batch_in_epoch == self.batches_per_epoch();
-        if self.accumulated == self.config.grad_accum || epoch_done {
-            self.opt.step(&mut self.params, &mut self.grads)?;
+        if update {
+            // An epoch's last accumulation may be shorter: its gradient is rescaled to a full mean.
+            let scale = self.config.grad_accum as f32 / self.accumulated as f32;
+            self.opt.apply(&mut self.params, &mut self.grads, scale)?;
             self.grads.zero()?;
             self.accumulated = 0;
         }
@@ -309,6 +326,11 @@ impl Trainer {
     /// Everything a checkpoint holds: the adapter files, optimizer.safetensors (the moments under the
     /// parameters' names) and trainer_state.json.
     pub async fn checkpoint_files(&self, base_model: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        if self.accumulated != 0 {
+            return Err(Error::invalid(
+                "a checkpoint is taken after an optimiser step, not in the middle of an accumulation",
+            ));
+        }
         let mut files: Vec<(String, Vec<u8>)> =
             self.adapter(base_model).await?.to_files()?.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
         let mut opt = NamedTensors { origin: "optimizer.safetensors".into(), ..Default::default() };
