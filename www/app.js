@@ -495,16 +495,23 @@ async function showSaved() {
   refreshButtons();
 }
 
+// A saved adapter, or null after saying why it cannot be read.
+async function readStored(name) {
+  try {
+    const it = await storeGet(name);
+    if (!it) throw new Error('it is no longer in the browser storage');
+    return it;
+  } catch (e) {
+    showError(`Could not read “${name}”: ${e.message}`);
+    return null;
+  }
+}
+
 async function useAdapter(name) {
   clearError();
   if (!state.model) return showError('Load the model the adapter was trained on first.');
-  let it;
-  try {
-    it = await storeGet(name);
-    if (!it) throw new Error('it is no longer in the browser storage');
-  } catch (e) {
-    return showError(`Could not read “${name}”: ${e.message}`);
-  }
+  const it = await readStored(name);
+  if (!it) return;
   const file = (n) => it.files.find((f) => f.name === n)?.bytes;
   try {
     const dec = new TextDecoder();
@@ -524,13 +531,8 @@ async function useAdapter(name) {
 }
 
 async function downloadAdapter(name) {
-  let it;
-  try {
-    it = await storeGet(name);
-    if (!it) throw new Error('it is no longer in the browser storage');
-  } catch (e) {
-    return showError(`Could not read “${name}”: ${e.message}`);
-  }
+  const it = await readStored(name);
+  if (!it) return;
   const zip = makeZip(it.files.map((f) => ({ name: `${name}/${f.name}`, data: new Uint8Array(f.bytes) })));
   download(`${name}.zip`, zip, 'application/zip');
 }
