@@ -416,13 +416,7 @@ async fn benchmark_inner(s: &State, reps: usize, train_batch: usize) -> Result<S
     let n = train_batch * 8;
     let data = Examples { texts: vec![text; n], labels: (0..n as u32).map(|i| i % 2).collect() };
     let cfg = TrainConfig {
-        method: Method::Lora(LoraConfig {
-            r: 8,
-            alpha: 16.0,
-            rslora: false,
-            targets: vec![Target::Query, Target::Value],
-            dropout: 0.0,
-        }),
+        method: Method::Lora(LoraConfig::new(8, 16.0, &[Target::Query, Target::Value])),
         head: HeadKind::Pooler,
         epochs: 100,
         batch_size: train_batch,

@@ -57,13 +57,7 @@ fn all_methods() -> Vec<Method> {
     let a = AdapterConfig { reduction_factor: 4, activation: Activation::Gelu, scaling: 1.0 };
     vec![
         Method::Lora(LoraConfig { r: 2, alpha: 4.0, rslora: true, targets: Target::ALL.to_vec(), dropout: 0.1 }),
-        Method::Lora(LoraConfig {
-            r: 2,
-            alpha: 4.0,
-            rslora: false,
-            targets: vec![Target::Query, Target::Value],
-            dropout: 0.0,
-        }),
+        Method::Lora(LoraConfig::new(2, 4.0, &[Target::Query, Target::Value])),
         Method::Ia3,
         Method::Adapter(a.clone()),
         Method::ParallelAdapter(a),
@@ -149,8 +143,7 @@ fn every_method_round_trips_through_its_files() {
 fn a_misshapen_adapter_names_the_tensor() {
     let cpu = Device::Cpu;
     let model = tiny_model(&cpu, 5).unwrap();
-    let method =
-        Method::Lora(LoraConfig { r: 2, alpha: 4.0, rslora: false, targets: vec![Target::Query], dropout: 0.0 });
+    let method = Method::Lora(LoraConfig::new(2, 4.0, &[Target::Query]));
     let params = Trainable::init(&model.bert, &method, 2, 4).unwrap();
     let mut files = futures::executor::block_on(AdapterFiles::from_trainable(
         &params,
@@ -172,10 +165,7 @@ fn a_mean_head_adapter_is_not_labelled_as_peft() {
     let cpu = Device::Cpu;
     let model = tiny_model(&cpu, 5).unwrap();
     for (method, want) in [
-        (
-            Method::Lora(LoraConfig { r: 2, alpha: 4.0, rslora: false, targets: vec![Target::Query], dropout: 0.0 }),
-            "LOCALTUNE_LORA_MEAN_HEAD",
-        ),
+        (Method::Lora(LoraConfig::new(2, 4.0, &[Target::Query])), "LOCALTUNE_LORA_MEAN_HEAD"),
         (Method::Ia3, "LOCALTUNE_IA3_MEAN_HEAD"),
     ] {
         let params = Trainable::init(&model.bert, &method, 2, 4).unwrap();

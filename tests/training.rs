@@ -141,13 +141,7 @@ fn gpu_losses_follow_the_cpu_on_the_real_model() {
     let labels = tr.labels();
     let train = Examples::from_dataset(&tr, &labels).unwrap();
     let valid = Examples::from_dataset(&va, &labels).unwrap();
-    let method = Method::Lora(LoraConfig {
-        r: 8,
-        alpha: 16.0,
-        rslora: false,
-        targets: vec![Target::Query, Target::Value],
-        dropout: 0.0,
-    });
+    let method = Method::Lora(LoraConfig::new(8, 16.0, &[Target::Query, Target::Value]));
     let cfg = TrainConfig {
         method,
         head: HeadKind::Pooler,
@@ -244,8 +238,7 @@ fn a_short_last_accumulation_is_rescaled_to_a_full_mean() {
     let model = std::rc::Rc::new(tiny_model(&cpu, 3).unwrap());
     let (train, _) = toy_data();
     let train = Examples { texts: train.texts[..8].to_vec(), labels: train.labels[..8].to_vec() };
-    let method =
-        Method::Lora(LoraConfig { r: 2, alpha: 4.0, rslora: false, targets: vec![Target::Query], dropout: 0.0 });
+    let method = Method::Lora(LoraConfig::new(2, 4.0, &[Target::Query]));
     let run = |accum: usize| {
         let mut cfg = config(method.clone(), 1e-2, 1);
         cfg.grad_accum = accum;

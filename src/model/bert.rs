@@ -57,6 +57,21 @@ pub struct Layer {
     pub out_norm: LayerNorm,
 }
 
+impl Layer {
+    /// The linear layer a PEFT target names.
+    pub fn linear(&self, t: crate::peft::Target) -> &Linear {
+        use crate::peft::Target;
+        match t {
+            Target::Query => &self.query,
+            Target::Key => &self.key,
+            Target::Value => &self.value,
+            Target::AttnOut => &self.attn_out,
+            Target::Intermediate => &self.intermediate,
+            Target::Output => &self.output,
+        }
+    }
+}
+
 /// The encoder's weights on one device.
 #[derive(Clone, Debug)]
 pub struct Bert {
@@ -252,16 +267,10 @@ impl Bert {
         out.push(("embeddings.LayerNorm.bias".into(), &e.norm.bias));
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("encoder.layer.{l}");
-            for (name, lin) in [
-                ("attention.self.query", &layer.query),
-                ("attention.self.key", &layer.key),
-                ("attention.self.value", &layer.value),
-                ("attention.output.dense", &layer.attn_out),
-                ("intermediate.dense", &layer.intermediate),
-                ("output.dense", &layer.output),
-            ] {
-                out.push((format!("{p}.{name}.weight"), &lin.weight));
-                out.push((format!("{p}.{name}.bias"), &lin.bias));
+            for t in crate::peft::Target::ALL {
+                let lin = layer.linear(t);
+                out.push((format!("{p}.{}.weight", t.module()), &lin.weight));
+                out.push((format!("{p}.{}.bias", t.module()), &lin.bias));
             }
             for (name, n) in [("attention.output.LayerNorm", &layer.attn_norm), ("output.LayerNorm", &layer.out_norm)] {
                 out.push((format!("{p}.{name}.weight"), &n.weight));

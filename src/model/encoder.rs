@@ -47,6 +47,10 @@ const SITE_ATTN_OUT: u32 = 1;
 const SITE_FFN_OUT: u32 = 2;
 const SITE_LORA: u32 = 3; // + target index (3..9)
 
+fn lora_site(layer: usize, t: Target) -> u32 {
+    site(layer, SITE_LORA + t.index() as u32)
+}
+
 /// (p, seed) of the attention-probability dropout of layer `l`, when active.
 fn attn_dropout(d: Option<&Dropout>, l: usize) -> Option<(f32, u32)> {
     d.filter(|d| d.attention > 0.0).map(|d| (d.attention, d.seed(site(l, SITE_PROBS))))
@@ -310,14 +314,14 @@ impl Encoder<'_> {
         let p = &self.layers[l];
         let bias = |i: Target| p.biases.as_ref().map(|bs| &bs.linear[i.index()]);
         let mut lora_acts: Vec<Option<LoraActs>> = vec![None; 6];
-        let mut proj = |t: Target, w: &Linear, input: &Tensor| -> Result<Tensor> {
-            let (y, la) = self.linear(input, w, bias(t), p.lora(t), d, site(l, SITE_LORA + t.index() as u32))?;
+        let mut proj = |t: Target, input: &Tensor| -> Result<Tensor> {
+            let (y, la) = self.linear(input, layer.linear(t), bias(t), p.lora(t), d, lora_site(l, t))?;
             lora_acts[t.index()] = la;
             Ok(y)
         };
-        let q = proj(Target::Query, &layer.query, &x)?.reshape(&[b, t, c])?;
-        let mut k = proj(Target::Key, &layer.key, &x)?;
-        let mut v = proj(Target::Value, &layer.value, &x)?;
+        let q = proj(Target::Query, &x)?.reshape(&[b, t, c])?;
+        let mut k = proj(Target::Key, &x)?;
+        let mut v = proj(Target::Value, &x)?;
         let (mut k_raw, mut v_raw) = (None, None);
         if let Some(ia3) = &p.ia3 {
             let ks = ops::mul(&k, &ia3.key)?;
@@ -334,8 +338,7 @@ impl Encoder<'_> {
         let heads = self.base.config.num_attention_heads;
         let (ctx, probs) = ops::attention(&q, &k, &v, Some(mask), heads, attn_dropout(d, l))?;
         let ctx = ctx.reshape(&[b * t, c])?;
-        let mut ao =
-            drop_owned(proj(Target::AttnOut, &layer.attn_out, &ctx)?, d, |d| d.hidden, site(l, SITE_ATTN_OUT))?;
+        let mut ao = drop_owned(proj(Target::AttnOut, &ctx)?, d, |d| d.hidden, site(l, SITE_ATTN_OUT))?;
         let mut adapter_attn = None;
         if let Some(a) = &p.adapter_attn {
             let (delta, acts) = self.bottleneck_forward(a, &ao)?;
@@ -347,14 +350,13 @@ impl Encoder<'_> {
         let attn_norm_bias = p.biases.as_ref().map_or(&layer.attn_norm.bias, |bs| &bs.attn_norm);
         let (h1, attn_mean, attn_rstd) =
             ops::layernorm(&attn_sum, &layer.attn_norm.weight, attn_norm_bias, self.eps())?;
-        let inter_pre = proj(Target::Intermediate, &layer.intermediate, &h1)?;
+        let inter_pre = proj(Target::Intermediate, &h1)?;
         let inter = ops::gelu(&inter_pre)?;
         let inter_in = match &p.ia3 {
             Some(ia3) => ops::mul(&inter, &ia3.ffn)?,
             None => inter.clone(),
         };
-        let mut o =
-            drop_owned(proj(Target::Output, &layer.output, &inter_in)?, d, |d| d.hidden, site(l, SITE_FFN_OUT))?;
+        let mut o = drop_owned(proj(Target::Output, &inter_in)?, d, |d| d.hidden, site(l, SITE_FFN_OUT))?;
         let mut adapter_ffn = None;
         if let Some(a) = &p.adapter_ffn {
             let (delta, acts) = self.bottleneck_forward(a, &o)?;
@@ -402,17 +404,14 @@ impl Encoder<'_> {
         self.base.config.layer_norm_eps as f32
     }
 
-    /// The attention key mask, with zeros in front for prefix rows. (B, P+T)
-    fn key_mask(&self, l: usize, inputs: &Inputs) -> Result<Tensor> {
-        match &self.layers[l].prefix {
-            Some(pr) => {
-                let dev = &self.base.device;
-                let zeros = dev.zeros(&[pr.key.dim(0), 1])?;
-                let m = ops::prefix_concat(&zeros, &inputs.mask_add.reshape(&[inputs.batch, inputs.seq, 1])?)?;
-                m.reshape(&[inputs.batch, inputs.seq + pr.key.dim(0)])
-            }
-            None => Ok(inputs.mask_add.clone()),
+    /// The attention key mask with `plen` zeros in front for prefix rows. (B, P+T)
+    fn key_mask(&self, plen: usize, inputs: &Inputs) -> Result<Tensor> {
+        if plen == 0 {
+            return Ok(inputs.mask_add.clone());
         }
+        let zeros = self.base.device.zeros(&[plen, 1])?;
+        let m = ops::prefix_concat(&zeros, &inputs.mask_add.reshape(&[inputs.batch, inputs.seq, 1])?)?;
+        m.reshape(&[inputs.batch, inputs.seq + plen])
     }
 
     /// Embeddings and every layer: the last hidden state (B, T, C); with `keep` the activations of
@@ -446,9 +445,14 @@ impl Encoder<'_> {
         if keep_states {
             states.push(x.reshape(&[b, t, c])?);
         }
+        // Every layer with the same number of prefix rows shares one key mask.
+        let mut mask: Option<(usize, Tensor)> = None;
         for l in 0..self.base.layers.len() {
-            let mask = self.key_mask(l, inputs)?;
-            let (out, acts) = self.layer_forward(l, x, inputs, &mask, dropout)?;
+            let plen = self.layers[l].prefix.as_ref().map_or(0, |pr| pr.key.dim(0));
+            if mask.as_ref().is_none_or(|(n, _)| *n != plen) {
+                mask = Some((plen, self.key_mask(plen, inputs)?));
+            }
+            let (out, acts) = self.layer_forward(l, x, inputs, &mask.as_ref().unwrap().1, dropout)?;
             x = out;
             if keep {
                 layers.push(acts);
@@ -458,6 +462,25 @@ impl Encoder<'_> {
             }
         }
         Ok((x.reshape(&[b, t, c])?, layers, states))
+    }
+
+    /// Backward of the linear layer `t` of layer `l` (with its LoRA and BitFit bias when trained).
+    #[allow(clippy::too_many_arguments)]
+    fn target_backward(
+        &self,
+        l: usize,
+        t: Target,
+        dy: &Tensor,
+        a: &LayerActs,
+        g: &mut LayerParams,
+        dx: Option<&mut Tensor>,
+        d: Option<&Dropout>,
+    ) -> Result<()> {
+        let (lora_g, bias_g) = split_grads(g, t);
+        let lora = self.layers[l].lora(t);
+        let acts = a.lora[t.index()].as_ref();
+        let w = self.base.layers[l].linear(t);
+        self.linear_backward(dy, w, bias_g, lora, acts, lora_g, dx, d, lora_site(l, t))
     }
 
     /// Backward of one layer: returns the gradient of its input (a placeholder when `need_dx` is false).
@@ -476,7 +499,6 @@ impl Encoder<'_> {
         let dev = &self.base.device;
         let layer = &self.base.layers[l];
         let p = &self.layers[l];
-        let lsite = |tg: Target| site(l, SITE_LORA + tg.index() as u32);
 
         // out = LN2(out_sum)
         let d_out_sum =
@@ -499,20 +521,7 @@ impl Encoder<'_> {
         let d_o = drop(&d_o, d, |d| d.hidden, site(l, SITE_FFN_OUT))?;
         // o = inter_in W_oᵀ + b (+ LoRA)
         let mut d_inter_in = dev.zeros(a.inter_in.shape())?;
-        {
-            let (lora_g, bias_g) = split_grads(g, Target::Output);
-            self.linear_backward(
-                &d_o,
-                &layer.output,
-                bias_g,
-                p.lora(Target::Output),
-                a.lora[Target::Output.index()].as_ref(),
-                lora_g,
-                Some(&mut d_inter_in),
-                d,
-                lsite(Target::Output),
-            )?;
-        }
+        self.target_backward(l, Target::Output, &d_o, a, g, Some(&mut d_inter_in), d)?;
         // inter_in = inter ⊙ l_ff
         let d_inter = match (&p.ia3, &mut g.ia3) {
             (Some(ia3), Some(gi)) => {
@@ -523,20 +532,7 @@ impl Encoder<'_> {
             _ => d_inter_in,
         };
         let d_inter_pre = ops::gelu_backward(&d_inter, &a.inter_pre)?;
-        {
-            let (lora_g, bias_g) = split_grads(g, Target::Intermediate);
-            self.linear_backward(
-                &d_inter_pre,
-                &layer.intermediate,
-                bias_g,
-                p.lora(Target::Intermediate),
-                a.lora[Target::Intermediate.index()].as_ref(),
-                lora_g,
-                Some(&mut dh1),
-                d,
-                lsite(Target::Intermediate),
-            )?;
-        }
+        self.target_backward(l, Target::Intermediate, &d_inter_pre, a, g, Some(&mut dh1), d)?;
         // h1 = LN1(attn_sum)
         let d_attn_sum = ops::layernorm_backward(
             &dh1,
@@ -560,20 +556,7 @@ impl Encoder<'_> {
         }
         let d_ao = drop(&d_ao, d, |d| d.hidden, site(l, SITE_ATTN_OUT))?;
         let mut d_ctx = dev.zeros(&[b * t, c])?;
-        {
-            let (lora_g, bias_g) = split_grads(g, Target::AttnOut);
-            self.linear_backward(
-                &d_ao,
-                &layer.attn_out,
-                bias_g,
-                p.lora(Target::AttnOut),
-                a.lora[Target::AttnOut.index()].as_ref(),
-                lora_g,
-                Some(&mut d_ctx),
-                d,
-                lsite(Target::AttnOut),
-            )?;
-        }
+        self.target_backward(l, Target::AttnOut, &d_ao, a, g, Some(&mut d_ctx), d)?;
         // attention
         let heads = self.base.config.num_attention_heads;
         let d_ctx = d_ctx.reshape(&[b, t, c])?;
@@ -592,21 +575,8 @@ impl Encoder<'_> {
             dv = ops::mul(&dv, &ia3.value)?;
         }
         let dq = dq.reshape(&[b * t, c])?;
-        for (tg, w, dy) in
-            [(Target::Query, &layer.query, &dq), (Target::Key, &layer.key, &dk), (Target::Value, &layer.value, &dv)]
-        {
-            let (lora_g, bias_g) = split_grads(g, tg);
-            self.linear_backward(
-                dy,
-                w,
-                bias_g,
-                p.lora(tg),
-                a.lora[tg.index()].as_ref(),
-                lora_g,
-                dx.as_mut(),
-                d,
-                lsite(tg),
-            )?;
+        for (tg, dy) in [(Target::Query, &dq), (Target::Key, &dk), (Target::Value, &dv)] {
+            self.target_backward(l, tg, dy, a, g, dx.as_mut(), d)?;
         }
         Ok(dx.unwrap_or(dq))
     }

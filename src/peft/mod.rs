@@ -104,6 +104,11 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
+    /// LoRA of rank `r` and `alpha` on `targets`, without rsLoRA or input dropout.
+    pub fn new(r: usize, alpha: f32, targets: &[Target]) -> Self {
+        LoraConfig { r, alpha, rslora: false, targets: targets.to_vec(), dropout: 0.0 }
+    }
+
     pub fn scaling(&self) -> f32 {
         if self.rslora {
             self.alpha / (self.r as f32).sqrt()
@@ -399,9 +404,8 @@ impl Trainable {
                 Method::Bitfit => {
                     // Copies on the device: BitFit trains its own biases, the base stays as loaded.
                     let copy = |t: &Tensor| t.duplicate();
-                    let lin = [&bl.query, &bl.key, &bl.value, &bl.attn_out, &bl.intermediate, &bl.output];
                     p.biases = Some(Biases {
-                        linear: lin.iter().map(|x| copy(&x.bias)).collect::<Result<_>>()?,
+                        linear: Target::ALL.iter().map(|&t| copy(&bl.linear(t).bias)).collect::<Result<_>>()?,
                         attn_norm: copy(&bl.attn_norm.bias)?,
                         out_norm: copy(&bl.out_norm.bias)?,
                     });
