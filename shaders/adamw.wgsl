@@ -25,7 +25,7 @@ fn adamw_update(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid.x;
+    let i = flat_index(wid, nwg, lid, 256u);
     if (i >= p.n) { return; }
     var clip = 1.0;
     if (p.max_norm > 0.0) { clip = min(1.0, p.max_norm / (sqrt(norm_sq[0]) * p.grad_scale + 1e-6)); }

@@ -29,7 +29,7 @@ fn dropout_apply(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid.x;
+    let i = flat_index(wid, nwg, lid, 256u);
     if (i >= p.n) { return; }
     let u = f32(hash(p.seed ^ hash(i)) >> 8u) * (1.0 / 16777216.0);
     out[i] = select(0.0, x[i] * p.scale, u >= p.p);

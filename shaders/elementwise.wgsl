@@ -56,17 +56,13 @@ fn gelu_grad(v: f32) -> f32 {
     return cdf + v * pdf;
 }
 
-fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 256u + lid.x;
-}
-
 @compute @workgroup_size(256, 1, 1)
 fn elementwise_map(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = flat_index(wid, nwg, lid);
+    let i = flat_index(wid, nwg, lid, 256u);
     if (i >= p.n) { return; }
     let v = map_x[i];
     var r: f32;
@@ -86,7 +82,7 @@ fn elementwise_zip(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = flat_index(wid, nwg, lid);
+    let i = flat_index(wid, nwg, lid, 256u);
     if (i >= p.n) { return; }
     let u = x[i];
     let w = y[i % p.y_len];

@@ -19,7 +19,7 @@ fn embedding_forward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid.x;
+    let i = flat_index(wid, nwg, lid, 256u);
     if (i >= p.tokens * p.cols) { return; }
     let t = i / p.cols;
     let c = i % p.cols;

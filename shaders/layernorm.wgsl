@@ -25,10 +25,6 @@ const WG: u32 = 128u;
 var<workgroup> red_a: array<f32, 128>;
 var<workgroup> red_b: array<f32, 128>;
 
-fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.y * nwg.x + wid.x;
-}
-
 // Sums red_a (and red_b) across the workgroup; the totals end in slot 0.
 fn reduce_two(t: u32) {
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
@@ -47,7 +43,7 @@ fn layernorm_forward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let row = row_of(wid, nwg);
+    let row = wg_index(wid, nwg);
     if (row >= p.rows) { return; }
     let base = row * p.cols;
     var s = 0.0;
@@ -85,7 +81,7 @@ fn layernorm_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let row = row_of(wid, nwg);
+    let row = wg_index(wid, nwg);
     if (row >= p.rows) { return; }
     let base = row * p.cols;
     let mean = b_mean[row];

@@ -1,12 +1,12 @@
 // Sentence pooling.
 //
-// pool_mean_forward:    out[b, c] = Σ_t x[b, t, c] m[b, t] / max(Σ_t m[b, t], 1e-9)
+// pool_forward:         out[b, c] = Σ_t x[b, t, c] m[b, t] / max(Σ_t m[b, t], 1e-9) (mean; other modes below)
 // pool_mean_backward:   dx[b, t, c] = dout[b, c] m[b, t] / max(Σ_t m[b, t], 1e-9)
 // pool_l2norm_forward:  y[b, :] = x[b, :] / max(‖x[b, :]‖, 1e-12)
 // pool_l2norm_backward: dx = (dy - y (dy · y)) / ‖x‖  when ‖x‖ > 1e-12, else dy / 1e-12
 
 struct Params {
-    batch: u32, tokens: u32, cols: u32, _pad0: u32,
+    batch: u32, tokens: u32, cols: u32, mode: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,16 +21,33 @@ fn token_count(b: u32) -> f32 {
     return max(n, 1e-9);
 }
 
+// mode 0: masked mean; 1: masked sum / sqrt(count); 2: masked max (padding as -1e9); 3: the first token.
 @compute @workgroup_size(64, 1, 1)
-fn pool_mean_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn pool_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let b = gid.y;
     if (c >= p.cols || b >= p.batch) { return; }
+    if (p.mode == 3u) {
+        mf_out[b * p.cols + c] = mf_x[b * p.tokens * p.cols + c];
+        return;
+    }
+    if (p.mode == 2u) {
+        var m = -3.0e38;
+        for (var t = 0u; t < p.tokens; t = t + 1u) {
+            var v = mf_x[(b * p.tokens + t) * p.cols + c];
+            if (mf_mask[b * p.tokens + t] == 0.0) { v = -1e9; }
+            m = max(m, v);
+        }
+        mf_out[b * p.cols + c] = m;
+        return;
+    }
     var s = 0.0;
     for (var t = 0u; t < p.tokens; t = t + 1u) {
         s = s + mf_x[(b * p.tokens + t) * p.cols + c] * mf_mask[b * p.tokens + t];
     }
-    mf_out[b * p.cols + c] = s / token_count(b);
+    var n = token_count(b);
+    if (p.mode == 1u) { n = sqrt(n); }
+    mf_out[b * p.cols + c] = s / n;
 }
 
 @group(0) @binding(1) var<storage, read> mb_dout: array<f32>;      // (B, C)
@@ -44,7 +61,7 @@ fn pool_mean_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid.x;
+    let i = flat_index(wid, nwg, lid, 256u);
     if (i >= p.batch * p.tokens * p.cols) { return; }
     let c = i % p.cols;
     let bt = i / p.cols;
@@ -54,25 +71,12 @@ fn pool_mean_backward(
     mb_dx[i] = mb_dout[b * p.cols + c] * mb_mask[bt] / max(n, 1e-9);
 }
 
-var<workgroup> red: array<f32, 64>;
-
-fn reduce_sum(t: u32) -> f32 {
-    for (var s = 32u; s > 0u; s = s / 2u) {
-        workgroupBarrier();
-        if (t < s) { red[t] = red[t] + red[t + s]; }
-    }
-    workgroupBarrier();
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 @group(0) @binding(1) var<storage, read> nf_x: array<f32>;         // (B, C)
 @group(0) @binding(2) var<storage, read_write> nf_y: array<f32>;   // (B, C)
 
 @compute @workgroup_size(64, 1, 1)
 fn pool_l2norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let b = wid.y * nwg.x + wid.x;
+    let b = wg_index(wid, nwg);
     if (b >= p.batch) { return; }
     var s = 0.0;
     for (var c = t; c < p.cols; c = c + 64u) { let v = nf_x[b * p.cols + c]; s = s + v * v; }
@@ -87,7 +91,7 @@ fn pool_l2norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
 
 @compute @workgroup_size(64, 1, 1)
 fn pool_l2norm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let b = wid.y * nwg.x + wid.x;
+    let b = wg_index(wid, nwg);
     if (b >= p.batch) { return; }
     var s = 0.0;
     for (var c = t; c < p.cols; c = c + 64u) { let v = nb_x[b * p.cols + c]; s = s + v * v; }

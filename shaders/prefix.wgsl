@@ -14,13 +14,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> c_x: array<f32>;           // (B, T, C)
 @group(0) @binding(3) var<storage, read_write> c_out: array<f32>;   // (B, P+T, C)
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 256u + lid.x;
-}
-
 @compute @workgroup_size(256, 1, 1)
 fn prefix_concat(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = flat(wid, nwg, lid);
+    let i = flat_index(wid, nwg, lid, 256u);
     let len = p.plen + p.tokens;
     if (i >= p.batch * len * p.cols) { return; }
     let c = i % p.cols;
@@ -38,7 +34,7 @@ fn prefix_concat(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 
 @compute @workgroup_size(256, 1, 1)
 fn prefix_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = flat(wid, nwg, lid);
+    let i = flat_index(wid, nwg, lid, 256u);
     if (i >= p.batch * p.tokens * p.cols) { return; }
     let c = i % p.cols;
     let t = (i / p.cols) % p.tokens;

@@ -21,7 +21,7 @@ fn reduce_sum_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[c] = s;
 }
 
-var<workgroup> red: array<f32, 256>;
+var<workgroup> red256: array<f32, 256>;
 
 // Sums rows*cols values of x.
 @compute @workgroup_size(256, 1, 1)
@@ -29,10 +29,10 @@ fn reduce_sumsq(@builtin(local_invocation_index) t: u32) {
     let n = p.rows * p.cols;
     var s = 0.0;
     for (var i = t; i < n; i = i + 256u) { let v = x[i]; s = s + v * v; }
-    red[t] = s;
+    red256[t] = s;
     for (var k = 128u; k > 0u; k = k / 2u) {
         workgroupBarrier();
-        if (t < k) { red[t] = red[t] + red[t + k]; }
+        if (t < k) { red256[t] = red256[t] + red256[t + k]; }
     }
-    if (t == 0u) { out[0] = out[0] + red[0]; }
+    if (t == 0u) { out[0] = out[0] + red256[0]; }
 }

@@ -1,7 +1,8 @@
 // Softmax over the last dimension L of (R, L) rows, with a scale and an additive mask:
-//   y[r, :] = softmax(scale * x[r, :] + mask[r / mask_div, :])
-// The mask row is shared by mask_div consecutive rows: for attention scores (B, H, Tq, Tk) and a key mask
-// (B, Tk), mask_div = H * Tq. has_mask = 0 ignores the mask binding.
+//   y[r, :] = softmax(scale * x[r, :] + mask[(r / mask_div) * mask_mod + r % mask_mod, :])
+// For attention scores (B, H, Tq, Tk): a key mask (B, Tk) has mask_div = H * Tq, mask_mod = 1; a full
+// mask (B, Tq, Tk) has mask_div = H * Tq, mask_mod = Tq. has_mask = 0 ignores the mask binding.
+// causal = Tq > 0 also drops column j of row r when j > r % Tq + (L - Tq).
 //
 // softmax_forward:  as above
 // softmax_backward: dx = scale * y * (dy - Σ_j dy_j y_j)
@@ -9,7 +10,7 @@
 
 struct Params {
     rows: u32, len: u32, mask_div: u32, has_mask: u32,
-    scale: f32, _pad0: u32, _pad1: u32, _pad2: u32,
+    scale: f32, mask_mod: u32, causal: u32, _pad0: u32,
 }
 
 const WG: u32 = 64u;
@@ -19,37 +20,10 @@ const WG: u32 = 64u;
 @group(0) @binding(2) var<storage, read> f_mask: array<f32>;     // (R / mask_div, L)
 @group(0) @binding(3) var<storage, read_write> f_y: array<f32>;  // (R, L)
 
-var<workgroup> red: array<f32, 64>;
-
-fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.y * nwg.x + wid.x;
-}
-
-fn reduce_max(t: u32) -> f32 {
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        workgroupBarrier();
-        if (t < s) { red[t] = max(red[t], red[t + s]); }
-    }
-    workgroupBarrier();
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_sum(t: u32) -> f32 {
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        workgroupBarrier();
-        if (t < s) { red[t] = red[t] + red[t + s]; }
-    }
-    workgroupBarrier();
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn logit(base: u32, mbase: u32, j: u32) -> f32 {
+fn logit(row: u32, base: u32, mbase: u32, j: u32) -> f32 {
     var v = p.scale * f_x[base + j];
     if (p.has_mask != 0u) { v = v + f_mask[mbase + j]; }
+    if (p.causal != 0u && j > row % p.causal + (p.len - p.causal)) { v = v - 1e30; }
     return v;
 }
 
@@ -59,20 +33,20 @@ fn softmax_forward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let row = row_of(wid, nwg);
+    let row = wg_index(wid, nwg);
     if (row >= p.rows) { return; }
     let base = row * p.len;
-    let mbase = (row / p.mask_div) * p.len;
+    let mbase = ((row / p.mask_div) * p.mask_mod + row % p.mask_mod) * p.len;
     var m = -3.0e38;
-    for (var j = t; j < p.len; j = j + WG) { m = max(m, logit(base, mbase, j)); }
+    for (var j = t; j < p.len; j = j + WG) { m = max(m, logit(row, base, mbase, j)); }
     red[t] = m;
     let row_max = reduce_max(t);
     var s = 0.0;
-    for (var j = t; j < p.len; j = j + WG) { s = s + exp(logit(base, mbase, j) - row_max); }
+    for (var j = t; j < p.len; j = j + WG) { s = s + exp(logit(row, base, mbase, j) - row_max); }
     red[t] = s;
     let inv = 1.0 / reduce_sum(t);
     for (var j = t; j < p.len; j = j + WG) {
-        f_y[base + j] = exp(logit(base, mbase, j) - row_max) * inv;
+        f_y[base + j] = exp(logit(row, base, mbase, j) - row_max) * inv;
     }
 }
 
@@ -86,7 +60,7 @@ fn softmax_backward(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
 ) {
-    let row = row_of(wid, nwg);
+    let row = wg_index(wid, nwg);
     if (row >= p.rows) { return; }
     let base = row * p.len;
     var s = 0.0;

@@ -132,7 +132,7 @@ pub fn synthetic_ids(model: &crate::model::Model, batch: usize, tokens: usize) -
 /// each (batch, tokens) shape.
 pub fn forward(model: &crate::model::Model, shapes: &[(usize, usize)], budget_s: f64) -> Result<Vec<ForwardResult>> {
     use crate::model::{Inputs, Mode};
-    let dev = &model.bert.device;
+    let dev = &model.encoder.device;
     let mut out = vec![];
     for &(batch, tokens) in shapes {
         let ids = synthetic_ids(model, batch, tokens);
@@ -140,8 +140,8 @@ pub fn forward(model: &crate::model::Model, shapes: &[(usize, usize)], budget_s:
         let zeros = vec![0u32; ids.len()];
         let run = || -> Result<()> {
             let inputs = Inputs::new(dev, &ids, &ones, &zeros, batch, tokens)?;
-            let o = model.bert.forward(&inputs, Mode::Inference, false)?;
-            let e = model.bert.sentence_embedding(&o.hidden, &inputs)?;
+            let o = model.encoder.forward(&inputs, Mode::Inference, false)?;
+            let e = model.encoder.sentence_embedding(&o.hidden, &inputs)?;
             futures::executor::block_on(e.to_vec())?;
             Ok(())
         };
@@ -243,7 +243,7 @@ pub fn train(
         let (secs, reps) = time_it(budget_s, || futures::executor::block_on(t.step()).map(|_| ()))?;
         out.push(TrainResult {
             method: m.name().to_string(),
-            device: model.bert.device.describe(),
+            device: model.encoder.device.describe(),
             batch,
             tokens,
             examples_per_s: batch as f64 / secs,

@@ -11,6 +11,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod cpu;
+pub mod desc;
 pub mod error;
 pub mod gpu;
 pub mod model;

@@ -145,7 +145,7 @@ mod cli {
         /// Training data: CSV (header with `text` and `label`), JSONL ({"text", "label"}) or a JSON array.
         #[arg(long)]
         data: PathBuf,
-        /// lora | ia3 | adapter | parallel-adapter | prefix | bitfit | head
+        /// lora | ia3 | adapter | parallel-adapter | prefix | mam (prefix + parallel adapter) | bitfit | head
         #[arg(long, default_value = "lora")]
         method: String,
         /// Where the adapter is written (adapter_config.json, adapter_model.safetensors, localtune.json).
@@ -208,6 +208,9 @@ mod cli {
         /// Bottleneck adapters: output scale (1 for Houlsby; He et al. use 4 for the parallel adapter).
         #[arg(long)]
         adapter_scaling: Option<f32>,
+        /// Bottleneck adapters: houlsby (after attention and after the FFN) | pfeiffer (after the FFN only).
+        #[arg(long, default_value = "houlsby")]
+        adapter_placement: String,
         /// Prefix tuning: learned key/value rows per layer.
         #[arg(long, default_value_t = 10)]
         prefix_length: usize,
@@ -561,7 +564,7 @@ mod cli {
         tokens: usize,
     ) -> Result<()> {
         let dir = model_dir(&m.model)?;
-        let names = methods.unwrap_or_else(|| "lora,ia3,adapter,parallel-adapter,prefix,bitfit,head".into());
+        let names = methods.unwrap_or_else(|| "lora,ia3,adapter,parallel-adapter,prefix,mam,bitfit,head".into());
         let list: Vec<localtune::peft::Method> = names
             .split(',')
             .map(|n| {
@@ -764,33 +767,44 @@ mod cli {
     mod train {
         use super::*;
         use localtune::peft::format::AdapterFiles;
-        use localtune::peft::{HeadKind, Method, MethodOptions};
+        use localtune::peft::{Method, MethodOptions};
         use localtune::train::trainer::{metrics_from_logits, predict_logits, save_checkpoint, CheckpointFiles};
-        use localtune::train::{Dataset, Examples, OptimConfig, TrainConfig, Trainer};
+        use localtune::train::{Dataset, Examples, RunSettings, Trainer};
         use std::time::Instant;
 
-        pub fn method_of(a: &TrainArgs) -> Result<Method> {
-            MethodOptions {
-                method: a.method.clone(),
-                r: a.r,
-                alpha: a.alpha,
-                rslora: a.rslora,
-                targets: a.targets.split(',').map(|t| t.trim().to_string()).collect(),
-                lora_dropout: a.lora_dropout,
-                reduction_factor: a.reduction_factor,
-                adapter_activation: a.adapter_activation.clone(),
-                adapter_scaling: a.adapter_scaling,
-                prefix_length: a.prefix_length,
+        /// The run settings of the command line (the same type and checks as the web app's).
+        pub fn settings_of(a: &TrainArgs) -> RunSettings {
+            RunSettings {
+                method: MethodOptions {
+                    method: a.method.clone(),
+                    r: a.r,
+                    alpha: a.alpha,
+                    rslora: a.rslora,
+                    targets: a.targets.split(',').map(|t| t.trim().to_string()).collect(),
+                    lora_dropout: a.lora_dropout,
+                    reduction_factor: a.reduction_factor,
+                    adapter_activation: a.adapter_activation.clone(),
+                    adapter_scaling: a.adapter_scaling,
+                    adapter_placement: a.adapter_placement.clone(),
+                    prefix_length: a.prefix_length,
+                },
+                epochs: a.epochs,
+                batch: a.batch,
+                grad_accum: a.grad_accum,
+                lr: a.lr,
+                max_len: a.model.max_len,
+                seed: a.seed,
+                valid_fraction: a.valid_fraction,
+                head: a.head.clone(),
+                dropout: !a.no_dropout,
+                warmup: a.warmup,
+                weight_decay: a.weight_decay,
+                max_grad_norm: a.max_grad_norm,
             }
-            .build()
         }
 
-        fn head_of(s: &str) -> Result<HeadKind> {
-            match s {
-                "pooler" => Ok(HeadKind::Pooler),
-                "mean" => Ok(HeadKind::Mean),
-                o => Err(Error::invalid(format!("--head `{o}`: choose pooler or mean"))),
-            }
+        pub fn method_of(a: &TrainArgs) -> Result<Method> {
+            settings_of(a).method.build()
         }
 
         fn load_data(path: &Path, skip: bool) -> Result<Dataset> {
@@ -814,7 +828,7 @@ mod cli {
 
         pub fn train(a: &TrainArgs) -> Result<()> {
             check_max_len(a.model.max_len)?;
-            let method = method_of(a)?;
+            let config = settings_of(a).train_config()?;
             let dir = model_dir(&a.model.model)?;
             let dev = open_device(a.device)?;
             let model = std::rc::Rc::new(Model::load(&dir, &dev)?);
@@ -826,23 +840,6 @@ mod cli {
             }
             let train = Examples::from_dataset(&train_ds, &labels)?;
             let valid = Examples::from_dataset(&valid_ds, &labels)?;
-            let config = TrainConfig {
-                method: method.clone(),
-                head: head_of(&a.head)?,
-                epochs: a.epochs,
-                batch_size: a.batch,
-                grad_accum: a.grad_accum,
-                max_len: a.model.max_len,
-                seed: a.seed,
-                optim: OptimConfig {
-                    lr: a.lr.unwrap_or(method.default_lr()),
-                    weight_decay: a.weight_decay,
-                    max_grad_norm: a.max_grad_norm,
-                    warmup_ratio: a.warmup,
-                    ..OptimConfig::default()
-                },
-                dropout: !a.no_dropout,
-            };
             let mut trainer = match &a.resume {
                 Some(ck) => {
                     let t = Trainer::resume(model.clone(), &CheckpointFiles::load(ck)?, train, valid)?;
@@ -938,7 +935,7 @@ mod cli {
                 last_opt_step = trainer.opt.step;
             }
             let adapter = futures::executor::block_on(trainer.adapter(&base_name))?;
-            adapter.save(&a.out)?;
+            adapter.save(&a.out, &model.encoder.desc)?;
             eprintln!("adapter written to {} ({:.1} s)", a.out.display(), start.elapsed().as_secs_f64());
             if let Some(eval_path) = &a.eval {
                 let ds = load_data(eval_path, a.skip_bad_rows)?;
@@ -963,12 +960,12 @@ mod cli {
             model: &ModelArgs,
             adapter: &Path,
             device: DeviceArg,
-        ) -> Result<(Model, AdapterFiles, localtune::peft::Trainable)> {
+        ) -> Result<(Model, AdapterFiles, localtune::peft::Adapted)> {
             let dir = model_dir(&model.model)?;
             let dev = open_device(device)?;
             let m = Model::load(&dir, &dev)?;
             let files = AdapterFiles::load(adapter)?;
-            let params = files.to_trainable(&m.bert)?;
+            let params = files.to_adapted(&m.encoder)?;
             Ok((m, files, params))
         }
 
@@ -985,15 +982,8 @@ mod cli {
             let ds = load_data(data, skip)?;
             let ex = Examples::from_dataset(&ds, &files.labels)?;
             let texts: Vec<&str> = ex.texts.iter().map(|s| s.as_str()).collect();
-            let logits = futures::executor::block_on(predict_logits(
-                &m,
-                &params,
-                &files.method,
-                files.head,
-                &texts,
-                model.max_len,
-                64,
-            ))?;
+            let logits =
+                futures::executor::block_on(predict_logits(&m, &params, files.head, &texts, model.max_len, 64))?;
             let met = metrics_from_logits(&logits, &ex.labels, files.labels.len());
             if json {
                 println!(
@@ -1033,15 +1023,8 @@ mod cli {
             let mut out = std::io::stdout().lock();
             for_each_input(input.jsonl, 64, |texts| {
                 let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-                let logits = futures::executor::block_on(predict_logits(
-                    &m,
-                    &params,
-                    &files.method,
-                    files.head,
-                    &refs,
-                    model.max_len,
-                    64,
-                ))?;
+                let logits =
+                    futures::executor::block_on(predict_logits(&m, &params, files.head, &refs, model.max_len, 64))?;
                 for row in logits.chunks_exact(k) {
                     let best = localtune::train::metrics::argmax_rows(row, k)[0] as usize;
                     let line = serde_json::json!({"label": files.labels[best], "logits": row.iter().map(|&x| serde_json::Number::from_f64(x as f64)).collect::<Vec<_>>()});

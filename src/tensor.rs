@@ -189,6 +189,16 @@ impl Tensor {
         Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, storage: self.storage.clone() })
     }
 
+    /// Gives this tensor another shape with as many elements, in place (no copy, no alias).
+    pub fn set_shape(&mut self, shape: &[usize]) -> Result<()> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return Err(Error::shape("set_shape", format!("{:?} cannot become {shape:?}", self.shape)));
+        }
+        self.shape = shape.to_vec();
+        Ok(())
+    }
+
     /// The values as f32 (u32 tensors are converted).
     pub async fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.storage {

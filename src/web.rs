@@ -9,12 +9,12 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Model, Pooling};
 use crate::peft::format::AdapterFiles;
-use crate::peft::{HeadKind, LoraConfig, Method, MethodOptions, Target, Trainable};
+use crate::peft::{Adapted, HeadKind, LoraConfig, Method, Target};
 use crate::tensor::Device;
 use crate::train::trainer::{metrics_from_logits, predict_logits};
-use crate::train::{Dataset, Examples, OptimConfig, TrainConfig, Trainer};
+use crate::train::{Dataset, Examples, OptimConfig, RunSettings, TrainConfig, Trainer};
 
 #[derive(Default)]
 struct State {
@@ -24,7 +24,7 @@ struct State {
     data: Option<Dataset>,
     trainer: Option<Trainer>,
     /// The adapter used by predict/evaluate when no run is active (loaded from storage).
-    adapter: Option<(AdapterFiles, Trainable)>,
+    adapter: Option<(AdapterFiles, Adapted)>,
     valid: Option<Examples>,
 }
 
@@ -97,22 +97,36 @@ pub async fn init_device(prefer: String) -> std::result::Result<String, JsError>
     .await
 }
 
-/// Loads a model from its three files. Returns {name, parameters, hidden, layers, heads, vocab, bytes}.
+/// Loads a model from its three files, with a sentence-transformers folder's `modules.json` and
+/// `1_Pooling/config.json` when it has them (its pooling is then used by `embed`). Returns {name,
+/// architecture, parameters, hidden, layers, heads, vocab, bytes, pooling}.
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(
     config_json: String,
     weights: Vec<u8>,
     tokenizer_json: String,
     name: String,
+    modules_json: Option<String>,
+    pooling_json: Option<String>,
 ) -> std::result::Result<String, JsError> {
     with_state(|mut s| async move {
         let r = (|| {
             let dev = s.device.clone().ok_or_else(|| Error::invalid("call initDevice first"))?;
-            let m = Model::from_bytes(&config_json, &weights, &tokenizer_json, &name, &dev)?;
-            let c = &m.bert.config;
+            let mut m = Model::from_bytes(&config_json, &weights, &tokenizer_json, &name, &dev)?;
+            let read = |path: &str| -> Result<Option<String>> {
+                Ok(match path {
+                    "modules.json" => modules_json.clone(),
+                    p if p.ends_with("config.json") => pooling_json.clone(),
+                    _ => None,
+                })
+            };
+            m.pooling = Pooling::from_folder(&read, &name)?;
+            let c = &m.encoder.config;
             let info = serde_json::json!({
                 "name": name,
-                "parameters": c.num_parameters(),
+                "architecture": m.encoder.desc.arch,
+                "pooling": m.pooling,
+                "parameters": m.encoder.num_parameters(),
                 "hidden": c.hidden_size,
                 "layers": c.num_hidden_layers,
                 "heads": c.num_attention_heads,
@@ -159,49 +173,16 @@ pub fn load_data(bytes: Vec<u8>, name: String, skip_bad_rows: bool) -> std::resu
     out.map_err(|e| JsError::new(&e.to_string()))
 }
 
-#[derive(serde::Deserialize)]
-#[serde(default)]
-struct Settings {
-    #[serde(flatten)]
-    method: MethodOptions,
-    epochs: usize,
-    batch: usize,
-    lr: Option<f32>,
-    max_len: usize,
-    seed: u64,
-    valid_fraction: f64,
-    head: String,
-    dropout: bool,
-    warmup: f32,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            method: MethodOptions::default(),
-            epochs: 3,
-            batch: 16,
-            lr: None,
-            max_len: 64,
-            seed: 0,
-            valid_fraction: 0.2,
-            head: "pooler".into(),
-            dropout: true,
-            warmup: 0.0,
-        }
-    }
-}
-
 /// Starts a run on the loaded data with `settings` (JSON). Returns {train, valid, labels,
 /// total_steps, trainable, lr}.
 #[wasm_bindgen(js_name = startTraining)]
 pub fn start_training(settings: String) -> std::result::Result<String, JsError> {
     let mut s = take()?;
     let r = (|| -> Result<String> {
-        let st: Settings = serde_json::from_str(&settings).map_err(|e| Error::invalid(format!("settings: {e}")))?;
+        let st: RunSettings = serde_json::from_str(&settings).map_err(|e| Error::invalid(format!("settings: {e}")))?;
+        let cfg = st.train_config()?;
         let model = s.model.clone().ok_or_else(|| Error::invalid("load a model first"))?;
         let data = s.data.as_ref().ok_or_else(|| Error::invalid("load a data file first"))?;
-        let method = st.method.build()?;
         let (tr, va) = data.split(st.valid_fraction, st.seed)?;
         let labels = tr.labels();
         if labels.len() < 2 {
@@ -209,18 +190,7 @@ pub fn start_training(settings: String) -> std::result::Result<String, JsError> 
         }
         let train = Examples::from_dataset(&tr, &labels)?;
         let valid = Examples::from_dataset(&va, &labels)?;
-        let lr = st.lr.unwrap_or(method.default_lr());
-        let cfg = TrainConfig {
-            method,
-            head: if st.head == "mean" { HeadKind::Mean } else { HeadKind::Pooler },
-            epochs: st.epochs,
-            batch_size: st.batch,
-            grad_accum: 1,
-            max_len: st.max_len,
-            seed: st.seed,
-            optim: OptimConfig { lr, warmup_ratio: st.warmup, ..OptimConfig::default() },
-            dropout: st.dropout,
-        };
+        let lr = cfg.optim.lr;
         let t = Trainer::new(model, cfg, labels.clone(), train, valid.clone())?;
         let info = serde_json::json!({
             "train": t.train.len(),
@@ -276,7 +246,7 @@ pub async fn evaluate() -> std::result::Result<String, JsError> {
 
 async fn evaluate_inner(s: &State) -> Result<String> {
     let model = s.model.as_ref().ok_or_else(|| Error::invalid("load a model first"))?;
-    let (params, method, head, labels, max_len) = active(s)?;
+    let (params, head, labels, max_len) = active(s)?;
     let data: Examples = match (&s.trainer, &s.data) {
         (Some(_), _) => s.valid.clone().unwrap_or_default(),
         (None, Some(ds)) => Examples::from_dataset(ds, labels)?,
@@ -286,7 +256,7 @@ async fn evaluate_inner(s: &State) -> Result<String> {
         return Err(Error::invalid("nothing to evaluate: the held-out split is empty"));
     }
     let texts: Vec<&str> = data.texts.iter().map(|t| t.as_str()).collect();
-    let logits = predict_logits(model, params, method, head, &texts, max_len, 32).await?;
+    let logits = predict_logits(model, params, head, &texts, max_len, 32).await?;
     let m = metrics_from_logits(&logits, &data.labels, labels.len());
     Ok(json(
         serde_json::json!({"n": m.n, "accuracy": m.accuracy, "macro_f1": m.macro_f1, "loss": m.loss, "confusion": m.confusion, "labels": labels}),
@@ -294,12 +264,12 @@ async fn evaluate_inner(s: &State) -> Result<String> {
 }
 
 /// The parameters predictions use: the current run's, else the loaded adapter's.
-fn active(s: &State) -> Result<(&Trainable, &Method, HeadKind, &Vec<String>, usize)> {
+fn active(s: &State) -> Result<(&Adapted, HeadKind, &Vec<String>, usize)> {
     if let Some(t) = &s.trainer {
-        return Ok((&t.params, &t.config.method, t.config.head, &t.labels, t.config.max_len));
+        return Ok((&t.params, t.config.head, &t.labels, t.config.max_len));
     }
     if let Some((f, p)) = &s.adapter {
-        return Ok((p, &f.method, f.head, &f.labels, 128));
+        return Ok((p, f.head, &f.labels, 128));
     }
     Err(Error::invalid("train or load an adapter first"))
 }
@@ -310,8 +280,8 @@ pub async fn predict(text: String) -> std::result::Result<String, JsError> {
     with_state(|s| async move {
         let r = async {
             let model = s.model.as_ref().ok_or_else(|| Error::invalid("load a model first"))?;
-            let (params, method, head, labels, max_len) = active(&s)?;
-            let logits = predict_logits(model, params, method, head, &[text.as_str()], max_len, 1).await?;
+            let (params, head, labels, max_len) = active(&s)?;
+            let logits = predict_logits(model, params, head, &[text.as_str()], max_len, 1).await?;
             let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let e: Vec<f32> = logits.iter().map(|&x| (x - m).exp()).collect();
             let z: f32 = e.iter().sum();
@@ -331,8 +301,11 @@ pub async fn predict(text: String) -> std::result::Result<String, JsError> {
 pub async fn export_adapter() -> std::result::Result<js_sys::Array, JsError> {
     let files = with_state(|s| async move {
         let r = async {
-            let (params, method, head, labels, _) = active(&s)?;
-            AdapterFiles::from_trainable(params, method, head, labels, &s.model_name).await?.to_files()
+            let model = s.model.as_ref().ok_or_else(|| Error::invalid("load a model first"))?;
+            let (params, head, labels, _) = active(&s)?;
+            AdapterFiles::from_adapted(params, &model.encoder, head, labels, &s.model_name)
+                .await?
+                .to_files(&model.encoder.desc)
         }
         .await;
         (s, r)
@@ -360,7 +333,7 @@ pub fn load_adapter(
     let r = (|| -> Result<String> {
         let model = s.model.clone().ok_or_else(|| Error::invalid("load a model first"))?;
         let files = AdapterFiles::from_files(&config_json, &weights, meta_json.as_deref(), &name)?;
-        let params = files.to_trainable(&model.bert)?;
+        let params = files.to_adapted(&model.encoder)?;
         let info = serde_json::json!({"method": files.method.name(), "labels": files.labels, "head": files.head});
         s.trainer = None;
         s.adapter = Some((files, params));
@@ -368,6 +341,24 @@ pub fn load_adapter(
     })();
     put(s);
     r.map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// Sentence embeddings of `texts` (a JSON array of strings) under the model's own pooling:
+/// {embeddings: [[…], …], pooling, truncated}.
+#[wasm_bindgen]
+pub async fn embed(texts: String, max_len: u32) -> std::result::Result<String, JsError> {
+    with_state(|s| async move {
+        let r = async {
+            let model = s.model.as_ref().ok_or_else(|| Error::invalid("load a model first"))?;
+            let texts: Vec<String> = serde_json::from_str(&texts).map_err(|e| Error::invalid(format!("texts: {e}")))?;
+            let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+            let (embs, truncated) = model.embed(&refs, max_len as usize, 16).await?;
+            Ok(json(serde_json::json!({"embeddings": embs, "pooling": model.pooling, "truncated": truncated})))
+        }
+        .await;
+        (s, r)
+    })
+    .await
 }
 
 /// Times the loaded model in this browser: the embedding forward at batch 1 × 32 and 8 × 64 tokens,
@@ -385,7 +376,7 @@ async fn benchmark_inner(s: &State, reps: usize, train_batch: usize) -> Result<S
     use crate::model::{Inputs, Mode};
     use web_time::Instant;
     let model = s.model.clone().ok_or_else(|| Error::invalid("load a model first"))?;
-    let dev = model.bert.device.clone();
+    let dev = model.encoder.device.clone();
     let mut rows = vec![];
     for (batch, tokens) in [(1usize, 32usize), (8, 64)] {
         let tok = &model.tokenizer;
@@ -403,8 +394,8 @@ async fn benchmark_inner(s: &State, reps: usize, train_batch: usize) -> Result<S
         for i in 0..=reps {
             let t0 = Instant::now();
             let inputs = Inputs::new(&dev, &ids, &ones, &zeros, batch, tokens)?;
-            let o = model.bert.forward(&inputs, Mode::Inference, false)?;
-            model.bert.sentence_embedding(&o.hidden, &inputs)?.to_vec().await?;
+            let o = model.encoder.forward(&inputs, Mode::Inference, false)?;
+            model.encoder.sentence_embedding(&o.hidden, &inputs)?.to_vec().await?;
             if i > 0 {
                 times.push(t0.elapsed().as_secs_f64());
             }

@@ -270,7 +270,7 @@ fn adamw_matches_torch_formula_with_clipping() {
     let (lr, b1, b2, eps, wd, max_norm) = (1e-2f32, 0.9f32, 0.999f32, 1e-8f32, 0.01f32, 1.0f32);
     let (mut p, mut m, mut v) = (p0.clone(), vec![0.1f32; n], vec![0.2f32; n]);
     let t = 3;
-    let h = cpu::AdamWStep::new(lr, b1, b2, eps, wd, max_norm, t);
+    let h = localtune::desc::AdamWStep::new(lr, b1, b2, eps, wd, max_norm, t);
     cpu::adamw(&mut p, &mut m, &mut v, &g, norm_sq, &h);
     let clip = (max_norm as f64 / ((norm_sq as f64).sqrt() + 1e-6)).min(1.0);
     assert!(clip < 1.0, "the test gradient should be clipped");
@@ -334,11 +334,11 @@ fn linear_gradients() {
     let mut dw = cpu.zeros(&[o, k]).unwrap();
     let mut db = cpu.zeros(&[o]).unwrap();
     let dx = ops::linear_backward(
+        Some(&mut dw),
+        Some(&mut db),
         &cpu.tensor(&up, &[n, o]).unwrap(),
         &cpu.tensor(&x, &[n, k]).unwrap(),
         &cpu.tensor(&w, &[o, k]).unwrap(),
-        Some(&mut dw),
-        Some(&mut db),
         true,
     )
     .unwrap()

@@ -54,10 +54,10 @@ fn encoder_matches_pytorch_on_both_devices() {
     let (b, t) = (4, ids.len() / 4);
     for dev in devices() {
         let model = Model::load(&dir, &dev).unwrap();
-        let c = model.bert.config.hidden_size;
+        let c = model.encoder.config.hidden_size;
         let name = dev.describe();
         let inputs = Inputs::new(&dev, &ids, &mask, &types, b, t).unwrap();
-        let out = model.bert.forward(&inputs, Mode::Inference, true).unwrap();
+        let out = model.encoder.forward(&inputs, Mode::Inference, true).unwrap();
         assert_eq!(out.hidden_states.len(), 7);
         compare_valid(
             &format!("{name} embeddings_output"),
@@ -86,18 +86,18 @@ fn encoder_matches_pytorch_on_both_devices() {
 
         let pooled = localtune::ops::mean_pool(&out.hidden, &inputs.mask).unwrap();
         assert_close(&format!("{name} mean_pooled"), &host(&pooled), &fixture_f32(&st, "mean_pooled"), 1e-4, 0.0);
-        let emb = host(&model.bert.sentence_embedding(&out.hidden, &inputs).unwrap());
+        let emb = host(&model.encoder.sentence_embedding(&out.hidden, &inputs).unwrap());
         let want = fixture_f32(&st, "sentence_embedding");
         for i in 0..b {
             let cos = cosine(&emb[i * c..(i + 1) * c], &want[i * c..(i + 1) * c]);
             assert!(cos >= 0.99999, "{name}: sentence {i}: cosine {cos}");
         }
         assert_close(&format!("{name} sentence_embedding"), &emb, &want, 1e-5, 0.0);
-        let pooler = host(&model.bert.pool_cls(&out.hidden).unwrap());
+        let pooler = host(&model.encoder.pool_cls(&out.hidden).unwrap());
         assert_close(&format!("{name} pooler_output"), &pooler, &fixture_f32(&st, "pooler_output"), 1e-4, 0.0);
 
         // A training-mode forward keeps the activations and gives the same output.
-        let tr = model.bert.forward(&inputs, Mode::Training, false).unwrap();
+        let tr = model.encoder.forward(&inputs, Mode::Training, false).unwrap();
         let acts = tr.acts.expect("training mode keeps activations");
         assert_eq!(acts.len(), 6);
         assert_eq!(host(&tr.hidden), host(&out.hidden));
@@ -114,7 +114,7 @@ fn embed_from_text_matches_sentence_transformers() {
     let texts: Vec<&str> = r.sentences.iter().map(|s| s.as_str()).collect();
     for dev in devices() {
         let model = Model::load(&dir, &dev).unwrap();
-        let c = model.bert.config.hidden_size;
+        let c = model.encoder.config.hidden_size;
         let enc = model.encode(&texts, 128).unwrap();
         assert_eq!(host(&enc.inputs.ids).iter().map(|&x| x as u32).collect::<Vec<_>>(), fixture_ids(&st, "input_ids"));
         // One batch, and one text at a time (no padding): both match.

@@ -120,8 +120,8 @@ fn layernorm_forward_and_backward() {
         }
         let (mut dgc, mut dbc) = (Device::Cpu.zeros(&[cols]).unwrap(), Device::Cpu.zeros(&[cols]).unwrap());
         let (mut dgg, mut dbg) = (gpu.zeros(&[cols]).unwrap(), gpu.zeros(&[cols]).unwrap());
-        let dxc = ops::layernorm_backward(&dyc, &xc, &mc, &rc, &gc, Some(&mut dgc), Some(&mut dbc)).unwrap();
-        let dxg = ops::layernorm_backward(&dyg, &xg, &mg, &rg, &gg, Some(&mut dgg), Some(&mut dbg)).unwrap();
+        let dxc = ops::layernorm_backward(Some(&mut dgc), Some(&mut dbc), &dyc, &xc, &mc, &rc, &gc).unwrap();
+        let dxg = ops::layernorm_backward(Some(&mut dgg), Some(&mut dbg), &dyg, &xg, &mg, &rg, &gg).unwrap();
         compare(&format!("{what} dx"), &dxg, &dxc, 1e-4, 1e-3);
         compare(&format!("{what} dgamma"), &dgg, &dgc, 1e-4 * (rows as f32).sqrt(), 1e-3);
         compare(&format!("{what} dbeta"), &dbg, &dbc, 1e-4 * (rows as f32).sqrt(), 1e-3);
@@ -388,8 +388,8 @@ fn relu_dropout_and_prefix() {
         let (dc, dg) = pair(&d, &[b, p + t, c], &gpu);
         let (mut gc, mut gg) =
             (Device::Cpu.tensor(&vec![0.5; p * c], &[p, c]).unwrap(), gpu.tensor(&vec![0.5; p * c], &[p, c]).unwrap());
-        let dxc = ops::prefix_split(&dc, &mut gc).unwrap();
-        let dxg = ops::prefix_split(&dg, &mut gg).unwrap();
+        let dxc = ops::prefix_split(&mut gc, &dc).unwrap();
+        let dxg = ops::prefix_split(&mut gg, &dg).unwrap();
         compare(&format!("{what} dx"), &dxg, &dxc, 0.0, 0.0);
         compare(&format!("{what} dprefix"), &gg, &gc, 1e-5, 1e-5);
     }

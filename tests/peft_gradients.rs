@@ -4,11 +4,15 @@
 mod common;
 
 use common::*;
-use localtune::model::encoder::{Classifier, Dropout};
+use localtune::model::hooks::Dropout;
 use localtune::model::tiny::tiny_model;
 use localtune::model::Model;
 use localtune::ops;
-use localtune::peft::{Activation, AdapterConfig, HeadKind, LoraConfig, Method, Target, Trainable};
+use localtune::peft::Classifier;
+use localtune::peft::{
+    Activation, Adapted, AdapterConfig, BitfitConfig, HeadKind, HeadOnly, Ia3Config, LoraConfig, Method,
+    ParallelConfig, Placement, PrefixConfig, Target,
+};
 use localtune::rng::Rng as LRng;
 use localtune::Device;
 
@@ -19,23 +23,28 @@ fn smooth_methods() -> Vec<(&'static str, Method)> {
 }
 
 fn methods() -> Vec<(&'static str, Method)> {
-    let adapter = AdapterConfig { reduction_factor: 4, activation: Activation::Relu, scaling: 1.0 };
+    let adapter = AdapterConfig {
+        reduction_factor: 4,
+        activation: Activation::Relu,
+        scaling: 1.0,
+        placement: Placement::Houlsby,
+    };
     vec![
         ("lora q,v", Method::Lora(LoraConfig::new(2, 4.0, &[Target::Query, Target::Value]))),
         (
             "lora all, rslora",
             Method::Lora(LoraConfig { r: 3, alpha: 2.0, rslora: true, targets: Target::ALL.to_vec(), dropout: 0.0 }),
         ),
-        ("ia3", Method::Ia3),
+        ("ia3", Method::Ia3(Ia3Config {})),
         ("adapter", Method::Adapter(adapter.clone())),
         ("adapter gelu", Method::Adapter(AdapterConfig { activation: Activation::Gelu, ..adapter.clone() })),
         (
             "parallel-adapter tanh",
-            Method::ParallelAdapter(AdapterConfig { activation: Activation::Tanh, scaling: 2.0, ..adapter }),
+            Method::ParallelAdapter(ParallelConfig { reduction_factor: 4, activation: Activation::Tanh, scaling: 2.0 }),
         ),
-        ("prefix", Method::Prefix { length: 3 }),
-        ("bitfit", Method::Bitfit),
-        ("head", Method::Head),
+        ("prefix", Method::Prefix(PrefixConfig { length: 3 })),
+        ("bitfit", Method::Bitfit(BitfitConfig {})),
+        ("head", Method::Head(HeadOnly {})),
     ]
 }
 
@@ -43,9 +52,9 @@ const TEXTS: [&str; 3] = ["the movie was great!", "awful food", "i really love t
 const LABELS: [u32; 3] = [1, 0, 1];
 
 /// Randomises every trainable tensor (zero-initialised ones too, so every gradient path is exercised).
-fn randomise(params: &mut Trainable, dev: &Device, seed: u64) {
+fn randomise(params: &mut Adapted, dev: &Device, seed: u64) {
     let mut rng = LRng::new(seed);
-    for t in params.tensors_mut() {
+    for t in params.params.tensors_mut() {
         let shape = t.shape().to_vec();
         let n: usize = shape.iter().product();
         *t = dev.tensor(&rng.vec_normal(n, 0.3), &shape).unwrap();
@@ -58,24 +67,24 @@ struct Run {
     grads: Vec<(String, Vec<f32>)>,
 }
 
-fn run(model: &Model, method: &Method, head: HeadKind, params: &Trainable, dropout: Option<&Dropout>) -> Run {
-    let dev = &model.bert.device;
+fn run(model: &Model, _method: &Method, head: HeadKind, params: &Adapted, dropout: Option<&Dropout>) -> Run {
+    let dev = &model.encoder.device;
     let enc = model.encode(&TEXTS, 32).unwrap();
-    let clf = Classifier { base: &model.bert, params, method, head };
+    let clf = Classifier { base: &model.encoder, params, head };
     let (logits, acts) = clf.forward(&enc.inputs, dropout, true).unwrap();
     let labels = dev.tensor_u32(&LABELS, &[3]).unwrap();
     let (loss, dlogits) = ops::cross_entropy(&logits, &labels, &LABELS, 1.0 / 3.0).unwrap();
-    let mut grads = params.zeros_like(dev).unwrap();
+    let mut grads = params.params.zeros_like(dev).unwrap();
     clf.backward(&enc.inputs, acts.as_ref().unwrap(), &dlogits, &mut grads, dropout).unwrap();
     let loss = host(&loss).iter().map(|&x| x as f64).sum::<f64>() / 3.0;
-    let grads = grads.named().into_iter().map(|(n, t)| (n, host(t))).collect();
+    let grads = grads.iter().map(|(n, t)| (n.to_string(), host(t))).collect();
     Run { logits: host(&logits), loss, grads }
 }
 
-fn loss_only(model: &Model, method: &Method, head: HeadKind, params: &Trainable, dropout: Option<&Dropout>) -> f64 {
-    let dev = &model.bert.device;
+fn loss_only(model: &Model, _method: &Method, head: HeadKind, params: &Adapted, dropout: Option<&Dropout>) -> f64 {
+    let dev = &model.encoder.device;
     let enc = model.encode(&TEXTS, 32).unwrap();
-    let clf = Classifier { base: &model.bert, params, method, head };
+    let clf = Classifier { base: &model.encoder, params, head };
     let (logits, _) = clf.forward(&enc.inputs, dropout, false).unwrap();
     let labels = dev.tensor_u32(&LABELS, &[3]).unwrap();
     let (loss, _) = ops::cross_entropy(&logits, &labels, &LABELS, 1.0).unwrap();
@@ -86,10 +95,10 @@ fn loss_only(model: &Model, method: &Method, head: HeadKind, params: &Trainable,
 fn check_method(name: &str, method: &Method, head: HeadKind, dropout: Option<&Dropout>) {
     let cpu = Device::Cpu;
     let model = tiny_model(&cpu, 7).unwrap();
-    let mut params = Trainable::init(&model.bert, method, 2, 1).unwrap();
+    let mut params = Adapted::init(&model.encoder, method, 2, 1).unwrap();
     randomise(&mut params, &cpu, 3);
     let r = run(&model, method, head, &params, dropout);
-    let names: Vec<String> = params.named().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = params.params.names().map(String::from).collect();
     let h = 2e-3f32;
     for (ti, (tname, grad)) in r.grads.iter().enumerate() {
         assert_eq!(&names[ti], tname);
@@ -99,10 +108,10 @@ fn check_method(name: &str, method: &Method, head: HeadKind, dropout: Option<&Dr
         for &i in &picks {
             let at = |delta: f32| {
                 let mut p = params.clone();
-                let t = &mut p.tensors_mut()[ti];
+                let t = &mut p.params.tensors_mut()[ti];
                 let mut v = host(t);
                 v[i] += delta;
-                **t = cpu.tensor(&v, t.shape()).unwrap();
+                *t = cpu.tensor(&v, t.shape()).unwrap();
                 loss_only(&model, method, head, &p, dropout)
             };
             let num = (at(h) - at(-h)) / (2.0 * h as f64);
@@ -137,8 +146,8 @@ fn gradients_with_dropout_match_finite_differences() {
     let lora =
         Method::Lora(LoraConfig { r: 2, alpha: 4.0, rslora: false, targets: Target::ALL.to_vec(), dropout: 0.3 });
     check_method("lora with dropout", &lora, HeadKind::Pooler, Some(&d));
-    check_method("prefix with dropout", &Method::Prefix { length: 2 }, HeadKind::Mean, Some(&d));
-    check_method("bitfit with dropout", &Method::Bitfit, HeadKind::Pooler, Some(&d));
+    check_method("prefix with dropout", &Method::Prefix(PrefixConfig { length: 2 }), HeadKind::Mean, Some(&d));
+    check_method("bitfit with dropout", &Method::Bitfit(BitfitConfig {}), HeadKind::Pooler, Some(&d));
 }
 
 #[test]
@@ -150,7 +159,7 @@ fn gpu_matches_cpu_for_every_method() {
             let mut r = vec![];
             for dev in [Device::Cpu, gpu.clone()] {
                 let model = tiny_model(&dev, 7).unwrap();
-                let mut params = Trainable::init(&model.bert, &m, 2, 1).unwrap();
+                let mut params = Adapted::init(&model.encoder, &m, 2, 1).unwrap();
                 randomise(&mut params, &dev, 3);
                 r.push(run(&model, &m, head, &params, Some(&d)));
             }
@@ -170,13 +179,13 @@ fn fresh_adapters_leave_the_model_unchanged() {
     // PEFT's initialisations make a new adapter the identity: LoRA B = 0, (IA)³ = 1, adapter up = 0.
     let cpu = Device::Cpu;
     let model = tiny_model(&cpu, 7).unwrap();
-    let head_only = Trainable::init(&model.bert, &Method::Head, 2, 1).unwrap();
-    let base = run(&model, &Method::Head, HeadKind::Pooler, &head_only, None).logits;
+    let head_only = Adapted::init(&model.encoder, &Method::Head(HeadOnly {}), 2, 1).unwrap();
+    let base = run(&model, &Method::Head(HeadOnly {}), HeadKind::Pooler, &head_only, None).logits;
     for (name, m) in methods() {
-        if matches!(m, Method::Prefix { .. }) {
+        if matches!(m, Method::Prefix(_)) {
             continue; // prefix rows change attention from the start
         }
-        let p = Trainable::init(&model.bert, &m, 2, 1).unwrap();
+        let p = Adapted::init(&model.encoder, &m, 2, 1).unwrap();
         let got = run(&model, &m, HeadKind::Pooler, &p, None).logits;
         assert_close(name, &got, &base, 1e-6, 1e-6);
     }

@@ -7,7 +7,10 @@ mod common;
 use common::*;
 use localtune::model::tiny::tiny_model;
 use localtune::model::Model;
-use localtune::peft::{Activation, AdapterConfig, HeadKind, LoraConfig, Method, Target};
+use localtune::peft::{
+    Activation, AdapterConfig, BitfitConfig, HeadKind, HeadOnly, Ia3Config, LoraConfig, Method, ParallelConfig,
+    Placement, PrefixConfig, Target,
+};
 use localtune::train::trainer::CheckpointFiles;
 use localtune::train::{Examples, OptimConfig, TrainConfig, Trainer};
 use localtune::Device;
@@ -57,18 +60,26 @@ fn run_all(t: &mut Trainer) {
 
 #[test]
 fn the_loss_falls_for_every_method() {
-    let a = AdapterConfig { reduction_factor: 2, activation: Activation::Relu, scaling: 1.0 };
+    let a = AdapterConfig {
+        reduction_factor: 2,
+        activation: Activation::Relu,
+        scaling: 1.0,
+        placement: Placement::Houlsby,
+    };
     let methods = [
         (
             Method::Lora(LoraConfig { r: 4, alpha: 8.0, rslora: false, targets: Target::ALL.to_vec(), dropout: 0.05 }),
             1e-2,
         ),
-        (Method::Ia3, 5e-2),
+        (Method::Ia3(Ia3Config {}), 5e-2),
         (Method::Adapter(a.clone()), 1e-2),
-        (Method::ParallelAdapter(AdapterConfig { scaling: 4.0, ..a }), 1e-2),
-        (Method::Prefix { length: 4 }, 5e-2),
-        (Method::Bitfit, 1e-2),
-        (Method::Head, 5e-2),
+        (
+            Method::ParallelAdapter(ParallelConfig { reduction_factor: 2, activation: Activation::Relu, scaling: 4.0 }),
+            1e-2,
+        ),
+        (Method::Prefix(PrefixConfig { length: 4 }), 5e-2),
+        (Method::Bitfit(BitfitConfig {}), 1e-2),
+        (Method::Head(HeadOnly {}), 5e-2),
     ];
     let mut devs = vec![Device::Cpu];
     devs.extend(gpu());
@@ -117,7 +128,7 @@ fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     run_all(&mut resumed);
     assert_eq!(resumed.state.losses, full.state.losses, "per-step losses");
     assert_eq!(resumed.state.history, full.state.history);
-    for ((n, a), (_, b)) in resumed.params.named().iter().zip(full.params.named()) {
+    for ((n, a), (_, b)) in resumed.params.params.iter().zip(full.params.params.iter()) {
         assert_eq!(host(a), host(b), "{n}");
     }
     // Other data is refused.
@@ -245,7 +256,7 @@ fn a_short_last_accumulation_is_rescaled_to_a_full_mean() {
         let mut t = Trainer::new(model.clone(), cfg, labels(), train.clone(), Examples::default()).unwrap();
         run_all(&mut t);
         assert_eq!(t.opt.step, 1);
-        t.params.named().into_iter().map(|(n, x)| (n, host(x))).collect::<Vec<_>>()
+        t.params.params.iter().map(|(n, x)| (n.to_string(), host(x))).collect::<Vec<_>>()
     };
     let (a, b) = (run(1), run(2));
     for ((n, x), (_, y)) in a.iter().zip(&b) {

@@ -1,7 +1,7 @@
 //! The CPU kernels. Sizes are trusted: the ops layer (`crate::ops`) checks shapes before calling.
 
 use super::{par_rows, Real};
-use crate::ops::MatmulDesc;
+use crate::desc::{AdamWStep, MatmulDesc, RowMask};
 
 // ---------------------------------------------------------------------------------------------
 // matmul
@@ -216,12 +216,26 @@ pub fn scale<T: Real>(out: &mut [T], x: &[T], alpha: f32) {
 // ---------------------------------------------------------------------------------------------
 // softmax
 
-/// y[r] = softmax(scale * x[r] + mask[r / mask_div]) over rows of `len`.
+/// y[r] = softmax(scale * x[r] + mask[r / mask_div]) over rows of `len` (a key mask).
 pub fn softmax_forward<T: Real>(y: &mut [T], x: &[T], mask: Option<(&[T], usize)>, len: usize, scale: f32) {
+    match mask {
+        Some((m, div)) => softmax_masked(y, x, Some(m), RowMask::keys(div), len, scale),
+        None => softmax_masked(y, x, None, RowMask::keys(1), len, scale),
+    }
+}
+
+/// y[r] = softmax(scale * x[r] + mask[rows.row(r)]) over rows of `len`, with the causal masking
+/// `rows` asks for (dropped columns get probability 0).
+pub fn softmax_masked<T: Real>(y: &mut [T], x: &[T], mask: Option<&[T]>, rows: RowMask, len: usize, scale: f32) {
     let s = T::from_f64(scale as f64);
+    let dropped = T::from_f64(-1e30);
     for (r, (xr, yr)) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)).enumerate() {
+        let mr = rows.row(r) * len;
         for j in 0..len {
-            yr[j] = s * xr[j] + mask.map_or(T::zero(), |(m, div)| m[(r / div) * len + j]);
+            yr[j] = s * xr[j] + mask.map_or(T::zero(), |m| m[mr + j]);
+            if rows.drops(r, j, len) {
+                yr[j] += dropped;
+            }
         }
         let mut mx = yr[0];
         for &v in yr.iter() {
@@ -310,6 +324,48 @@ pub fn mean_pool_forward<T: Real>(out: &mut [T], x: &[T], mask: &[T], tokens: us
     }
 }
 
+/// Pooling of (B, T, C) over tokens by `mode`: 0 masked mean, 1 masked sum / sqrt(count), 2 masked
+/// max (padding counts as -1e9, as sentence-transformers does), 3 the first token.
+pub fn pool_forward<T: Real>(out: &mut [T], x: &[T], mask: &[T], tokens: usize, cols: usize, mode: u32) {
+    match mode {
+        0 => mean_pool_forward(out, x, mask, tokens, cols),
+        1 => {
+            for (b, o) in out.chunks_exact_mut(cols).enumerate() {
+                let mb = &mask[b * tokens..(b + 1) * tokens];
+                o.fill(T::zero());
+                for (t, &m) in mb.iter().enumerate() {
+                    let xr = &x[(b * tokens + t) * cols..(b * tokens + t + 1) * cols];
+                    for (oc, &v) in o.iter_mut().zip(xr) {
+                        *oc += v * m;
+                    }
+                }
+                let n = token_count(mb).sqrt();
+                o.iter_mut().for_each(|v| *v = *v / n);
+            }
+        }
+        2 => {
+            for (b, o) in out.chunks_exact_mut(cols).enumerate() {
+                o.fill(T::from_f64(-3.0e38));
+                for t in 0..tokens {
+                    let masked = mask[b * tokens + t] == T::zero();
+                    let xr = &x[(b * tokens + t) * cols..(b * tokens + t + 1) * cols];
+                    for (oc, &v) in o.iter_mut().zip(xr) {
+                        let v = if masked { T::from_f64(-1e9) } else { v };
+                        if v > *oc {
+                            *oc = v;
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            for (b, o) in out.chunks_exact_mut(cols).enumerate() {
+                o.copy_from_slice(&x[b * tokens * cols..b * tokens * cols + cols]);
+            }
+        }
+    }
+}
+
 /// dx[b, t] = dout[b] m[b, t] / max(Σ_t m[b, t], 1e-9)
 pub fn mean_pool_backward<T: Real>(dx: &mut [T], dout: &[T], mask: &[T], tokens: usize, cols: usize) {
     let batch = dout.len() / cols;
@@ -390,61 +446,6 @@ pub fn crossentropy<T: Real>(
 
 // ---------------------------------------------------------------------------------------------
 // optimiser and reductions
-
-/// AdamW hyper-parameters for one step (bias corrections precomputed for the step number).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamWStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    /// 1 - beta1^t
-    pub bc1: f32,
-    /// 1 - beta2^t
-    pub bc2: f32,
-    /// Global-norm clipping threshold; 0 disables clipping.
-    pub max_norm: f32,
-    /// Factor applied to the gradient before clipping (1 normally; it corrects an epoch's last,
-    /// shorter gradient accumulation).
-    pub grad_scale: f32,
-}
-
-impl AdamWStep {
-    /// The step `t` (1-based) of AdamW with these hyper-parameters.
-    pub fn new(lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, max_norm: f32, t: u64) -> Self {
-        let bc1 = 1.0 - (beta1 as f64).powi(t as i32);
-        let bc2 = 1.0 - (beta2 as f64).powi(t as i32);
-        AdamWStep { lr, beta1, beta2, eps, weight_decay, bc1: bc1 as f32, bc2: bc2 as f32, max_norm, grad_scale: 1.0 }
-    }
-
-    /// The same step with the gradient multiplied by `s`.
-    pub fn with_grad_scale(self, s: f32) -> Self {
-        AdamWStep { grad_scale: s, ..self }
-    }
-
-    /// The factor applied to the raw gradient: `grad_scale`, times the clipping factor of torch's
-    /// clip_grad_norm_ for the scaled gradient's global norm (`norm_sq` is that of the raw gradient).
-    pub fn clip_factor(&self, norm_sq: f32) -> f32 {
-        if self.max_norm > 0.0 {
-            self.grad_scale * (self.max_norm / (norm_sq.sqrt() * self.grad_scale + 1e-6)).min(1.0)
-        } else {
-            self.grad_scale
-        }
-    }
-}
-
-/// One AdamW update of `param` in place (f32 state, as on the GPU).
-pub fn adamw(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], norm_sq: f32, h: &AdamWStep) {
-    let clip = h.clip_factor(norm_sq);
-    for i in 0..param.len() {
-        let g = clip * grad[i];
-        m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * g;
-        v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * g * g;
-        let w = param[i];
-        param[i] = w - h.lr * (m[i] / h.bc1) / ((v[i] / h.bc2).sqrt() + h.eps) - h.lr * h.weight_decay * w;
-    }
-}
 
 /// out[c] (+)= Σ_r x[r, c]
 pub fn sum_rows<T: Real>(out: &mut [T], x: &[T], cols: usize, accumulate: bool) {
@@ -530,5 +531,17 @@ pub fn prefix_split<T: Real>(dx: &mut [T], dprefix: &mut [T], dout: &[T], batch:
             *d += g;
         }
         dx[b * tokens * cols..(b + 1) * tokens * cols].copy_from_slice(&dout[b * row + plen * cols..(b + 1) * row]);
+    }
+}
+
+/// One AdamW update of `param` in place (f32 state, as on the GPU).
+pub fn adamw(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], norm_sq: f32, h: &AdamWStep) {
+    let clip = h.clip_factor(norm_sq);
+    for i in 0..param.len() {
+        let g = clip * grad[i];
+        m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * g;
+        v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * g * g;
+        let w = param[i];
+        param[i] = w - h.lr * (m[i] / h.bc1) / ((v[i] / h.bc2).sqrt() + h.eps) - h.lr * h.weight_decay * w;
     }
 }

@@ -14,6 +14,14 @@ use crate::error::{Error, Result};
 pub use pool::{GpuBuffer, MemoryStats};
 
 /// Every WGSL file in `shaders/`: file name = entry-point prefix = Rust op family.
+/// The helpers every shader file shares, prepended to each (see `source`).
+pub const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
+
+/// The WGSL that is compiled for a shader family: the prelude, then the family's file.
+pub fn source(file: &str) -> String {
+    format!("{PRELUDE}\n{file}")
+}
+
 pub const SHADERS: &[(&str, &str)] = &[
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("crossentropy", include_str!("../../shaders/crossentropy.wgsl")),
@@ -255,7 +263,7 @@ impl Gpu {
             .ok_or_else(|| Error::Gpu(format!("no shader file `{family}.wgsl`")))?;
         let m = self.inner.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(family),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
+            source: wgpu::ShaderSource::Wgsl(source(src).into()),
         });
         modules.insert(family, m.clone());
         Ok(m)

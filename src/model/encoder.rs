@@ -1,59 +1,263 @@
-//! The encoder forward and backward with the PEFT methods' hooks (see `crate::peft`), and the
-//! classification head. Explicit per-layer backward in the style of llm.c: activation gradients are
-//! returned, parameter gradients accumulate into a `Trainable` of zeros with the same structure.
+//! A BERT-family encoder on either device: its weights (named by the architecture's layer
+//! description), the forward pass with the fine-tuning methods' hooks (`super::hooks`), and the
+//! explicit per-layer backward in the style of llm.c (activation gradients are returned, parameter
+//! gradients accumulate into a `ParamSet` of zeros aligned with the parameters).
 //!
-//! One layer, with every hook (post-LN BERT):
+//! One post-LN layer, with the hook positions:
 //! ```text
-//!   q = x W_qᵀ + b_q [+ LoRA]                 k, v likewise [⊙ l_k, l_v (IA)³] [prefix rows in front]
-//!   ctx = attention(q, k, v, mask)            (probs dropout in training)
-//!   ao = drop(ctx W_aoᵀ + b [+ LoRA])  [+ adapter(ao)]
-//!   h1 = LN(ao + x)
-//!   inter = GELU(h1 W_iᵀ + b [+ LoRA]) [⊙ l_ff]
-//!   o = drop(inter W_oᵀ + b [+ LoRA]) [+ adapter(o)] [+ s · parallel(h1)]
-//!   out = LN(o + h1)
+//!   q, k, v = linear(x)                        (B·T, C) each; linear = hooks around x Wᵀ + b
+//!   k, v    = [prefix rows; k, v]              (B, P+T, C)
+//!   ctx     = attention(q, k, v, key mask)     (B, T, C), probabilities dropped out in training
+//!   ao      = drop(linear_attn_out(ctx)) + branch(AttnOutput)
+//!   h1      = LayerNorm(ao + x)
+//!   inter   = act(linear_intermediate(h1))      (B·T, F)
+//!   o       = drop(linear_output(inter)) + branch(FfnOutput) + branch(Ffn, h1)
+//!   out     = LayerNorm(o + h1)
 //! ```
 
-use super::bert::{Bert, Inputs, Linear};
+use super::arch::{Activation, AttentionKind, EncoderConfig, LayerDesc, NormKind, NormPlacement, Positions, Target};
+use super::hooks::{site, BaseWeight, Branch, Cx, Dropout, Hook, HookSaves, Part, Point};
+use super::param_set::ParamSet;
+use super::weights::NamedTensors;
 use crate::error::{Error, Result};
 use crate::ops::{self, MatmulDesc, Strides};
-use crate::peft::{Activation, Bottleneck, HeadKind, LayerParams, Lora, Method, Target, Trainable};
-use crate::rng::mix_seed;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
-/// Dropout settings of a training step; `None` in evaluation.
-#[derive(Clone, Copy, Debug)]
-pub struct Dropout {
-    pub seed: u32,
-    pub step: u32,
-    pub hidden: f32,
-    pub attention: f32,
-    pub lora: f32,
+/// A linear layer: weight (out, in) and bias (out), as PyTorch stores them.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
 }
 
-impl Dropout {
-    /// The mask seed of one dropout site of this step.
-    fn seed(&self, site: u32) -> u32 {
-        mix_seed(&[self.seed, self.step, site])
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::linear(x, &self.weight, Some(&self.bias))
     }
 }
 
-const SITE_EMBEDDINGS: u32 = 1;
-const SITE_HEAD: u32 = 2;
-fn site(layer: usize, what: u32) -> u32 {
-    100 + layer as u32 * 16 + what
-}
-const SITE_PROBS: u32 = 0;
-const SITE_ATTN_OUT: u32 = 1;
-const SITE_FFN_OUT: u32 = 2;
-const SITE_LORA: u32 = 3; // + target index (3..9)
-
-fn lora_site(layer: usize, t: Target) -> u32 {
-    site(layer, SITE_LORA + t.index() as u32)
+/// LayerNorm weight (gamma) and bias (beta).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
 }
 
-/// (p, seed) of the attention-probability dropout of layer `l`, when active.
-fn attn_dropout(d: Option<&Dropout>, l: usize) -> Option<(f32, u32)> {
-    d.filter(|d| d.attention > 0.0).map(|d| (d.attention, d.seed(site(l, SITE_PROBS))))
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    pub word: Tensor,
+    pub position: Tensor,
+    /// None without token types.
+    pub token_type: Option<Tensor>,
+    pub norm: LayerNorm,
+    /// ELECTRA: embedding width → hidden width.
+    pub project: Option<Linear>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attn_out: Linear,
+    pub attn_norm: LayerNorm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub out_norm: LayerNorm,
+}
+
+impl Layer {
+    /// The linear layer of a target.
+    pub fn linear(&self, t: Target) -> &Linear {
+        match t {
+            Target::Query => &self.query,
+            Target::Key => &self.key,
+            Target::Value => &self.value,
+            Target::AttnOut => &self.attn_out,
+            Target::Intermediate => &self.intermediate,
+            Target::Output => &self.output,
+        }
+    }
+}
+
+/// The encoder's weights on one device.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    pub config: EncoderConfig,
+    pub desc: LayerDesc,
+    pub device: Device,
+    pub embeddings: Embeddings,
+    pub layers: Vec<Layer>,
+    /// dense (C, C) + tanh over [CLS]; absent from checkpoints saved without it.
+    pub pooler: Option<Linear>,
+}
+
+/// A tokenized batch on the device.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub batch: usize,
+    pub seq: usize,
+    /// (B·T) token ids
+    pub ids: Tensor,
+    /// (B·T) token type ids
+    pub types: Tensor,
+    /// (B·T) position ids
+    pub positions: Tensor,
+    /// (B, T) 1.0 for real tokens, 0.0 for padding
+    pub mask: Tensor,
+    /// (B, T) additive attention mask: 0 for real tokens, -1e30 for padding
+    pub mask_add: Tensor,
+}
+
+/// The additive mask value for padding keys: exp(-1e30 - max) is exactly 0 in f32.
+pub const MASKED: f32 = -1e30;
+
+impl Inputs {
+    /// Uploads a padded (B, T) batch with positions 0..T-1; `attention_mask` holds 1 for real tokens.
+    pub fn new(
+        device: &Device,
+        ids: &[u32],
+        attention_mask: &[u32],
+        token_types: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Self> {
+        Self::with_positions(device, ids, attention_mask, token_types, batch, seq, &Positions::Absolute)
+    }
+
+    /// Uploads a padded (B, T) batch with position ids counted as `positions` says.
+    pub fn with_positions(
+        device: &Device,
+        ids: &[u32],
+        attention_mask: &[u32],
+        token_types: &[u32],
+        batch: usize,
+        seq: usize,
+        positions: &Positions,
+    ) -> Result<Self> {
+        let n = batch * seq;
+        if ids.len() != n || attention_mask.len() != n || token_types.len() != n || n == 0 {
+            return Err(Error::shape(
+                "inputs",
+                format!(
+                    "ids {}, mask {}, types {} do not fill ({batch}, {seq})",
+                    ids.len(),
+                    attention_mask.len(),
+                    token_types.len()
+                ),
+            ));
+        }
+        let pos = positions.ids(attention_mask, seq);
+        let mask: Vec<f32> = attention_mask.iter().map(|&m| if m != 0 { 1.0 } else { 0.0 }).collect();
+        let mask_add: Vec<f32> = attention_mask.iter().map(|&m| if m != 0 { 0.0 } else { MASKED }).collect();
+        Ok(Inputs {
+            batch,
+            seq,
+            ids: device.tensor_u32(ids, &[n])?,
+            types: device.tensor_u32(token_types, &[n])?,
+            positions: device.tensor_u32(&pos, &[n])?,
+            mask: device.tensor(&mask, &[batch, seq])?,
+            mask_add: device.tensor(&mask_add, &[batch, seq])?,
+        })
+    }
+}
+
+/// How much a forward pass keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Keep nothing but the output.
+    Inference,
+    /// Keep every activation the backward pass needs.
+    Training,
+}
+
+/// The result of a plain forward pass.
+pub struct Output {
+    /// (B, T, C) the last hidden state
+    pub hidden: Tensor,
+    /// Training mode only: each layer's activations.
+    pub acts: Option<Vec<LayerActs>>,
+    /// When asked: the embedding output and every layer's output (HF hidden_states).
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// The activations of one layer that its backward pass needs.
+#[derive(Clone, Debug)]
+pub struct LayerActs {
+    pub input: Tensor,
+    pub q: Tensor,
+    /// k and v as attention saw them (after the hooks and the prefix rows)
+    pub k: Tensor,
+    pub v: Tensor,
+    pub probs: Tensor,
+    pub ctx: Tensor,
+    pub attn_sum: Tensor,
+    pub attn_mean: Tensor,
+    pub attn_rstd: Tensor,
+    pub h1: Tensor,
+    pub inter_pre: Tensor,
+    pub inter: Tensor,
+    pub out_sum: Tensor,
+    pub out_mean: Tensor,
+    pub out_rstd: Tensor,
+    /// The input each target linear saw, kept only where a hook trains that linear's weight.
+    pub linear_in: Vec<Option<Tensor>>,
+    pub hooks: HookSaves,
+}
+
+/// Everything a training forward keeps below the head.
+pub struct EncoderActs {
+    pub layers: Vec<LayerActs>,
+    /// (B·T, E) the embeddings' output after dropout (the input of ELECTRA's projection)
+    pub embedded: Tensor,
+}
+
+/// The hooks of every active method with their parameters: what a forward runs with. `NONE` runs
+/// the plain model.
+#[derive(Clone, Copy)]
+pub struct Hooks<'a> {
+    pub hooks: &'a [&'a dyn Hook],
+    pub params: &'a ParamSet,
+}
+
+impl Hooks<'_> {
+    /// Runs `f` with no hooks: the plain model.
+    pub fn none<R>(f: impl FnOnce(Hooks<'_>) -> R) -> R {
+        let empty = ParamSet::new();
+        f(Hooks { hooks: &[], params: &empty })
+    }
+
+    /// The tensor to use for base weight `w` (`base` unless a hook replaces it).
+    fn weight<'b>(&'b self, w: BaseWeight, base: &'b Tensor) -> &'b Tensor {
+        match self.replaced(w) {
+            Some(id) => &self.params[id],
+            None => base,
+        }
+    }
+
+    fn replaced(&self, w: BaseWeight) -> Option<usize> {
+        self.hooks.iter().find_map(|h| h.replaces(w))
+    }
+
+    /// The lowest layer the backward must reach, and whether it must go on into the embeddings.
+    pub fn lowest_layer(&self) -> (Option<usize>, bool) {
+        let into_embeddings =
+            [Part::Weight, Part::Bias].into_iter().any(|p| self.replaced(BaseWeight::EmbeddingsNorm(p)).is_some());
+        if into_embeddings {
+            return (Some(0), true);
+        }
+        (self.hooks.iter().filter_map(|h| h.lowest_layer()).min(), false)
+    }
+
+    /// Whether a hook trains the pooler's weight or bias.
+    pub fn trains_pooler(&self) -> bool {
+        [Part::Weight, Part::Bias].into_iter().any(|p| self.replaced(BaseWeight::Pooler(p)).is_some())
+    }
+
+    /// The prefix rows of layer `l`: (key, value) parameter tensors (P, C).
+    fn prefix(&self, l: usize) -> Option<(usize, usize)> {
+        self.hooks.iter().find_map(|h| h.prefix(l))
+    }
 }
 
 /// `drop` that hands back its input itself when dropout is off, so that no alias is left behind to
@@ -65,109 +269,20 @@ fn drop_owned(x: Tensor, d: Option<&Dropout>, p: impl Fn(&Dropout) -> f32, site:
     }
 }
 
-fn drop(x: &Tensor, d: Option<&Dropout>, p: impl Fn(&Dropout) -> f32, site: u32) -> Result<Tensor> {
+/// Inverted dropout of `x` at `site` (its own backward with the same seed); `x` itself when off.
+pub fn drop(x: &Tensor, d: Option<&Dropout>, p: impl Fn(&Dropout) -> f32, site: u32) -> Result<Tensor> {
     match d {
         Some(d) if p(d) > 0.0 => ops::dropout(x, p(d), d.seed(site)),
         _ => Ok(x.clone()),
     }
 }
 
-/// What a LoRA branch keeps: its (dropped-out) input and the rank-r projection.
-#[derive(Clone, Debug)]
-pub struct LoraActs {
-    pub xd: Tensor,
-    pub u: Tensor,
+/// (p, seed) of the attention-probability dropout of layer `l`, when active.
+fn attn_dropout(d: Option<&Dropout>, l: usize) -> Option<(f32, u32)> {
+    d.filter(|d| d.attention > 0.0).map(|d| (d.attention, d.seed(site::layer(l, site::PROBS))))
 }
 
-#[derive(Clone, Debug)]
-pub struct BottleneckActs {
-    pub input: Tensor,
-    pub z: Tensor,
-    pub a: Tensor,
-}
-
-/// The activations of one layer that its backward pass needs.
-#[derive(Clone, Debug)]
-pub struct LayerActs {
-    pub input: Tensor,
-    pub q: Tensor,
-    /// k and v as attention saw them (after (IA)³ and prefix rows)
-    pub k: Tensor,
-    pub v: Tensor,
-    /// k, v before (IA)³ scaling, when (IA)³ is on
-    pub k_raw: Option<Tensor>,
-    pub v_raw: Option<Tensor>,
-    pub probs: Tensor,
-    pub ctx: Tensor,
-    pub lora: Vec<Option<LoraActs>>,
-    pub adapter_attn: Option<BottleneckActs>,
-    pub attn_sum: Tensor,
-    pub attn_mean: Tensor,
-    pub attn_rstd: Tensor,
-    pub h1: Tensor,
-    pub inter_pre: Tensor,
-    /// GELU output before (IA)³
-    pub inter: Tensor,
-    /// the input of the output dense (after (IA)³)
-    pub inter_in: Tensor,
-    pub adapter_ffn: Option<BottleneckActs>,
-    pub parallel: Option<BottleneckActs>,
-    pub out_sum: Tensor,
-    pub out_mean: Tensor,
-    pub out_rstd: Tensor,
-}
-
-/// Everything a training forward keeps.
-pub struct Acts {
-    pub layers: Vec<LayerActs>,
-    /// (B, T, C) last hidden state
-    pub hidden: Tensor,
-    /// (B, C) pre-tanh pooler output (pooler head)
-    pub pooled: Option<Tensor>,
-    /// (B, C) the classifier input before dropout
-    pub features: Tensor,
-    /// (B, C) the classifier input after dropout
-    pub features_dropped: Tensor,
-}
-
-/// The frozen encoder with the per-layer trainable parameters of a method (none for the plain model).
-pub struct Encoder<'a> {
-    pub base: &'a Bert,
-    pub layers: &'a [LayerParams],
-    pub emb_norm_bias: Option<&'a Tensor>,
-    pub method: &'a Method,
-}
-
-/// The frozen encoder with trainable parameters on top: what training and evaluation run.
-pub struct Classifier<'a> {
-    pub base: &'a Bert,
-    pub params: &'a Trainable,
-    pub method: &'a Method,
-    pub head: HeadKind,
-}
-
-fn lora_scaling(method: &Method) -> f32 {
-    match method {
-        Method::Lora(c) => c.scaling(),
-        _ => 1.0,
-    }
-}
-
-fn adapter_scaling(method: &Method) -> f32 {
-    match method {
-        Method::Adapter(a) | Method::ParallelAdapter(a) => a.scaling,
-        _ => 1.0,
-    }
-}
-
-fn adapter_activation(method: &Method) -> Activation {
-    match method {
-        Method::Adapter(a) | Method::ParallelAdapter(a) => a.activation,
-        _ => Activation::Relu,
-    }
-}
-
-fn act_forward(act: Activation, z: &Tensor) -> Result<Tensor> {
+pub fn act_forward(act: Activation, z: &Tensor) -> Result<Tensor> {
     match act {
         Activation::Relu => ops::relu(z),
         Activation::Gelu => ops::gelu(z),
@@ -175,7 +290,8 @@ fn act_forward(act: Activation, z: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn act_backward(act: Activation, da: &Tensor, z: &Tensor, a: &Tensor) -> Result<Tensor> {
+/// dz for a = act(z), given da (and z and a, whichever the derivative reads).
+pub fn act_backward(act: Activation, da: &Tensor, z: &Tensor, a: &Tensor) -> Result<Tensor> {
     match act {
         Activation::Relu => ops::relu_backward(da, z),
         Activation::Gelu => ops::gelu_backward(da, z),
@@ -184,7 +300,7 @@ fn act_backward(act: Activation, da: &Tensor, z: &Tensor, a: &Tensor) -> Result<
 }
 
 /// dx += dy · W  for y = x Wᵀ: the input gradient of a linear layer, accumulated.
-fn linear_dx_acc(dx: &mut Tensor, dy: &Tensor, w: &Tensor) -> Result<()> {
+pub fn linear_dx_acc(dx: &mut Tensor, dy: &Tensor, w: &Tensor) -> Result<()> {
     let (rows, n) = (dy.numel() / dy.shape().last().unwrap(), w.dim(0));
     let k = w.dim(1);
     let mut d = MatmulDesc::contiguous(1, rows, k, n, false, false);
@@ -192,112 +308,241 @@ fn linear_dx_acc(dx: &mut Tensor, dy: &Tensor, w: &Tensor) -> Result<()> {
     ops::matmul_into(dx, dy, w, None, &d)
 }
 
-impl Encoder<'_> {
-    fn layer_dims(&self, inputs: &Inputs) -> (usize, usize, usize) {
-        (inputs.batch, inputs.seq, self.base.config.hidden_size)
+impl Encoder {
+    /// Builds the encoder from named host tensors under the description's names, with or without
+    /// the prefix of a task model (`bert.`, `roberta.`, …).
+    pub fn from_named(config: EncoderConfig, desc: LayerDesc, mut w: NamedTensors, device: &Device) -> Result<Encoder> {
+        if desc.norm != NormPlacement::Post || desc.norm_kind != NormKind::LayerNorm {
+            return Err(Error::invalid(format!(
+                "{}: the encoder runs post-LN LayerNorm layers, not {:?} {:?}",
+                desc.arch, desc.norm, desc.norm_kind
+            )));
+        }
+        if desc.attention != AttentionKind::Bidirectional {
+            return Err(Error::invalid(format!("{}: the encoder runs bidirectional attention", desc.arch)));
+        }
+        let n = &desc.names;
+        let prefix =
+            desc.load_prefixes.iter().copied().find(|p| w.contains(&format!("{p}{}", n.word_embeddings))).unwrap_or("");
+        let (c, f, e) = (config.hidden_size, config.intermediate_size, config.embedding_size);
+        let has_pooler = n.pooler.is_some_and(|p| w.contains(&format!("{prefix}{p}.weight")));
+        let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let full = format!("{prefix}{name}");
+            // Old checkpoints name LayerNorm parameters gamma/beta.
+            let full = if !w.contains(&full) && name.contains("LayerNorm") {
+                let alt =
+                    full.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+                if w.contains(&alt) {
+                    alt
+                } else {
+                    full
+                }
+            } else {
+                full
+            };
+            let data = w.take(&full, shape)?;
+            device.weight(&data, shape)
+        };
+        let linear = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+                      name: &str,
+                      out: usize,
+                      inp: usize|
+         -> Result<Linear> {
+            Ok(Linear {
+                weight: get(&format!("{name}.weight"), &[out, inp])?,
+                bias: get(&format!("{name}.bias"), &[out])?,
+            })
+        };
+        let norm = |get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>, name: &str, c: usize| -> Result<LayerNorm> {
+            Ok(LayerNorm { weight: get(&format!("{name}.weight"), &[c])?, bias: get(&format!("{name}.bias"), &[c])? })
+        };
+        let token_type = match n.token_type_embeddings {
+            Some(name) if config.type_vocab_size > 0 => Some(get(name, &[config.type_vocab_size, e])?),
+            _ => None,
+        };
+        let embeddings = Embeddings {
+            word: get(n.word_embeddings, &[config.vocab_size, e])?,
+            position: get(n.position_embeddings, &[config.max_position_embeddings, e])?,
+            token_type,
+            norm: norm(&mut get, n.embeddings_norm, e)?,
+            project: n.embeddings_project.map(|p| linear(&mut get, p, c, e)).transpose()?,
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = desc.layer(l);
+            let mut lin = |t: Target| {
+                let (out, inp) = t.dims(c, f);
+                linear(&mut get, &format!("{p}.{}", desc.module(t)), out, inp)
+            };
+            let (query, key, value, attn_out) =
+                (lin(Target::Query)?, lin(Target::Key)?, lin(Target::Value)?, lin(Target::AttnOut)?);
+            let (intermediate, output) = (lin(Target::Intermediate)?, lin(Target::Output)?);
+            layers.push(Layer {
+                query,
+                key,
+                value,
+                attn_out,
+                attn_norm: norm(&mut get, &format!("{p}.{}", n.attn_norm), c)?,
+                intermediate,
+                output,
+                out_norm: norm(&mut get, &format!("{p}.{}", n.out_norm), c)?,
+            });
+        }
+        let pooler = match n.pooler {
+            Some(p) if has_pooler => Some(linear(&mut get, p, c, c)?),
+            _ => None,
+        };
+        Ok(Encoder { config, desc, device: device.clone(), embeddings, layers, pooler })
     }
 
-    /// y = x Wᵀ + b (+ s · (drop(x) Aᵀ) Bᵀ)
+    /// The number of values in the encoder's weights.
+    pub fn num_parameters(&self) -> usize {
+        self.named_weights().iter().map(|(_, t)| t.numel()).sum()
+    }
+
+    /// The longest sequence the position table allows.
+    pub fn max_len(&self) -> usize {
+        self.desc.positions.max_len(self.config.max_position_embeddings)
+    }
+
+    /// Uploads a padded (B, T) batch with this architecture's position ids.
+    pub fn inputs(&self, ids: &[u32], mask: &[u32], types: &[u32], batch: usize, seq: usize) -> Result<Inputs> {
+        Inputs::with_positions(&self.device, ids, mask, types, batch, seq, &self.desc.positions)
+    }
+
+    /// Runs the encoder (no methods, no dropout). `keep_hidden_states` also returns the embedding
+    /// output and each layer's output.
+    pub fn forward(&self, inputs: &Inputs, mode: Mode, keep_hidden_states: bool) -> Result<Output> {
+        let training = mode == Mode::Training;
+        let (hidden, acts, hidden_states) =
+            Hooks::none(|h| self.encode(inputs, h, None, training, keep_hidden_states))?;
+        Ok(Output { hidden, acts: acts.map(|a| a.layers), hidden_states })
+    }
+
+    fn eps(&self) -> f32 {
+        self.config.layer_norm_eps as f32
+    }
+
+    /// The attention key mask with `plen` zeros in front for prefix rows. (B, P+T)
+    fn key_mask(&self, plen: usize, inputs: &Inputs) -> Result<Tensor> {
+        if plen == 0 {
+            return Ok(inputs.mask_add.clone());
+        }
+        let zeros = self.device.zeros(&[plen, 1])?;
+        let m = ops::prefix_concat(&zeros, &inputs.mask_add.reshape(&[inputs.batch, inputs.seq, 1])?)?;
+        m.reshape(&[inputs.batch, inputs.seq + plen])
+    }
+
+    /// Embeddings and every layer with the hooks: the last hidden state (B, T, C); with `keep` the
+    /// activations the backward needs; with `keep_states` the embedding output and each layer's
+    /// output (HF hidden_states).
+    pub fn encode(
+        &self,
+        inputs: &Inputs,
+        hooks: Hooks,
+        dropout: Option<&Dropout>,
+        keep: bool,
+        keep_states: bool,
+    ) -> Result<(Tensor, Option<EncoderActs>, Vec<Tensor>)> {
+        let (b, t, c) = (inputs.batch, inputs.seq, self.config.hidden_size);
+        if t > self.max_len() {
+            return Err(Error::shape(
+                "encoder",
+                format!("sequence of {t} tokens is longer than the {} positions of this model", self.max_len()),
+            ));
+        }
+        let e = &self.embeddings;
+        let mut sum = ops::embedding(&inputs.ids, &e.word)?;
+        ops::add_into(&mut sum, &ops::embedding(&inputs.positions, &e.position)?, 1.0)?;
+        if let Some(tt) = &e.token_type {
+            ops::add_into(&mut sum, &ops::embedding(&inputs.types, tt)?, 1.0)?;
+        }
+        let gamma = hooks.weight(BaseWeight::EmbeddingsNorm(Part::Weight), &e.norm.weight);
+        let beta = hooks.weight(BaseWeight::EmbeddingsNorm(Part::Bias), &e.norm.bias);
+        let (x, _, _) = ops::layernorm(&sum, gamma, beta, self.eps())?;
+        let embedded = drop(&x, dropout, |d| d.hidden, site::EMBEDDINGS)?;
+        let mut x = match &e.project {
+            Some(p) => p.forward(&embedded)?,
+            None => embedded.clone(),
+        };
+        let mut layers = vec![];
+        let mut states = vec![];
+        if keep_states {
+            states.push(x.reshape(&[b, t, c])?);
+        }
+        // Every layer with the same number of prefix rows shares one key mask.
+        let mut mask: Option<(usize, Tensor)> = None;
+        for l in 0..self.layers.len() {
+            let plen = hooks.prefix(l).map_or(0, |(k, _)| hooks.params[k].dim(0));
+            if mask.as_ref().is_none_or(|(n, _)| *n != plen) {
+                mask = Some((plen, self.key_mask(plen, inputs)?));
+            }
+            let (out, acts) = self.layer_forward(l, x, inputs, &mask.as_ref().unwrap().1, hooks, dropout)?;
+            x = out;
+            if keep {
+                layers.push(acts);
+            }
+            if keep_states {
+                states.push(x.reshape(&[b, t, c])?);
+            }
+        }
+        let acts = keep.then_some(EncoderActs { layers, embedded });
+        Ok((x.reshape(&[b, t, c])?, acts, states))
+    }
+
+    /// y = linear_output(linear_input(x) Wᵀ + b) for target `t` of layer `l`.
     fn linear(
         &self,
+        cx: Cx,
+        hooks: Hooks,
+        t: Target,
         x: &Tensor,
-        w: &Linear,
-        bias: Option<&Tensor>,
-        lora: Option<&Lora>,
-        d: Option<&Dropout>,
-        site_id: u32,
-    ) -> Result<(Tensor, Option<LoraActs>)> {
-        let mut y = ops::linear(x, &w.weight, Some(bias.unwrap_or(&w.bias)))?;
-        let Some(lora) = lora else { return Ok((y, None)) };
-        let xd = drop(x, d, |d| d.lora, site_id)?;
-        let u = ops::linear(&xd, &lora.a, None)?; // (N, r)
-        let rows = u.dim(0);
-        let (out, r) = (lora.b.dim(0), lora.b.dim(1));
-        let mut desc = MatmulDesc::contiguous(1, rows, out, r, false, true);
-        desc.alpha = lora_scaling(self.method);
-        desc.accumulate = true;
-        ops::matmul_into(&mut y, &u, &lora.b, None, &desc)?;
-        Ok((y, Some(LoraActs { xd, u })))
+        saves: &mut HookSaves,
+        linear_in: &mut [Option<Tensor>],
+    ) -> Result<Tensor> {
+        let l = cx.layer;
+        let base = self.layers[l].linear(t);
+        let mut x_in = x.clone();
+        for (i, h) in hooks.hooks.iter().enumerate() {
+            if let Some((changed, s)) = h.linear_input(cx, t, &x_in)? {
+                x_in = changed;
+                saves.put(i, Point::Input(t), Some(s));
+            }
+        }
+        let w_ref = BaseWeight::Linear(l, t, Part::Weight);
+        let weight = hooks.weight(w_ref, &base.weight);
+        let bias = hooks.weight(BaseWeight::Linear(l, t, Part::Bias), &base.bias);
+        let mut y = ops::linear(&x_in, weight, Some(bias))?;
+        for (i, h) in hooks.hooks.iter().enumerate() {
+            if let Some(s) = h.linear_output(cx, t, &x_in, &mut y)? {
+                saves.put(i, Point::Output(t), Some(s));
+            }
+        }
+        if hooks.replaced(w_ref).is_some() {
+            linear_in[t.index()] = Some(x_in);
+        }
+        Ok(y)
     }
 
-    /// Backward of `linear`: dx += dy W (+ LoRA path); dW is frozen; db and LoRA grads accumulate.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_backward(
+    /// Adds the hooks' branches at `at` to `out`; `input` is the branch input for `Branch::Ffn`,
+    /// and `out` itself (as it stands before each hook) for the others.
+    fn branches(
         &self,
-        dy: &Tensor,
-        w: &Linear,
-        dbias: Option<&mut Tensor>,
-        lora: Option<&Lora>,
-        acts: Option<&LoraActs>,
-        dlora: Option<&mut Lora>,
-        dx: Option<&mut Tensor>,
-        d: Option<&Dropout>,
-        site_id: u32,
+        cx: Cx,
+        hooks: Hooks,
+        at: Branch,
+        input: Option<&Tensor>,
+        out: &mut Tensor,
+        saves: &mut HookSaves,
     ) -> Result<()> {
-        if let Some(db) = dbias {
-            ops::sum_rows_into(db, dy, true)?;
-        }
-        if let (Some(lora), Some(acts), Some(dl)) = (lora, acts, dlora) {
-            let s = lora_scaling(self.method);
-            let rows = acts.u.dim(0);
-            let (out, r) = (lora.b.dim(0), lora.b.dim(1));
-            let inp = lora.a.dim(1);
-            // dB += s · dyᵀ u
-            let mut desc = MatmulDesc::contiguous(1, out, r, rows, true, false);
-            desc.alpha = s;
-            desc.accumulate = true;
-            ops::matmul_into(&mut dl.b, dy, &acts.u, None, &desc)?;
-            // du = s · dy B
-            let mut du = dy.device().uninit("lora_backward", &[rows, r])?;
-            let mut desc = MatmulDesc::contiguous(1, rows, r, out, false, false);
-            desc.alpha = s;
-            ops::matmul_into(&mut du, dy, &lora.b, None, &desc)?;
-            // dA += duᵀ xd
-            let mut desc = MatmulDesc::contiguous(1, r, inp, rows, true, false);
-            desc.accumulate = true;
-            ops::matmul_into(&mut dl.a, &du, &acts.xd, None, &desc)?;
-            if let Some(dx) = dx {
-                let dxd = ops::matmul(&du, &lora.a, false, false)?;
-                let dxd = drop(&dxd, d, |d| d.lora, site_id)?;
-                ops::add_into(dx, &dxd, 1.0)?;
-                linear_dx_acc(dx, dy, &w.weight)?;
+        for (i, h) in hooks.hooks.iter().enumerate() {
+            let own = if input.is_none() { Some(out.clone()) } else { None };
+            let inp = input.or(own.as_ref()).unwrap();
+            if let Some(s) = h.branch(cx, at, inp, out)? {
+                saves.put(i, Point::Branch(at), Some(s));
             }
-        } else if let Some(dx) = dx {
-            linear_dx_acc(dx, dy, &w.weight)?;
         }
         Ok(())
-    }
-
-    fn bottleneck_forward(&self, a: &Bottleneck, h: &Tensor) -> Result<(Tensor, BottleneckActs)> {
-        let z = a.down.forward(h)?;
-        let act = act_forward(adapter_activation(self.method), &z)?;
-        let u = a.up.forward(&act)?;
-        Ok((ops::scale(&u, adapter_scaling(self.method))?, BottleneckActs { input: h.clone(), z, a: act }))
-    }
-
-    /// Backward of `bottleneck_forward` for the gradient `dout` of its (scaled) output: accumulates the
-    /// adapter's gradients and adds the input gradient to `dh`.
-    fn bottleneck_backward(
-        &self,
-        a: &Bottleneck,
-        acts: &BottleneckActs,
-        dout: &Tensor,
-        g: &mut Bottleneck,
-        dh: &mut Tensor,
-    ) -> Result<()> {
-        let du = ops::scale(dout, adapter_scaling(self.method))?;
-        let da = ops::linear_backward(&du, &acts.a, &a.up.weight, Some(&mut g.up.weight), Some(&mut g.up.bias), true)?
-            .unwrap();
-        let dz = act_backward(adapter_activation(self.method), &da, &acts.z, &acts.a)?;
-        ops::linear_backward(
-            &dz,
-            &acts.input,
-            &a.down.weight,
-            Some(&mut g.down.weight),
-            Some(&mut g.down.bias),
-            false,
-        )?;
-        linear_dx_acc(dh, &dz, &a.down.weight)
     }
 
     /// One encoder layer on x (B·T, C).
@@ -307,180 +552,192 @@ impl Encoder<'_> {
         x: Tensor,
         inputs: &Inputs,
         mask: &Tensor,
+        hooks: Hooks,
         d: Option<&Dropout>,
     ) -> Result<(Tensor, LayerActs)> {
-        let (b, t, c) = self.layer_dims(inputs);
-        let layer = &self.base.layers[l];
-        let p = &self.layers[l];
-        let bias = |i: Target| p.biases.as_ref().map(|bs| &bs.linear[i.index()]);
-        let mut lora_acts: Vec<Option<LoraActs>> = vec![None; 6];
-        let mut proj = |t: Target, input: &Tensor| -> Result<Tensor> {
-            let (y, la) = self.linear(input, layer.linear(t), bias(t), p.lora(t), d, lora_site(l, t))?;
-            lora_acts[t.index()] = la;
-            Ok(y)
+        let (b, t, c) = (inputs.batch, inputs.seq, self.config.hidden_size);
+        let layer = &self.layers[l];
+        let cx = Cx { layer: l, params: hooks.params, dropout: d };
+        let mut saves = HookSaves::new(hooks.hooks.len());
+        let mut linear_in = vec![None; 6];
+        let mut lin = |tg: Target, input: &Tensor, saves: &mut HookSaves| {
+            self.linear(cx, hooks, tg, input, saves, &mut linear_in)
         };
-        let q = proj(Target::Query, &x)?.reshape(&[b, t, c])?;
-        let mut k = proj(Target::Key, &x)?;
-        let mut v = proj(Target::Value, &x)?;
-        let (mut k_raw, mut v_raw) = (None, None);
-        if let Some(ia3) = &p.ia3 {
-            let ks = ops::mul(&k, &ia3.key)?;
-            let vs = ops::mul(&v, &ia3.value)?;
-            k_raw = Some(std::mem::replace(&mut k, ks));
-            v_raw = Some(std::mem::replace(&mut v, vs));
+        let q = lin(Target::Query, &x, &mut saves)?.reshape(&[b, t, c])?;
+        let mut k = lin(Target::Key, &x, &mut saves)?.reshape(&[b, t, c])?;
+        let mut v = lin(Target::Value, &x, &mut saves)?.reshape(&[b, t, c])?;
+        if let Some((pk, pv)) = hooks.prefix(l) {
+            k = ops::prefix_concat(&hooks.params[pk], &k)?;
+            v = ops::prefix_concat(&hooks.params[pv], &v)?;
         }
-        let mut k = k.reshape(&[b, t, c])?;
-        let mut v = v.reshape(&[b, t, c])?;
-        if let Some(pr) = &p.prefix {
-            k = ops::prefix_concat(&pr.key, &k)?;
-            v = ops::prefix_concat(&pr.value, &v)?;
-        }
-        let heads = self.base.config.num_attention_heads;
+        let heads = self.config.num_attention_heads;
         let (ctx, probs) = ops::attention(&q, &k, &v, Some(mask), heads, attn_dropout(d, l))?;
         let ctx = ctx.reshape(&[b * t, c])?;
-        let mut ao = drop_owned(proj(Target::AttnOut, &ctx)?, d, |d| d.hidden, site(l, SITE_ATTN_OUT))?;
-        let mut adapter_attn = None;
-        if let Some(a) = &p.adapter_attn {
-            let (delta, acts) = self.bottleneck_forward(a, &ao)?;
-            ops::add_into(&mut ao, &delta, 1.0)?;
-            adapter_attn = Some(acts);
-        }
+        let ao = lin(Target::AttnOut, &ctx, &mut saves)?;
+        let mut ao = drop_owned(ao, d, |d| d.hidden, site::layer(l, site::ATTN_OUT))?;
+        self.branches(cx, hooks, Branch::AttnOutput, None, &mut ao, &mut saves)?;
         let mut attn_sum = ao;
         ops::add_into(&mut attn_sum, &x, 1.0)?;
-        let attn_norm_bias = p.biases.as_ref().map_or(&layer.attn_norm.bias, |bs| &bs.attn_norm);
-        let (h1, attn_mean, attn_rstd) =
-            ops::layernorm(&attn_sum, &layer.attn_norm.weight, attn_norm_bias, self.eps())?;
-        let inter_pre = proj(Target::Intermediate, &h1)?;
-        let inter = ops::gelu(&inter_pre)?;
-        let inter_in = match &p.ia3 {
-            Some(ia3) => ops::mul(&inter, &ia3.ffn)?,
-            None => inter.clone(),
-        };
-        let mut o = drop_owned(proj(Target::Output, &inter_in)?, d, |d| d.hidden, site(l, SITE_FFN_OUT))?;
-        let mut adapter_ffn = None;
-        if let Some(a) = &p.adapter_ffn {
-            let (delta, acts) = self.bottleneck_forward(a, &o)?;
-            ops::add_into(&mut o, &delta, 1.0)?;
-            adapter_ffn = Some(acts);
-        }
-        let mut parallel = None;
-        if let Some(a) = &p.parallel {
-            let (delta, acts) = self.bottleneck_forward(a, &h1)?;
-            ops::add_into(&mut o, &delta, 1.0)?;
-            parallel = Some(acts);
-        }
+        let (h1, attn_mean, attn_rstd) = ops::layernorm(
+            &attn_sum,
+            hooks.weight(BaseWeight::AttnNorm(l, Part::Weight), &layer.attn_norm.weight),
+            hooks.weight(BaseWeight::AttnNorm(l, Part::Bias), &layer.attn_norm.bias),
+            self.eps(),
+        )?;
+        let inter_pre = lin(Target::Intermediate, &h1, &mut saves)?;
+        let inter = act_forward(self.desc.activation, &inter_pre)?;
+        let o = lin(Target::Output, &inter, &mut saves)?;
+        let mut o = drop_owned(o, d, |d| d.hidden, site::layer(l, site::FFN_OUT))?;
+        self.branches(cx, hooks, Branch::FfnOutput, None, &mut o, &mut saves)?;
+        self.branches(cx, hooks, Branch::Ffn, Some(&h1), &mut o, &mut saves)?;
         let mut out_sum = o;
         ops::add_into(&mut out_sum, &h1, 1.0)?;
-        let out_norm_bias = p.biases.as_ref().map_or(&layer.out_norm.bias, |bs| &bs.out_norm);
-        let (out, out_mean, out_rstd) = ops::layernorm(&out_sum, &layer.out_norm.weight, out_norm_bias, self.eps())?;
+        let (out, out_mean, out_rstd) = ops::layernorm(
+            &out_sum,
+            hooks.weight(BaseWeight::OutNorm(l, Part::Weight), &layer.out_norm.weight),
+            hooks.weight(BaseWeight::OutNorm(l, Part::Bias), &layer.out_norm.bias),
+            self.eps(),
+        )?;
         let acts = LayerActs {
             input: x,
             q,
             k,
             v,
-            k_raw,
-            v_raw,
             probs,
             ctx,
-            lora: lora_acts,
-            adapter_attn,
             attn_sum,
             attn_mean,
             attn_rstd,
             h1,
             inter_pre,
             inter,
-            inter_in,
-            adapter_ffn,
-            parallel,
             out_sum,
             out_mean,
             out_rstd,
+            linear_in,
+            hooks: saves,
         };
         Ok((out, acts))
     }
 
-    fn eps(&self) -> f32 {
-        self.base.config.layer_norm_eps as f32
-    }
-
-    /// The attention key mask with `plen` zeros in front for prefix rows. (B, P+T)
-    fn key_mask(&self, plen: usize, inputs: &Inputs) -> Result<Tensor> {
-        if plen == 0 {
-            return Ok(inputs.mask_add.clone());
-        }
-        let zeros = self.base.device.zeros(&[plen, 1])?;
-        let m = ops::prefix_concat(&zeros, &inputs.mask_add.reshape(&[inputs.batch, inputs.seq, 1])?)?;
-        m.reshape(&[inputs.batch, inputs.seq + plen])
-    }
-
-    /// Embeddings and every layer: the last hidden state (B, T, C); with `keep` the activations of
-    /// each layer; with `keep_states` the embedding output and each layer's output (HF hidden_states).
-    pub fn encode(
-        &self,
-        inputs: &Inputs,
-        dropout: Option<&Dropout>,
-        keep: bool,
-        keep_states: bool,
-    ) -> Result<(Tensor, Vec<LayerActs>, Vec<Tensor>)> {
-        let (b, t, c) = self.layer_dims(inputs);
-        if t > self.base.config.max_position_embeddings {
-            return Err(Error::shape(
-                "encoder",
-                format!(
-                    "sequence of {t} tokens is longer than max_position_embeddings {}",
-                    self.base.config.max_position_embeddings
-                ),
-            ));
-        }
-        let e = &self.base.embeddings;
-        let mut sum = ops::embedding(&inputs.ids, &e.word)?;
-        ops::add_into(&mut sum, &ops::embedding(&inputs.positions, &e.position)?, 1.0)?;
-        ops::add_into(&mut sum, &ops::embedding(&inputs.types, &e.token_type)?, 1.0)?;
-        let emb_bias = self.emb_norm_bias.unwrap_or(&e.norm.bias);
-        let (x, _, _) = ops::layernorm(&sum, &e.norm.weight, emb_bias, self.eps())?;
-        let mut x = drop(&x, dropout, |d| d.hidden, SITE_EMBEDDINGS)?;
-        let mut layers = vec![];
-        let mut states = vec![];
-        if keep_states {
-            states.push(x.reshape(&[b, t, c])?);
-        }
-        // Every layer with the same number of prefix rows shares one key mask.
-        let mut mask: Option<(usize, Tensor)> = None;
-        for l in 0..self.base.layers.len() {
-            let plen = self.layers[l].prefix.as_ref().map_or(0, |pr| pr.key.dim(0));
-            if mask.as_ref().is_none_or(|(n, _)| *n != plen) {
-                mask = Some((plen, self.key_mask(plen, inputs)?));
-            }
-            let (out, acts) = self.layer_forward(l, x, inputs, &mask.as_ref().unwrap().1, dropout)?;
-            x = out;
-            if keep {
-                layers.push(acts);
-            }
-            if keep_states {
-                states.push(x.reshape(&[b, t, c])?);
-            }
-        }
-        Ok((x.reshape(&[b, t, c])?, layers, states))
-    }
-
-    /// Backward of the linear layer `t` of layer `l` (with its LoRA and BitFit bias when trained).
+    /// Backward of `linear` for the gradient `dy` of its output: the hooks' and any trained base
+    /// weight's gradients accumulate into `grads`, the input gradient is added to `dx` when given.
     #[allow(clippy::too_many_arguments)]
-    fn target_backward(
+    fn linear_backward(
         &self,
-        l: usize,
+        cx: Cx,
+        hooks: Hooks,
         t: Target,
-        dy: &Tensor,
         a: &LayerActs,
-        g: &mut LayerParams,
+        dy: &Tensor,
         dx: Option<&mut Tensor>,
-        d: Option<&Dropout>,
+        grads: &mut ParamSet,
     ) -> Result<()> {
-        let (lora_g, bias_g) = split_grads(g, t);
-        let lora = self.layers[l].lora(t);
-        let acts = a.lora[t.index()].as_ref();
-        let w = self.base.layers[l].linear(t);
-        self.linear_backward(dy, w, bias_g, lora, acts, lora_g, dx, d, lora_site(l, t))
+        let l = cx.layer;
+        let base = self.layers[l].linear(t);
+        let changes_input = hooks.hooks.iter().any(|h| h.changes_input(l, t));
+        // With input hooks the gradient of the linear's own input is collected apart, then passed
+        // back through them.
+        let mut apart = match (&dx, changes_input) {
+            (Some(x), true) => Some(self.device.zeros(x.shape())?),
+            _ => None,
+        };
+        let mut dx = dx;
+        let mut dy_own: Option<Tensor> = None;
+        {
+            let mut target: Option<&mut Tensor> = match apart.as_mut() {
+                Some(a) => Some(a),
+                None => dx.as_deref_mut(),
+            };
+            for (i, h) in hooks.hooks.iter().enumerate().rev() {
+                if let Some(s) = a.hooks.get(i, Point::Output(t)) {
+                    let cur = dy_own.as_ref().unwrap_or(dy);
+                    if let Some(changed) = h.linear_output_backward(cx, t, s, cur, target.as_deref_mut(), grads)? {
+                        dy_own = Some(changed);
+                    }
+                }
+            }
+            let dy = dy_own.as_ref().unwrap_or(dy);
+            if let Some(id) = hooks.replaced(BaseWeight::Linear(l, t, Part::Bias)) {
+                ops::sum_rows_into(&mut grads[id], dy, true)?;
+            }
+            let w_ref = BaseWeight::Linear(l, t, Part::Weight);
+            if let Some(id) = hooks.replaced(w_ref) {
+                let x_in = a.linear_in[t.index()].as_ref().expect("the forward keeps a trained linear's input");
+                let (rows, k) = (x_in.numel() / x_in.shape().last().unwrap(), *x_in.shape().last().unwrap());
+                let n = dy.shape().last().copied().unwrap();
+                let mut desc = MatmulDesc::contiguous(1, n, k, rows, true, false);
+                desc.accumulate = true;
+                ops::matmul_into(&mut grads[id], dy, x_in, None, &desc)?;
+            }
+            if let Some(target) = target {
+                linear_dx_acc(target, dy, hooks.weight(w_ref, &base.weight))?;
+            }
+        }
+        if let (Some(mut g), Some(dx)) = (apart, dx) {
+            for (i, h) in hooks.hooks.iter().enumerate().rev() {
+                if let Some(s) = a.hooks.get(i, Point::Input(t)) {
+                    g = h.linear_input_backward(cx, t, s, g, grads)?;
+                }
+            }
+            ops::add_into(dx, &g, 1.0)?;
+        }
+        Ok(())
+    }
+
+    /// Backward of `branches` at `at`: returns the gradient of `out` before the branches were added
+    /// (for `Branch::Ffn`, whose input is another tensor, the gradient of that input is added to
+    /// `dinput` and dout passes through unchanged).
+    #[allow(clippy::too_many_arguments)]
+    fn branches_backward(
+        &self,
+        cx: Cx,
+        hooks: Hooks,
+        at: Branch,
+        a: &LayerActs,
+        dout: Tensor,
+        dinput: Option<&mut Tensor>,
+        grads: &mut ParamSet,
+    ) -> Result<Tensor> {
+        let mut dout = dout;
+        let mut dinput = dinput;
+        for (i, h) in hooks.hooks.iter().enumerate().rev() {
+            let Some(s) = a.hooks.get(i, Point::Branch(at)) else { continue };
+            match dinput.as_deref_mut() {
+                Some(di) => h.branch_backward(cx, at, s, &dout, di, grads)?,
+                None => {
+                    // out' = out + f(out): dout = dout' + f'(dout')
+                    let mut d_in = dout.clone();
+                    h.branch_backward(cx, at, s, &dout, &mut d_in, grads)?;
+                    dout = d_in;
+                }
+            }
+        }
+        Ok(dout)
+    }
+
+    /// Backward of a layer norm whose weight or bias a hook may train: returns dx.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_backward(
+        &self,
+        hooks: Hooks,
+        w: (BaseWeight, BaseWeight),
+        norm: &LayerNorm,
+        dy: &Tensor,
+        x: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        grads: &mut ParamSet,
+    ) -> Result<Tensor> {
+        let gamma = hooks.weight(w.0, &norm.weight);
+        let dx = match hooks.replaced(w.0) {
+            Some(id) => ops::layernorm_backward(Some(&mut grads[id]), None, dy, x, mean, rstd, gamma)?,
+            None => ops::layernorm_backward(None, None, dy, x, mean, rstd, gamma)?,
+        };
+        if let Some(id) = hooks.replaced(w.1) {
+            ops::sum_rows_into(&mut grads[id], dy, true)?;
+        }
+        Ok(dx)
     }
 
     /// Backward of one layer: returns the gradient of its input (a placeholder when `need_dx` is false).
@@ -491,183 +748,208 @@ impl Encoder<'_> {
         a: &LayerActs,
         inputs: &Inputs,
         dout: Tensor,
-        g: &mut LayerParams,
+        hooks: Hooks,
+        grads: &mut ParamSet,
         d: Option<&Dropout>,
         need_dx: bool,
     ) -> Result<Tensor> {
-        let (b, t, c) = self.layer_dims(inputs);
-        let dev = &self.base.device;
-        let layer = &self.base.layers[l];
-        let p = &self.layers[l];
+        let (b, t, c) = (inputs.batch, inputs.seq, self.config.hidden_size);
+        let layer = &self.layers[l];
+        let cx = Cx { layer: l, params: hooks.params, dropout: d };
 
         // out = LN2(out_sum)
+        let norm2 = (BaseWeight::OutNorm(l, Part::Weight), BaseWeight::OutNorm(l, Part::Bias));
         let d_out_sum =
-            ops::layernorm_backward(&dout, &a.out_sum, &a.out_mean, &a.out_rstd, &layer.out_norm.weight, None, None)?;
-        if let Some(bs) = &mut g.biases {
-            ops::sum_rows_into(&mut bs.out_norm, &dout, true)?;
-        }
+            self.norm_backward(hooks, norm2, &layer.out_norm, &dout, &a.out_sum, &a.out_mean, &a.out_rstd, grads)?;
         // out_sum = o + h1
         let mut dh1 = d_out_sum.clone();
-        let mut d_o = d_out_sum;
-        if let (Some(pa), Some(acts), Some(ga)) = (&p.parallel, &a.parallel, &mut g.parallel) {
-            self.bottleneck_backward(pa, acts, &d_o, ga, &mut dh1)?;
-        }
-        if let (Some(pa), Some(acts), Some(ga)) = (&p.adapter_ffn, &a.adapter_ffn, &mut g.adapter_ffn) {
-            // o' = o + A(o): do = do' + A'(do')
-            let mut d_in = d_o.clone();
-            self.bottleneck_backward(pa, acts, &d_o, ga, &mut d_in)?;
-            d_o = d_in;
-        }
-        let d_o = drop(&d_o, d, |d| d.hidden, site(l, SITE_FFN_OUT))?;
-        // o = inter_in W_oᵀ + b (+ LoRA)
-        let mut d_inter_in = dev.zeros(a.inter_in.shape())?;
-        self.target_backward(l, Target::Output, &d_o, a, g, Some(&mut d_inter_in), d)?;
-        // inter_in = inter ⊙ l_ff
-        let d_inter = match (&p.ia3, &mut g.ia3) {
-            (Some(ia3), Some(gi)) => {
-                let prod = ops::mul(&d_inter_in, &a.inter)?;
-                ops::sum_rows_into(&mut gi.ffn, &prod, true)?;
-                ops::mul(&d_inter_in, &ia3.ffn)?
-            }
-            _ => d_inter_in,
-        };
-        let d_inter_pre = ops::gelu_backward(&d_inter, &a.inter_pre)?;
-        self.target_backward(l, Target::Intermediate, &d_inter_pre, a, g, Some(&mut dh1), d)?;
+        let d_o = self.branches_backward(cx, hooks, Branch::Ffn, a, d_out_sum, Some(&mut dh1), grads)?;
+        let d_o = self.branches_backward(cx, hooks, Branch::FfnOutput, a, d_o, None, grads)?;
+        let d_o = drop(&d_o, d, |d| d.hidden, site::layer(l, site::FFN_OUT))?;
+        // o = inter W_oᵀ + b
+        let mut d_inter = self.device.zeros(a.inter.shape())?;
+        self.linear_backward(cx, hooks, Target::Output, a, &d_o, Some(&mut d_inter), grads)?;
+        let d_inter_pre = act_backward(self.desc.activation, &d_inter, &a.inter_pre, &a.inter)?;
+        self.linear_backward(cx, hooks, Target::Intermediate, a, &d_inter_pre, Some(&mut dh1), grads)?;
         // h1 = LN1(attn_sum)
-        let d_attn_sum = ops::layernorm_backward(
-            &dh1,
-            &a.attn_sum,
-            &a.attn_mean,
-            &a.attn_rstd,
-            &layer.attn_norm.weight,
-            None,
-            None,
-        )?;
-        if let Some(bs) = &mut g.biases {
-            ops::sum_rows_into(&mut bs.attn_norm, &dh1, true)?;
-        }
+        let norm1 = (BaseWeight::AttnNorm(l, Part::Weight), BaseWeight::AttnNorm(l, Part::Bias));
+        let d_attn_sum =
+            self.norm_backward(hooks, norm1, &layer.attn_norm, &dh1, &a.attn_sum, &a.attn_mean, &a.attn_rstd, grads)?;
         // attn_sum = ao + x
         let mut dx = if need_dx { Some(d_attn_sum.clone()) } else { None };
-        let mut d_ao = d_attn_sum;
-        if let (Some(pa), Some(acts), Some(ga)) = (&p.adapter_attn, &a.adapter_attn, &mut g.adapter_attn) {
-            let mut d_in = d_ao.clone();
-            self.bottleneck_backward(pa, acts, &d_ao, ga, &mut d_in)?;
-            d_ao = d_in;
-        }
-        let d_ao = drop(&d_ao, d, |d| d.hidden, site(l, SITE_ATTN_OUT))?;
-        let mut d_ctx = dev.zeros(&[b * t, c])?;
-        self.target_backward(l, Target::AttnOut, &d_ao, a, g, Some(&mut d_ctx), d)?;
+        let d_ao = self.branches_backward(cx, hooks, Branch::AttnOutput, a, d_attn_sum, None, grads)?;
+        let d_ao = drop(&d_ao, d, |d| d.hidden, site::layer(l, site::ATTN_OUT))?;
+        let mut d_ctx = self.device.zeros(&[b * t, c])?;
+        self.linear_backward(cx, hooks, Target::AttnOut, a, &d_ao, Some(&mut d_ctx), grads)?;
         // attention
-        let heads = self.base.config.num_attention_heads;
+        let heads = self.config.num_attention_heads;
         let d_ctx = d_ctx.reshape(&[b, t, c])?;
         let (dq, mut dk, mut dv) =
             ops::attention_backward(&d_ctx, &a.q, &a.k, &a.v, &a.probs, heads, attn_dropout(d, l))?;
-        if let (Some(_), Some(gp)) = (&p.prefix, &mut g.prefix) {
-            dk = ops::prefix_split(&dk, &mut gp.key)?;
-            dv = ops::prefix_split(&dv, &mut gp.value)?;
+        if let Some((pk, pv)) = hooks.prefix(l) {
+            dk = ops::prefix_split(&mut grads[pk], &dk)?;
+            dv = ops::prefix_split(&mut grads[pv], &dv)?;
         }
-        let mut dk = dk.reshape(&[b * t, c])?;
-        let mut dv = dv.reshape(&[b * t, c])?;
-        if let (Some(ia3), Some(gi)) = (&p.ia3, &mut g.ia3) {
-            ops::sum_rows_into(&mut gi.key, &ops::mul(&dk, a.k_raw.as_ref().unwrap())?, true)?;
-            ops::sum_rows_into(&mut gi.value, &ops::mul(&dv, a.v_raw.as_ref().unwrap())?, true)?;
-            dk = ops::mul(&dk, &ia3.key)?;
-            dv = ops::mul(&dv, &ia3.value)?;
-        }
+        let dk = dk.reshape(&[b * t, c])?;
+        let dv = dv.reshape(&[b * t, c])?;
         let dq = dq.reshape(&[b * t, c])?;
         for (tg, dy) in [(Target::Query, &dq), (Target::Key, &dk), (Target::Value, &dv)] {
-            self.target_backward(l, tg, dy, a, g, dx.as_mut(), d)?;
+            self.linear_backward(cx, hooks, tg, a, dy, dx.as_mut(), grads)?;
         }
         Ok(dx.unwrap_or(dq))
     }
-}
 
-impl Classifier<'_> {
-    fn encoder(&self) -> Encoder<'_> {
-        Encoder {
-            base: self.base,
-            layers: &self.params.layers,
-            emb_norm_bias: self.params.emb_norm_bias.as_ref(),
-            method: self.method,
-        }
-    }
-
-    /// The forward pass to logits (B, K). With `dropout` (training) dropout is on; with `keep` it
-    /// keeps every activation the backward pass needs.
-    pub fn forward(&self, inputs: &Inputs, dropout: Option<&Dropout>, keep: bool) -> Result<(Tensor, Option<Acts>)> {
-        let (hidden, layers, _) = self.encoder().encode(inputs, dropout, keep, false)?;
-        let (features, pooled) = match self.head {
-            HeadKind::Pooler => {
-                let pre = self.base.cls_dense(&hidden, self.params.pooler_bias.as_ref())?;
-                (ops::tanh(&pre)?, Some(pre))
-            }
-            HeadKind::Mean => (ops::mean_pool(&hidden, &inputs.mask)?, None),
-        };
-        let features_dropped = drop(&features, dropout, |d| d.hidden, SITE_HEAD)?;
-        let logits = self.params.classifier.forward(&features_dropped)?;
-        let acts = keep.then_some(Acts { layers, hidden, pooled, features, features_dropped });
-        Ok((logits, acts))
-    }
-
-    /// Backward from dlogits (B, K): accumulates every trainable gradient into `grads`.
+    /// Backward from dhidden (B, T, C), the gradient of the last hidden state: every hook's and
+    /// trained weight's gradient accumulates into `grads` (aligned with `hooks.params`).
     pub fn backward(
         &self,
         inputs: &Inputs,
-        acts: &Acts,
-        dlogits: &Tensor,
-        grads: &mut Trainable,
+        acts: &EncoderActs,
+        dhidden: Tensor,
+        hooks: Hooks,
+        grads: &mut ParamSet,
         dropout: Option<&Dropout>,
     ) -> Result<()> {
-        let (b, t, c) = (inputs.batch, inputs.seq, self.base.config.hidden_size);
-        let dev = &self.base.device;
-        // Head: classifier, dropout, pooler or mean pooling.
-        let dfeat = ops::linear_backward(
-            dlogits,
-            &acts.features_dropped,
-            &self.params.classifier.weight,
-            Some(&mut grads.classifier.weight),
-            Some(&mut grads.classifier.bias),
-            self.params.trains_encoder(),
-        )?;
-        let Some(dfeat) = dfeat else { return Ok(()) };
-        let dfeat = drop(&dfeat, dropout, |d| d.hidden, SITE_HEAD)?;
-        let dhidden = match self.head {
-            HeadKind::Pooler => {
-                let pooler = self.base.pooler.as_ref().expect("pooler head checked in forward");
-                let dpre = ops::tanh_backward(&dfeat, &acts.features)?;
-                if let Some(db) = &mut grads.pooler_bias {
-                    ops::sum_rows_into(db, &dpre, true)?;
-                }
-                // Only the [CLS] rows receive a gradient: write them with a row stride of T·C.
-                let mut dh = dev.zeros(&[b, t, c])?;
-                let desc = MatmulDesc {
-                    c: Strides { offset: 0, ld: t * c, bs: [0, 0] },
-                    ..MatmulDesc::contiguous(1, b, c, c, false, false)
-                };
-                ops::matmul_into(&mut dh, &dpre, &pooler.weight, None, &desc)?;
-                dh
-            }
-            HeadKind::Mean => ops::mean_pool_backward(&dfeat, &inputs.mask)?,
-        };
-        let Some(lowest) = self.params.lowest_trained_layer() else { return Ok(()) };
+        let (b, t, c) = (inputs.batch, inputs.seq, self.config.hidden_size);
+        let (Some(lowest), into_embeddings) = hooks.lowest_layer() else { return Ok(()) };
         let mut dx = dhidden.reshape(&[b * t, c])?;
-        for l in (lowest..self.base.layers.len()).rev() {
-            let need_dx = l > lowest || self.params.emb_norm_bias.is_some();
-            let lg = &mut grads.layers[l];
-            dx = self.encoder().layer_backward(l, &acts.layers[l], inputs, dx, lg, dropout, need_dx)?;
+        for l in (lowest..self.layers.len()).rev() {
+            let need_dx = l > lowest || into_embeddings;
+            dx = self.layer_backward(l, &acts.layers[l], inputs, dx, hooks, grads, dropout, need_dx)?;
         }
-        if let Some(db) = &mut grads.emb_norm_bias {
-            // y = LN(sum) * γ + β, then dropout: dβ = Σ_rows drop(dx).
-            let d0 = drop(&dx, dropout, |d| d.hidden, SITE_EMBEDDINGS)?;
-            ops::sum_rows_into(db, &d0, true)?;
+        if !into_embeddings {
+            return Ok(());
+        }
+        let e = &self.embeddings;
+        if let Some(p) = &e.project {
+            let mut d = self.device.zeros(acts.embedded.shape())?;
+            linear_dx_acc(&mut d, &dx, &p.weight)?;
+            dx = d;
+        }
+        // y = drop(LN(sum) * γ + β): dβ = Σ_rows drop(dy); dγ needs the norm's statistics.
+        let d0 = drop(&dx, dropout, |d| d.hidden, site::EMBEDDINGS)?;
+        if let Some(id) = hooks.replaced(BaseWeight::EmbeddingsNorm(Part::Bias)) {
+            ops::sum_rows_into(&mut grads[id], &d0, true)?;
+        }
+        if hooks.replaced(BaseWeight::EmbeddingsNorm(Part::Weight)).is_some() {
+            return Err(Error::invalid("training the embeddings' LayerNorm weight is not supported"));
         }
         Ok(())
     }
-}
 
-/// The LoRA and bias gradients of one target, borrowed together.
-fn split_grads(g: &mut LayerParams, t: Target) -> (Option<&mut Lora>, Option<&mut Tensor>) {
-    let lora = g.lora.get_mut(t.index()).and_then(|l| l.as_mut());
-    let bias = g.biases.as_mut().map(|b| &mut b.linear[t.index()]);
-    (lora, bias)
+    /// Masked mean pooling then L2 normalisation: the sentence-transformers embedding. (B, C)
+    pub fn sentence_embedding(&self, hidden: &Tensor, inputs: &Inputs) -> Result<Tensor> {
+        ops::l2_normalize(&ops::mean_pool(hidden, &inputs.mask)?)
+    }
+
+    /// The BERT pooler: tanh(W h[CLS] + b). (B, C)
+    pub fn pool_cls(&self, hidden: &Tensor) -> Result<Tensor> {
+        ops::tanh(&Hooks::none(|h| self.cls_dense(hidden, h))?)
+    }
+
+    fn pooler(&self) -> Result<&Linear> {
+        self.pooler
+            .as_ref()
+            .ok_or_else(|| Error::invalid("this checkpoint has no pooler (pooler.dense.*): use the mean-pooling head"))
+    }
+
+    /// The pooler's dense layer over the [CLS] rows, before tanh: W h[CLS] + b (with the hooks'
+    /// pooler weights where they train them). (B, C)
+    pub fn cls_dense(&self, hidden: &Tensor, hooks: Hooks) -> Result<Tensor> {
+        let pooler = self.pooler()?;
+        let (b, t, c) = (hidden.dim(0), hidden.dim(1), hidden.dim(2));
+        // Rows b*T*C of the hidden state are the [CLS] vectors: a matmul with row stride T*C.
+        let mut pre = self.device.uninit("pooler", &[b, c])?;
+        let desc = MatmulDesc {
+            a: Strides { offset: 0, ld: t * c, bs: [0, 0] },
+            ..MatmulDesc::contiguous(1, b, c, c, false, true)
+        };
+        let weight = hooks.weight(BaseWeight::Pooler(Part::Weight), &pooler.weight);
+        let bias = hooks.weight(BaseWeight::Pooler(Part::Bias), &pooler.bias);
+        ops::matmul_into(&mut pre, hidden, weight, Some(bias), &desc)?;
+        Ok(pre)
+    }
+
+    /// Backward of `cls_dense` for dpre (B, C): the pooler's trained weights accumulate into
+    /// `grads`; returns dhidden (B, T, C) (zero but on the [CLS] rows) when `need_dx`.
+    pub fn cls_dense_backward(
+        &self,
+        grads: &mut ParamSet,
+        dpre: &Tensor,
+        hidden: &Tensor,
+        hooks: Hooks,
+        need_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        let pooler = self.pooler()?;
+        let (b, t, c) = (hidden.dim(0), hidden.dim(1), hidden.dim(2));
+        if let Some(id) = hooks.replaced(BaseWeight::Pooler(Part::Bias)) {
+            ops::sum_rows_into(&mut grads[id], dpre, true)?;
+        }
+        if let Some(id) = hooks.replaced(BaseWeight::Pooler(Part::Weight)) {
+            // dW += dpreᵀ h[CLS]: the [CLS] rows read with a row stride of T·C.
+            let mut desc = MatmulDesc {
+                b: Strides { offset: 0, ld: t * c, bs: [0, 0] },
+                ..MatmulDesc::contiguous(1, c, c, b, true, false)
+            };
+            desc.accumulate = true;
+            ops::matmul_into(&mut grads[id], dpre, hidden, None, &desc)?;
+        }
+        if !need_dx {
+            return Ok(None);
+        }
+        // Only the [CLS] rows receive a gradient: write them with a row stride of T·C.
+        let mut dh = self.device.zeros(&[b, t, c])?;
+        let desc = MatmulDesc {
+            c: Strides { offset: 0, ld: t * c, bs: [0, 0] },
+            ..MatmulDesc::contiguous(1, b, c, c, false, false)
+        };
+        let weight = hooks.weight(BaseWeight::Pooler(Part::Weight), &pooler.weight);
+        ops::matmul_into(&mut dh, dpre, weight, None, &desc)?;
+        Ok(Some(dh))
+    }
+
+    /// Every weight under its Hugging Face name (inside the base model, no task prefix), for export
+    /// and merging.
+    pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
+        let n = &self.desc.names;
+        let mut out: Vec<(String, &Tensor)> = vec![];
+        let e = &self.embeddings;
+        out.push((n.word_embeddings.into(), &e.word));
+        out.push((n.position_embeddings.into(), &e.position));
+        if let (Some(name), Some(tt)) = (n.token_type_embeddings, &e.token_type) {
+            out.push((name.into(), tt));
+        }
+        out.push((format!("{}.weight", n.embeddings_norm), &e.norm.weight));
+        out.push((format!("{}.bias", n.embeddings_norm), &e.norm.bias));
+        if let (Some(name), Some(p)) = (n.embeddings_project, &e.project) {
+            out.push((format!("{name}.weight"), &p.weight));
+            out.push((format!("{name}.bias"), &p.bias));
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = self.desc.layer(l);
+            for t in Target::ALL {
+                let lin = layer.linear(t);
+                out.push((format!("{p}.{}.weight", self.desc.module(t)), &lin.weight));
+                out.push((format!("{p}.{}.bias", self.desc.module(t)), &lin.bias));
+            }
+            for (name, norm) in [(n.attn_norm, &layer.attn_norm), (n.out_norm, &layer.out_norm)] {
+                out.push((format!("{p}.{name}.weight"), &norm.weight));
+                out.push((format!("{p}.{name}.bias"), &norm.bias));
+            }
+        }
+        if let (Some(name), Some(p)) = (n.pooler, &self.pooler) {
+            out.push((format!("{name}.weight"), &p.weight));
+            out.push((format!("{name}.bias"), &p.bias));
+        }
+        out
+    }
+
+    /// The base weights as a `ParamSet` (the tensors are shared, not copied).
+    pub fn param_set(&self) -> Result<ParamSet> {
+        let mut set = ParamSet::new();
+        for (name, t) in self.named_weights() {
+            set.push(name, t.clone())?;
+        }
+        Ok(set)
+    }
 }

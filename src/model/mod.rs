@@ -1,25 +1,32 @@
-//! BERT-family encoders: config, weights, tokenizer, forward (and, in training mode, what the
-//! backward pass needs), and the sentence-embedding pipeline of all-MiniLM-L6-v2.
+//! Transformer models: the architecture seam (`arch`: config.json → sizes and layer description),
+//! the BERT-family encoder with the hooks that fine-tuning methods implement (`encoder`, `hooks`),
+//! named parameter sets (`param_set`), weights (safetensors), tokenizers and sentence pooling.
 
-pub mod bert;
-pub mod config;
+pub mod arch;
 pub mod encoder;
+pub mod hooks;
+pub mod param_set;
+pub mod pooling;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;
 
-pub use bert::{Bert, Inputs, Mode, Output};
-pub use config::BertConfig;
+pub use arch::{EncoderConfig, LayerDesc, Target};
+pub use encoder::{Encoder, Inputs, Mode, Output};
+pub use param_set::{ParamId, ParamSet};
+pub use pooling::Pooling;
 pub use tokenizer::Tokenizer;
 pub use weights::{HostTensor, NamedTensors};
 
 use crate::error::{Error, Result};
 use crate::tensor::Device;
 
-/// An encoder with its tokenizer: what `embed`, training and the web app load.
+/// An encoder with its tokenizer and sentence pooling: what `embed`, training and the web app load.
 pub struct Model {
-    pub bert: Bert,
+    pub encoder: Encoder,
     pub tokenizer: Tokenizer,
+    /// How `embed` turns token states into sentence vectors (the folder's own, when it says).
+    pub pooling: Pooling,
     /// Where it came from (a folder, or the name given to in-memory files).
     pub origin: String,
 }
@@ -44,7 +51,7 @@ impl Model {
         origin: &str,
         device: &Device,
     ) -> Result<Model> {
-        let config = BertConfig::from_json(config_json, &format!("{origin}/config.json"))?;
+        let (config, desc) = arch::from_config_json(config_json, &format!("{origin}/config.json"))?;
         let tokenizer = Tokenizer::from_json_str(tokenizer_json, &format!("{origin}/tokenizer.json"))?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(Error::file(
@@ -53,11 +60,12 @@ impl Model {
             ));
         }
         let weights = NamedTensors::from_bytes(safetensors, &format!("{origin}/model.safetensors"))?;
-        let bert = Bert::from_named(config, weights, device)?;
-        Ok(Model { bert, tokenizer, origin: origin.to_string() })
+        let encoder = Encoder::from_named(config, desc, weights, device)?;
+        Ok(Model { encoder, tokenizer, pooling: Pooling::default(), origin: origin.to_string() })
     }
 
-    /// Loads a Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    /// Loads a Hugging Face model folder (config.json, model.safetensors, tokenizer.json), with a
+    /// sentence-transformers folder's own pooling (modules.json, 1_Pooling/config.json).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: &std::path::Path, device: &Device) -> Result<Model> {
         let read = |name: &str| -> Result<Vec<u8>> {
@@ -82,7 +90,17 @@ impl Model {
         let config = text("config.json")?;
         let tokenizer = text("tokenizer.json")?;
         let weights = read("model.safetensors")?;
-        Self::from_bytes(&config, &weights, &tokenizer, &dir.display().to_string(), device)
+        let origin = dir.display().to_string();
+        let mut model = Self::from_bytes(&config, &weights, &tokenizer, &origin, device)?;
+        let optional = |name: &str| -> Result<Option<String>> {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::file(dir.join(name), e)),
+            }
+        };
+        model.pooling = Pooling::from_folder(&optional, &origin)?;
+        Ok(model)
     }
 
     /// Tokenizes `texts` (truncating to `max_len` tokens, padding to the longest) onto the device.
@@ -90,24 +108,23 @@ impl Model {
         if texts.is_empty() {
             return Err(Error::invalid("no texts to encode"));
         }
-        let max_len = max_len.min(self.bert.config.max_position_embeddings);
+        let max_len = max_len.min(self.encoder.max_len());
         let b = self.tokenizer.encode_batch(texts, max_len);
-        let inputs =
-            Inputs::new(&self.bert.device, &b.input_ids, &b.attention_mask, &b.token_type_ids, b.batch, b.seq_len)?;
+        let inputs = self.encoder.inputs(&b.input_ids, &b.attention_mask, &b.token_type_ids, b.batch, b.seq_len)?;
         Ok(Encoded { inputs, lengths: b.lengths, truncated: b.truncated })
     }
 
-    /// L2-normalised mean-pooled sentence embeddings of `texts`, `batch` texts at a time.
+    /// Sentence embeddings of `texts` under the model's pooling, `batch` texts at a time.
     /// Returns the embeddings and how many texts were truncated.
     pub async fn embed(&self, texts: &[&str], max_len: usize, batch: usize) -> Result<(Vec<Vec<f32>>, usize)> {
         let mut out = Vec::with_capacity(texts.len());
         let mut truncated = 0;
-        let c = self.bert.config.hidden_size;
+        let c = self.encoder.config.hidden_size;
         for chunk in texts.chunks(batch.max(1)) {
             let enc = self.encode(chunk, max_len)?;
             truncated += enc.truncated;
-            let o = self.bert.forward(&enc.inputs, Mode::Inference, false)?;
-            let e = self.bert.sentence_embedding(&o.hidden, &enc.inputs)?.to_vec().await?;
+            let o = self.encoder.forward(&enc.inputs, Mode::Inference, false)?;
+            let e = self.pooling.apply(&o.hidden, &enc.inputs)?.to_vec().await?;
             out.extend(e.chunks_exact(c).map(|r| r.to_vec()));
         }
         Ok((out, truncated))

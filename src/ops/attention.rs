@@ -3,13 +3,14 @@
 //!
 //! Forward, per batch b and head h (blocks Q_bh = q[b, :, h·D..(h+1)·D]):
 //!   S_bh = Q_bh K_bhᵀ                              (Tq, Tk)
-//!   P_bh = softmax(S_bh / √D + mask[b])            mask additive, (B, Tk)
+//!   P_bh = softmax(S_bh / √D + mask[b])            mask additive: (B, Tk) keys or (B, Tq, Tk) full,
+//!                                                   optionally causal
 //!   O_bh = P_bh V_bh                               (Tq, D)
 //! Backward:
 //!   dP = dO Vᵀ;  dV = Pᵀ dO;  dS = softmax_backward(dP, P) / √D;  dQ = dS K;  dK = dSᵀ Q
 //! With attention dropout (training) P is replaced by drop(P) in O and dV, and dP is dropped alike.
 
-use super::{device_of, matmul_into, softmax, softmax_backward, MatmulDesc, Strides};
+use super::{device_of, matmul_into, softmax_backward, softmax_masked, MatmulDesc, RowMask, Strides};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -65,6 +66,20 @@ fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> R
     Ok(Dims { b: sq[0], tq: sq[1], tk: sk[1], h: heads, d: sq[2] / heads })
 }
 
+/// Which keys each query may attend to.
+#[derive(Clone, Copy, Debug)]
+pub enum AttnMask<'a> {
+    /// Every key.
+    None,
+    /// An additive key mask (B, Tk): 0 to keep a key, a large negative number (-1e30) to drop it.
+    Keys(&'a Tensor),
+    /// An additive mask per query (B, Tq, Tk).
+    Full(&'a Tensor),
+    /// Query i sees keys up to i + (Tk − Tq) (keys in front of the queries, such as prefix rows or
+    /// a cache, stay visible), with an optional key mask (B, Tk) on top.
+    Causal(Option<&'a Tensor>),
+}
+
 /// Returns (out (B, Tq, C), probs (B, H, Tq, Tk)). `mask` is additive, (B, Tk): 0 to keep a key,
 /// a large negative number (-1e30) to drop it. `dropout` = (p, seed) drops attention probabilities
 /// (training): out = drop(P) V; the returned probs are P before dropout.
@@ -76,14 +91,48 @@ pub fn attention(
     heads: usize,
     dropout: Option<(f32, u32)>,
 ) -> Result<(Tensor, Tensor)> {
+    attention_masked(q, k, v, mask.map_or(AttnMask::None, AttnMask::Keys), heads, dropout)
+}
+
+/// `attention` with any `AttnMask`.
+pub fn attention_masked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: AttnMask,
+    heads: usize,
+    dropout: Option<(f32, u32)>,
+) -> Result<(Tensor, Tensor)> {
     let op = "attention";
     let n = dims(op, q, k, v, heads)?;
     let dev = device_of(op, &[q, k, v])?;
-    if let Some(m) = mask {
-        if m.shape() != [n.b, n.tk] {
-            return Err(Error::shape(op, format!("mask {:?} must be (B, Tk) = [{}, {}]", m.shape(), n.b, n.tk)));
+    let per_batch = n.h * n.tq;
+    let want = |m: &Tensor, shape: &[usize], what: &str| -> Result<()> {
+        if m.shape() != shape {
+            return Err(Error::shape(op, format!("mask {:?} must be {what} = {shape:?}", m.shape())));
         }
-    }
+        Ok(())
+    };
+    let (mask_t, rows) = match mask {
+        AttnMask::None => (None, RowMask::keys(per_batch)),
+        AttnMask::Keys(m) => {
+            want(m, &[n.b, n.tk], "(B, Tk)")?;
+            (Some(m), RowMask::keys(per_batch))
+        }
+        AttnMask::Full(m) => {
+            want(m, &[n.b, n.tq, n.tk], "(B, Tq, Tk)")?;
+            (Some(m), RowMask { div: per_batch, modulo: n.tq, causal: 0 })
+        }
+        AttnMask::Causal(m) => {
+            if let Some(m) = m {
+                want(m, &[n.b, n.tk], "(B, Tk)")?;
+            }
+            if n.tq > n.tk {
+                return Err(Error::shape(op, format!("causal attention needs Tq {} ≤ Tk {}", n.tq, n.tk)));
+            }
+            (m, RowMask { div: per_batch, modulo: 1, causal: n.tq })
+        }
+    };
     let mut scores = dev.uninit(op, &[n.b, n.h, n.tq, n.tk])?;
     matmul_into(
         &mut scores,
@@ -93,7 +142,7 @@ pub fn attention(
         &n.desc(n.tq, n.tk, n.d, false, true, n.heads(n.tq), n.heads(n.tk), n.scores()),
     )?;
     let scale = 1.0 / (n.d as f32).sqrt();
-    let probs = softmax(&scores, mask.map(|m| (m, n.h * n.tq)), scale)?;
+    let probs = softmax_masked(&scores, mask_t, rows, scale)?;
     drop(scores);
     let kept = match dropout {
         Some((p, seed)) => super::dropout(&probs, p, seed)?,

@@ -3,12 +3,14 @@
 //! return activation gradients and accumulate (`+=`) into the parameter gradients they are given.
 
 mod attention;
-mod params;
+pub mod params;
 
-pub use attention::{attention, attention_backward};
+pub use attention::{attention, attention_backward, attention_masked, AttnMask};
 
 use crate::cpu;
+pub use crate::desc::{AdamWStep, MatmulDesc, RowMask, Strides};
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
 use crate::tensor::{DType, Device, Tensor};
 use params::*;
 
@@ -58,98 +60,39 @@ fn groups(n: usize, wg: usize) -> u64 {
     n.div_ceil(wg) as u64
 }
 
+/// The workgroups a kernel runs.
+enum Grid {
+    /// Enough `wg`-wide workgroups to cover `n` items (folded into 2-D past the per-dimension limit).
+    Items(usize, usize),
+    /// One workgroup per row (folded into 2-D past the limit).
+    Rows(usize),
+    /// Exactly these.
+    Fixed([u32; 3]),
+}
+
+/// Records one GPU kernel: its uniform block, the tensors it reads and those it writes (in its
+/// binding order), over `grid`.
+fn launch<P: bytemuck::Pod>(
+    g: &Gpu,
+    op: &'static str,
+    entry: &'static str,
+    params: &P,
+    reads: &[&Tensor],
+    writes: &[&Tensor],
+    grid: Grid,
+) -> Result<()> {
+    let grid = match grid {
+        Grid::Items(n, wg) => g.grid(op, groups(n, wg))?,
+        Grid::Rows(rows) => g.grid(op, rows as u64)?,
+        Grid::Fixed(grid) => grid,
+    };
+    let reads: Vec<&wgpu::Buffer> = reads.iter().map(|t| t.buf()).collect();
+    let writes: Vec<&wgpu::Buffer> = writes.iter().map(|t| t.buf()).collect();
+    g.dispatch(entry, bytemuck::bytes_of(params), &reads, &writes, grid)
+}
+
 // ---------------------------------------------------------------------------------------------
 // matmul
-
-/// Where one operand lives in its buffer: element (r, c) of batch (z0, z1) of the stored matrix is at
-/// `offset + z0*bs[0] + z1*bs[1] + r*ld + c`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Strides {
-    pub offset: usize,
-    pub ld: usize,
-    pub bs: [usize; 2],
-}
-
-impl Strides {
-    /// A contiguous stack of (rows, cols) matrices.
-    pub fn contiguous(rows: usize, cols: usize) -> Self {
-        Strides { offset: 0, ld: cols, bs: [rows * cols, 0] }
-    }
-}
-
-/// A batched, strided matmul: C[z] = alpha · op(A[z]) · op(B[z]) (+ bias) (+ C[z] if accumulate),
-/// op(A) is (m, k), op(B) is (k, n), C is (m, n); z runs over batch[0] × batch[1].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MatmulDesc {
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub batch: [usize; 2],
-    pub trans_a: bool,
-    pub trans_b: bool,
-    pub a: Strides,
-    pub b: Strides,
-    pub c: Strides,
-    pub alpha: f32,
-    pub accumulate: bool,
-}
-
-impl MatmulDesc {
-    /// A plain contiguous (batch, m, k)·(batch, k, n) product, with op(·) = transpose when asked.
-    pub fn contiguous(batch: usize, m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
-        let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
-        let (br, bc) = if trans_b { (n, k) } else { (k, n) };
-        MatmulDesc {
-            m,
-            n,
-            k,
-            batch: [batch, 1],
-            trans_a,
-            trans_b,
-            a: Strides::contiguous(ar, ac),
-            b: Strides::contiguous(br, bc),
-            c: Strides::contiguous(m, n),
-            alpha: 1.0,
-            accumulate: false,
-        }
-    }
-
-    /// Proves every addressed element of A, B and C lies within buffers of the given lengths.
-    pub fn check(&self, a_len: usize, b_len: usize, c_len: usize) -> Result<()> {
-        let op = "matmul";
-        if self.m == 0 || self.n == 0 || self.k == 0 || self.batch[0] == 0 || self.batch[1] == 0 {
-            return Err(Error::shape(
-                op,
-                format!("zero-sized dimension in m={} n={} k={} batch={:?}", self.m, self.n, self.k, self.batch),
-            ));
-        }
-        let (ar, ac) = if self.trans_a { (self.k, self.m) } else { (self.m, self.k) };
-        let (br, bc) = if self.trans_b { (self.n, self.k) } else { (self.k, self.n) };
-        let span = |s: &Strides, rows: usize, cols: usize, len: usize, name: &str| -> Result<()> {
-            if s.ld < cols {
-                return Err(Error::shape(op, format!("{name}: row stride {} is shorter than a row of {cols}", s.ld)));
-            }
-            let last = s.offset
-                + (self.batch[0] - 1) * s.bs[0]
-                + (self.batch[1] - 1) * s.bs[1]
-                + (rows - 1) * s.ld
-                + (cols - 1);
-            if last >= len {
-                return Err(Error::shape(
-                    op,
-                    format!(
-                        "{name}: a {rows}×{cols} operand (batch {:?}, strides {s:?}) reaches element {last} of a tensor of {len}",
-                        self.batch
-                    ),
-                ));
-            }
-            Ok(())
-        };
-        span(&self.a, ar, ac, a_len, "A")?;
-        span(&self.b, br, bc, b_len, "B")?;
-        span(&self.c, self.m, self.n, c_len, "C")
-    }
-}
 
 /// Which GPU matmul kernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,8 +144,8 @@ pub fn matmul_into_with(
             let batch = u32_of(op, "batch", d.batch[0] * d.batch[1])?;
             let grid = [d.n.div_ceil(tile) as u32, d.m.div_ceil(tile) as u32, batch];
             // An unused bias binding still needs a buffer: bind A.
-            let bias_buf = bias.map_or(a.buf(), |t| t.buf());
-            g.dispatch(entry, bytemuck::bytes_of(&p), &[a.buf(), b.buf(), bias_buf], &[c.buf()], grid)
+            let bias_t = bias.unwrap_or(a);
+            launch(&g, op, entry, &p, &[a, b, bias_t], &[&*c], Grid::Fixed(grid))
         }
     }
 }
@@ -254,14 +197,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     Ok(y)
 }
 
-/// Backward of `linear`: returns dx = dy W (when `need_dx`), and accumulates dW += dyᵀ x and
-/// db += Σ_rows dy into the gradients given.
+/// Backward of `linear`: accumulates dW += dyᵀ x and db += Σ_rows dy into the gradients given,
+/// and returns dx = dy W (when `need_dx`).
 pub fn linear_backward(
+    dw: Option<&mut Tensor>,
+    db: Option<&mut Tensor>,
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
-    dw: Option<&mut Tensor>,
-    db: Option<&mut Tensor>,
     need_dx: bool,
 ) -> Result<Option<Tensor>> {
     let op = "linear_backward";
@@ -324,27 +267,21 @@ pub fn layernorm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<
                 accumulate: 0,
             };
             let grid = g.grid(op, rows as u64)?;
-            g.dispatch(
-                "layernorm_forward",
-                bytemuck::bytes_of(&p),
-                &[x.buf(), gamma.buf(), beta.buf()],
-                &[y.buf(), mean.buf(), rstd.buf()],
-                grid,
-            )?;
+            launch(g, op, "layernorm_forward", &p, &[x, gamma, beta], &[&y, &mean, &rstd], Grid::Fixed(grid))?;
         }
     }
     Ok((y, mean, rstd))
 }
 
-/// Backward of `layernorm`: returns dx; accumulates dgamma and dbeta when given.
+/// Backward of `layernorm`: accumulates dgamma and dbeta when given; returns dx.
 pub fn layernorm_backward(
+    dgamma: Option<&mut Tensor>,
+    dbeta: Option<&mut Tensor>,
     dy: &Tensor,
     x: &Tensor,
     mean: &Tensor,
     rstd: &Tensor,
     gamma: &Tensor,
-    dgamma: Option<&mut Tensor>,
-    dbeta: Option<&mut Tensor>,
 ) -> Result<Tensor> {
     let op = "layernorm_backward";
     let (rows, cols) = rows_cols(op, x)?;
@@ -394,31 +331,29 @@ pub fn layernorm_backward(
                 accumulate: 0,
             };
             let grid = g.grid(op, rows as u64)?;
-            g.dispatch(
-                "layernorm_backward",
-                bytemuck::bytes_of(&p),
-                &[dy.buf(), x.buf(), mean.buf(), rstd.buf(), gamma.buf()],
-                &[dx.buf()],
-                grid,
-            )?;
+            launch(g, op, "layernorm_backward", &p, &[dy, x, mean, rstd, gamma], &[&dx], Grid::Fixed(grid))?;
             match (dgamma, dbeta) {
                 (Some(dgm), Some(dbt)) => {
-                    g.dispatch(
+                    launch(
+                        g,
+                        op,
                         "layernorm_param_backward",
-                        bytemuck::bytes_of(&p),
-                        &[dy.buf(), x.buf(), mean.buf(), rstd.buf()],
-                        &[dgm.buf(), dbt.buf()],
-                        [groups(cols, 64) as u32, 1, 1],
+                        &p,
+                        &[dy, x, mean, rstd],
+                        &[&*dgm, &*dbt],
+                        Grid::Fixed([groups(cols, 64) as u32, 1, 1]),
                     )?;
                 }
                 (Some(dgm), None) => {
                     let scratch = dev.zeros(&[cols])?;
-                    g.dispatch(
+                    launch(
+                        g,
+                        op,
                         "layernorm_param_backward",
-                        bytemuck::bytes_of(&p),
-                        &[dy.buf(), x.buf(), mean.buf(), rstd.buf()],
-                        &[dgm.buf(), scratch.buf()],
-                        [groups(cols, 64) as u32, 1, 1],
+                        &p,
+                        &[dy, x, mean, rstd],
+                        &[&*dgm, &scratch],
+                        Grid::Fixed([groups(cols, 64) as u32, 1, 1]),
                     )?;
                 }
                 (None, Some(dbt)) => sum_rows_into(dbt, dy, true)?,
@@ -485,13 +420,7 @@ fn map(op: &'static str, out: Option<&mut Tensor>, x: &Tensor, code: u32, alpha:
                 alpha,
                 _pad: [0; 3],
             };
-            g.dispatch(
-                "elementwise_map",
-                bytemuck::bytes_of(&p),
-                &[x.buf()],
-                &[out.buf()],
-                g.grid(op, groups(n, 256))?,
-            )?;
+            launch(g, op, "elementwise_map", &p, &[x], &[&*out], Grid::Items(n, 256))?;
         }
     }
     Ok(fresh)
@@ -539,13 +468,7 @@ fn zip(
                 alpha,
                 _pad: [0; 3],
             };
-            g.dispatch(
-                "elementwise_zip",
-                bytemuck::bytes_of(&p),
-                &[x.buf(), y.buf()],
-                &[out.buf()],
-                g.grid(op, groups(n, 256))?,
-            )?;
+            launch(g, op, "elementwise_zip", &p, &[x, y], &[&*out], Grid::Items(n, 256))?;
         }
     }
     Ok(fresh)
@@ -630,7 +553,7 @@ pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
         Device::Gpu(g) => {
             let n = x.numel();
             let prm = DropoutParams { n: u32_of(op, "n", n)?, seed, p, scale: 1.0 / (1.0 - p) };
-            g.dispatch("dropout_apply", bytemuck::bytes_of(&prm), &[x.buf()], &[y.buf()], g.grid(op, groups(n, 256))?)?;
+            launch(g, op, "dropout_apply", &prm, &[x], &[&y], Grid::Items(n, 256))?;
         }
     }
     Ok(y)
@@ -654,20 +577,14 @@ pub fn prefix_concat(prefix: &Tensor, x: &Tensor) -> Result<Tensor> {
         Device::Gpu(g) => {
             let n = u32_of(op, "elements", out.numel())? as usize;
             let p = PrefixParams { batch: b as u32, plen: plen as u32, tokens: t as u32, cols: c as u32 };
-            g.dispatch(
-                "prefix_concat",
-                bytemuck::bytes_of(&p),
-                &[prefix.buf(), x.buf()],
-                &[out.buf()],
-                g.grid(op, groups(n, 256))?,
-            )?;
+            launch(g, op, "prefix_concat", &p, &[prefix, x], &[&out], Grid::Items(n, 256))?;
         }
     }
     Ok(out)
 }
 
-/// Backward of `prefix_concat`: returns dx (B, T, C) and accumulates Σ_b dout[b, ..P] into dprefix.
-pub fn prefix_split(dout: &Tensor, dprefix: &mut Tensor) -> Result<Tensor> {
+/// Backward of `prefix_concat`: accumulates Σ_b dout[b, ..P] into dprefix and returns dx (B, T, C).
+pub fn prefix_split(dprefix: &mut Tensor, dout: &Tensor) -> Result<Tensor> {
     let op = "prefix_split";
     let s = dout.shape();
     if s.len() != 3 || dprefix.shape().len() != 2 || dprefix.dim(1) != s[2] || dprefix.dim(0) >= s[1] {
@@ -686,20 +603,8 @@ pub fn prefix_split(dout: &Tensor, dprefix: &mut Tensor) -> Result<Tensor> {
         }
         Device::Gpu(g) => {
             let p = PrefixParams { batch: b as u32, plen: plen as u32, tokens: t as u32, cols: c as u32 };
-            g.dispatch(
-                "prefix_split",
-                bytemuck::bytes_of(&p),
-                &[dout.buf()],
-                &[dx.buf()],
-                g.grid(op, groups(b * t * c, 256))?,
-            )?;
-            g.dispatch(
-                "prefix_grad",
-                bytemuck::bytes_of(&p),
-                &[dout.buf()],
-                &[dprefix.buf()],
-                [groups(plen * c, 64) as u32, 1, 1],
-            )?;
+            launch(g, op, "prefix_split", &p, &[dout], &[&dx], Grid::Items(b * t * c, 256))?;
+            launch(g, op, "prefix_grad", &p, &[dout], &[&*dprefix], Grid::Fixed([groups(plen * c, 64) as u32, 1, 1]))?;
         }
     }
     Ok(dx)
@@ -711,15 +616,28 @@ pub fn prefix_split(dout: &Tensor, dprefix: &mut Tensor) -> Result<Tensor> {
 /// softmax(scale * x + mask[row / mask_div]) over the last dimension; `mask` is additive,
 /// shaped (rows / mask_div, len).
 pub fn softmax(x: &Tensor, mask: Option<(&Tensor, usize)>, scale: f32) -> Result<Tensor> {
+    match mask {
+        Some((m, div)) => softmax_masked(x, Some(m), RowMask::keys(div), scale),
+        None => softmax_masked(x, None, RowMask::keys(1), scale),
+    }
+}
+
+/// softmax(scale * x + mask[rows.row(r)]) over the last dimension, with the causal masking `rows`
+/// asks for (see `RowMask`); `mask` is additive, one row of `len` per mask row.
+pub fn softmax_masked(x: &Tensor, mask: Option<&Tensor>, rows_of: RowMask, scale: f32) -> Result<Tensor> {
     let op = "softmax";
     let (rows, len) = rows_cols(op, x)?;
     want_f32(op, "x", x)?;
+    let RowMask { div, modulo, causal } = rows_of;
+    if div == 0 || modulo == 0 || rows % div != 0 || causal > len || (causal > 0 && rows % causal != 0) {
+        return Err(Error::shape(op, format!("{rows_of:?} does not fit x {:?}", x.shape())));
+    }
     let mut ts = vec![x];
-    if let Some((m, div)) = mask {
-        if div == 0 || rows % div != 0 || m.numel() != (rows / div) * len {
+    if let Some(m) = mask {
+        if m.numel() != (rows / div) * modulo * len {
             return Err(Error::shape(
                 op,
-                format!("mask {:?} with one row per {div} rows does not fit x {:?}", m.shape(), x.shape()),
+                format!("mask {:?} with rows {rows_of:?} does not fit x {:?}", m.shape(), x.shape()),
             ));
         }
         want_f32(op, "mask", m)?;
@@ -729,26 +647,21 @@ pub fn softmax(x: &Tensor, mask: Option<(&Tensor, usize)>, scale: f32) -> Result
     let mut y = dev.uninit(op, x.shape())?;
     match &dev {
         Device::Cpu => {
-            let mv = mask.map(|(m, d)| (m.cpu_f32(), d));
-            cpu::softmax_forward(y.cpu_f32_mut(), x.cpu_f32(), mv, len, scale);
+            cpu::softmax_masked(y.cpu_f32_mut(), x.cpu_f32(), mask.map(|m| m.cpu_f32()), rows_of, len, scale);
         }
         Device::Gpu(g) => {
-            let (mbuf, div) = mask.map_or((x.buf(), 1), |(m, d)| (m.buf(), d));
             let p = SoftmaxParams {
                 rows: u32_of(op, "rows", rows)?,
                 len: u32_of(op, "len", len)?,
-                mask_div: div as u32,
+                mask_div: u32_of(op, "mask_div", div)?,
                 has_mask: mask.is_some() as u32,
                 scale,
-                _pad: [0; 3],
+                mask_mod: u32_of(op, "mask_mod", modulo)?,
+                causal: u32_of(op, "causal", causal)?,
+                _pad: 0,
             };
-            g.dispatch(
-                "softmax_forward",
-                bytemuck::bytes_of(&p),
-                &[x.buf(), mbuf],
-                &[y.buf()],
-                g.grid(op, rows as u64)?,
-            )?;
+            // An unused mask binding still needs a buffer: bind x.
+            launch(g, op, "softmax_forward", &p, &[x, mask.unwrap_or(x)], &[&y], Grid::Rows(rows))?;
         }
     }
     Ok(y)
@@ -770,15 +683,11 @@ pub fn softmax_backward(dy: &Tensor, y: &Tensor, scale: f32) -> Result<Tensor> {
                 mask_div: 1,
                 has_mask: 0,
                 scale,
-                _pad: [0; 3],
+                mask_mod: 1,
+                causal: 0,
+                _pad: 0,
             };
-            g.dispatch(
-                "softmax_backward",
-                bytemuck::bytes_of(&p),
-                &[dy.buf(), y.buf()],
-                &[dx.buf()],
-                g.grid(op, rows as u64)?,
-            )?;
+            launch(g, op, "softmax_backward", &p, &[dy, y], &[&dx], Grid::Rows(rows))?;
         }
     }
     Ok(dx)
@@ -818,13 +727,7 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
                 vocab: u32_of(op, "vocab", table.dim(0))?,
                 _pad: 0,
             };
-            g.dispatch(
-                "embedding_forward",
-                bytemuck::bytes_of(&p),
-                &[ids.buf(), table.buf()],
-                &[out.buf()],
-                g.grid(op, groups(n, 256))?,
-            )?;
+            launch(g, op, "embedding_forward", &p, &[ids, table], &[&out], Grid::Items(n, 256))?;
         }
     }
     Ok(out)
@@ -855,12 +758,14 @@ pub fn embedding_backward(dtable: &mut Tensor, dout: &Tensor, ids: &Tensor) -> R
                 vocab: u32_of(op, "vocab", dtable.dim(0))?,
                 _pad: 0,
             };
-            g.dispatch(
+            launch(
+                g,
+                op,
                 "embedding_backward",
-                bytemuck::bytes_of(&p),
-                &[ids.buf(), dout.buf()],
-                &[dtable.buf()],
-                [groups(cols, 64) as u32, 1, 1],
+                &p,
+                &[ids, dout],
+                &[&*dtable],
+                Grid::Fixed([groups(cols, 64) as u32, 1, 1]),
             )?;
         }
     }
@@ -880,26 +785,51 @@ fn pool_dims(op: &'static str, x: &Tensor, mask: &Tensor) -> Result<(usize, usiz
     Ok((s[0], s[1], s[2]))
 }
 
-/// Masked mean over tokens: x (B, T, C), mask (B, T) of 0/1 → (B, C).
-pub fn mean_pool(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let op = "mean_pool";
+/// How `pool` reduces the tokens of a sequence (sentence-transformers' pooling modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolMode {
+    /// Masked mean.
+    Mean,
+    /// Masked sum divided by the square root of the token count.
+    MeanSqrtLen,
+    /// Masked maximum (padding counts as -1e9).
+    Max,
+    /// The first token ([CLS]).
+    Cls,
+}
+
+impl PoolMode {
+    fn code(self) -> u32 {
+        match self {
+            PoolMode::Mean => 0,
+            PoolMode::MeanSqrtLen => 1,
+            PoolMode::Max => 2,
+            PoolMode::Cls => 3,
+        }
+    }
+}
+
+/// Pools tokens: x (B, T, C), mask (B, T) of 0/1 → (B, C).
+pub fn pool(x: &Tensor, mask: &Tensor, mode: PoolMode) -> Result<Tensor> {
+    let op = "pool";
     let (b, t, c) = pool_dims(op, x, mask)?;
     let dev = device_of(op, &[x, mask])?;
     let mut out = dev.uninit(op, &[b, c])?;
     match &dev {
-        Device::Cpu => cpu::mean_pool_forward(out.cpu_f32_mut(), x.cpu_f32(), mask.cpu_f32(), t, c),
+        Device::Cpu => cpu::pool_forward(out.cpu_f32_mut(), x.cpu_f32(), mask.cpu_f32(), t, c, mode.code()),
         Device::Gpu(g) => {
-            let p = PoolParams { batch: b as u32, tokens: t as u32, cols: c as u32, _pad: 0 };
-            g.dispatch(
-                "pool_mean_forward",
-                bytemuck::bytes_of(&p),
-                &[x.buf(), mask.buf()],
-                &[out.buf()],
-                [groups(c, 64) as u32, b as u32, 1],
-            )?;
+            let p = PoolParams { batch: b as u32, tokens: t as u32, cols: c as u32, mode: mode.code() };
+            let grid = Grid::Fixed([groups(c, 64) as u32, b as u32, 1]);
+            launch(g, op, "pool_forward", &p, &[x, mask], &[&out], grid)?;
         }
     }
     Ok(out)
+}
+
+/// Masked mean over tokens: x (B, T, C), mask (B, T) of 0/1 → (B, C).
+pub fn mean_pool(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    pool(x, mask, PoolMode::Mean)
 }
 
 /// Backward of `mean_pool`: dout (B, C) → dx (B, T, C).
@@ -914,11 +844,11 @@ pub fn mean_pool_backward(dout: &Tensor, mask: &Tensor) -> Result<Tensor> {
     match &dev {
         Device::Cpu => cpu::mean_pool_backward(dx.cpu_f32_mut(), dout.cpu_f32(), mask.cpu_f32(), t, c),
         Device::Gpu(g) => {
-            let p = PoolParams { batch: b as u32, tokens: t as u32, cols: c as u32, _pad: 0 };
+            let p = PoolParams { batch: b as u32, tokens: t as u32, cols: c as u32, mode: 0 };
             let n = b * t * c;
             u32_of(op, "elements", n)?;
             let grid = g.grid(op, groups(n, 256))?;
-            g.dispatch("pool_mean_backward", bytemuck::bytes_of(&p), &[dout.buf(), mask.buf()], &[dx.buf()], grid)?;
+            launch(g, op, "pool_mean_backward", &p, &[dout, mask], &[&dx], Grid::Fixed(grid))?;
         }
     }
     Ok(dx)
@@ -933,14 +863,8 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     match &dev {
         Device::Cpu => cpu::l2norm_forward(y.cpu_f32_mut(), x.cpu_f32(), cols),
         Device::Gpu(g) => {
-            let p = PoolParams { batch: u32_of(op, "rows", rows)?, tokens: 1, cols: cols as u32, _pad: 0 };
-            g.dispatch(
-                "pool_l2norm_forward",
-                bytemuck::bytes_of(&p),
-                &[x.buf()],
-                &[y.buf()],
-                g.grid(op, rows as u64)?,
-            )?;
+            let p = PoolParams { batch: u32_of(op, "rows", rows)?, tokens: 1, cols: cols as u32, mode: 0 };
+            launch(g, op, "pool_l2norm_forward", &p, &[x], &[&y], Grid::Rows(rows))?;
         }
     }
     Ok(y)
@@ -956,14 +880,8 @@ pub fn l2_normalize_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     match &dev {
         Device::Cpu => cpu::l2norm_backward(dx.cpu_f32_mut(), dy.cpu_f32(), x.cpu_f32(), cols),
         Device::Gpu(g) => {
-            let p = PoolParams { batch: u32_of(op, "rows", rows)?, tokens: 1, cols: cols as u32, _pad: 0 };
-            g.dispatch(
-                "pool_l2norm_backward",
-                bytemuck::bytes_of(&p),
-                &[dy.buf(), x.buf()],
-                &[dx.buf()],
-                g.grid(op, rows as u64)?,
-            )?;
+            let p = PoolParams { batch: u32_of(op, "rows", rows)?, tokens: 1, cols: cols as u32, mode: 0 };
+            launch(g, op, "pool_l2norm_backward", &p, &[dy, x], &[&dx], Grid::Rows(rows))?;
         }
     }
     Ok(dx)
@@ -999,12 +917,14 @@ pub fn cross_entropy(
         }
         Device::Gpu(g) => {
             let p = CrossEntropyParams { batch: b as u32, classes: k as u32, grad_scale, _pad: 0 };
-            g.dispatch(
+            launch(
+                g,
+                op,
                 "crossentropy_forward_backward",
-                bytemuck::bytes_of(&p),
-                &[logits.buf(), labels.buf()],
-                &[loss.buf(), dlogits.buf()],
-                [groups(b, 64) as u32, 1, 1],
+                &p,
+                &[logits, labels],
+                &[&loss, &dlogits],
+                Grid::Fixed([groups(b, 64) as u32, 1, 1]),
             )?;
         }
     }
@@ -1033,13 +953,7 @@ pub fn sum_rows_into(out: &mut Tensor, x: &Tensor, accumulate: bool) -> Result<(
                 accumulate: accumulate as u32,
                 _pad: 0,
             };
-            g.dispatch(
-                "reduce_sum_rows",
-                bytemuck::bytes_of(&p),
-                &[x.buf()],
-                &[out.buf()],
-                [groups(cols, 64) as u32, 1, 1],
-            )?;
+            launch(g, op, "reduce_sum_rows", &p, &[x], &[&*out], Grid::Fixed([groups(cols, 64) as u32, 1, 1]))?;
         }
     }
     Ok(())
@@ -1059,13 +973,11 @@ pub fn sumsq_into(acc: &mut Tensor, x: &Tensor) -> Result<()> {
         }
         Device::Gpu(g) => {
             let p = ReduceParams { rows: 1, cols: u32_of(op, "n", x.numel())?, accumulate: 1, _pad: 0 };
-            g.dispatch("reduce_sumsq", bytemuck::bytes_of(&p), &[x.buf()], &[acc.buf()], [1, 1, 1])?;
+            launch(g, op, "reduce_sumsq", &p, &[x], &[&*acc], Grid::Fixed([1, 1, 1]))?;
         }
     }
     Ok(())
 }
-
-pub use cpu::AdamWStep;
 
 /// One AdamW step on `param` with moments `m`, `v`; the gradient is clipped by the global squared
 /// norm held in `norm_sq` (1) when `h.max_norm > 0`.
@@ -1111,13 +1023,7 @@ pub fn adamw(
                 bc2: h.bc2,
                 max_norm: h.max_norm,
             };
-            g.dispatch(
-                "adamw_update",
-                bytemuck::bytes_of(&p),
-                &[grad.buf(), norm_sq.buf()],
-                &[param.buf(), m.buf(), v.buf()],
-                g.grid(op, groups(n, 256))?,
-            )?;
+            launch(g, op, "adamw_update", &p, &[grad, norm_sq], &[&*param, &*m, &*v], Grid::Items(n, 256))?;
         }
     }
     Ok(())

@@ -12,10 +12,11 @@
 
 use std::collections::HashMap;
 
-use super::{HeadKind, LoraConfig, Method, Target, Trainable};
+use super::{Adapted, HeadKind, Ia3Config, LoraConfig, Method, Target};
 use crate::error::{Error, Result};
-use crate::model::bert::Bert;
-use crate::model::weights::{HostTensor, NamedTensors};
+use crate::model::arch::target_of_module_path;
+use crate::model::weights::NamedTensors;
+use crate::model::{Encoder, LayerDesc};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -29,6 +30,8 @@ pub struct AdapterFiles {
     pub labels: Vec<String>,
     /// The base model's name or folder, as recorded.
     pub base_model: String,
+    /// The architecture the adapter was made for (`bert`, `distilbert`, …).
+    pub arch: String,
     pub tensors: NamedTensors,
 }
 
@@ -40,43 +43,19 @@ struct Meta {
     head: HeadKind,
     labels: Vec<String>,
     base_model: String,
+    #[serde(default = "bert")]
+    arch: String,
 }
 
-fn is_ia3_ffn(name: &str) -> bool {
-    name.ends_with(".output.dense.ia3_l") && !name.contains("attention.output")
-}
-
-fn is_ia3_attn(name: &str) -> bool {
-    name.ends_with(".ia3_l") && !is_ia3_ffn(name)
-}
-
-/// PEFT's `target_modules` for LoRA targets: plain module names, or a full-match regex when the FFN
-/// output dense is targeted (its name is a suffix of the attention output's).
-fn lora_target_modules(targets: &[Target]) -> serde_json::Value {
-    if !targets.contains(&Target::Output) {
-        return serde_json::json!(targets
-            .iter()
-            .map(|t| match t {
-                Target::Query => "query",
-                Target::Key => "key",
-                Target::Value => "value",
-                _ => t.module(),
-            })
-            .collect::<Vec<_>>());
-    }
-    let alts: Vec<String> = targets
-        .iter()
-        .map(|t| match t {
-            Target::Output => r"layer\.\d+\.output\.dense".to_string(),
-            _ => t.module().replace('.', r"\."),
-        })
-        .collect();
-    serde_json::Value::String(format!(r".*\.({})$", alts.join("|")))
+fn bert() -> String {
+    "bert".into()
 }
 
 impl AdapterFiles {
-    /// adapter_config.json for these files.
-    pub fn peft_config(&self) -> serde_json::Value {
+    /// adapter_config.json for these files: PEFT's own for the methods PEFT has where PEFT would
+    /// load them as they are (a BERT model with BertForSequenceClassification's pooler head), else
+    /// the same layout with a `peft_type` of localtune's and a `localtune_method` entry.
+    pub fn peft_config(&self, desc: &LayerDesc) -> serde_json::Value {
         let mut c = serde_json::json!({
             "base_model_name_or_path": self.base_model,
             "task_type": "SEQ_CLS",
@@ -86,66 +65,42 @@ impl AdapterFiles {
             "auto_mapping": null,
         });
         let m = c.as_object_mut().unwrap();
-        let mut set = |k: &str, v: serde_json::Value| {
-            m.insert(k.to_string(), v);
-        };
-        // PEFT puts its classifier on BertForSequenceClassification's pooler: an adapter trained with
-        // the mean head would load there and predict wrongly, so it is not labelled as PEFT's.
-        let pooler_head = self.head == HeadKind::Pooler;
-        match &self.method {
-            Method::Lora(l) => {
-                set("peft_type", if pooler_head { "LORA" } else { "LOCALTUNE_LORA_MEAN_HEAD" }.into());
-                set("r", l.r.into());
-                set("lora_alpha", serde_json::json!(l.alpha));
-                set("lora_dropout", serde_json::json!(l.dropout));
-                set("use_rslora", l.rslora.into());
-                set("target_modules", lora_target_modules(&l.targets));
-                set("bias", "none".into());
-                set("fan_in_fan_out", false.into());
-                set("init_lora_weights", true.into());
-                set("use_dora", false.into());
-                set("lora_bias", false.into());
-                set("rank_pattern", serde_json::json!({}));
-                set("alpha_pattern", serde_json::json!({}));
-                set("layers_to_transform", serde_json::Value::Null);
-                set("layers_pattern", serde_json::Value::Null);
-            }
-            Method::Ia3 => {
-                set("peft_type", if pooler_head { "IA3" } else { "LOCALTUNE_IA3_MEAN_HEAD" }.into());
-                let targets = r".*\.(attention\.self\.key|attention\.self\.value|layer\.\d+\.output\.dense)$";
-                set("target_modules", targets.into());
-                set("feedforward_modules", r".*\.layer\.\d+\.output\.dense$".into());
-                set("fan_in_fan_out", false.into());
-                set("init_ia3_weights", true.into());
-            }
-            other => {
-                let t = match other {
-                    Method::Adapter(_) => "LOCALTUNE_ADAPTER",
-                    Method::ParallelAdapter(_) => "LOCALTUNE_PARALLEL_ADAPTER",
-                    Method::Prefix { .. } => "LOCALTUNE_PREFIX",
-                    Method::Bitfit => "LOCALTUNE_BITFIT",
-                    _ => "LOCALTUNE_HEAD",
+        let (peft_type, fields) = self.method.kind().peft_config(desc);
+        let peft_loads = self.head == HeadKind::Pooler && desc.arch == "bert";
+        match fields {
+            Some(fields) => {
+                m.extend(fields);
+                let t = match (peft_loads, self.head) {
+                    (true, _) => peft_type.to_string(),
+                    // PEFT puts its classifier on BertForSequenceClassification's pooler: an adapter
+                    // trained with the mean head would load there and predict wrongly.
+                    (false, HeadKind::Mean) => format!("LOCALTUNE_{peft_type}_MEAN_HEAD"),
+                    (false, HeadKind::Pooler) => format!("LOCALTUNE_{peft_type}"),
                 };
-                set("peft_type", t.into());
-                set("localtune_method", serde_json::to_value(other).unwrap());
+                m.insert("peft_type".into(), t.into());
+            }
+            None => {
+                m.insert("peft_type".into(), peft_type.into());
+                m.insert("localtune_method".into(), serde_json::to_value(&self.method).unwrap());
             }
         }
         c
     }
 
-    /// The three files' contents: (file name, bytes).
-    pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    /// The three files' contents: (file name, bytes), for a model of layout `desc`.
+    pub fn to_files(&self, desc: &LayerDesc) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let meta = Meta {
             format: 1,
             method: self.method.clone(),
             head: self.head,
             labels: self.labels.clone(),
             base_model: self.base_model.clone(),
+            arch: self.arch.clone(),
         };
         let mut st_meta = HashMap::new();
         st_meta.insert("format".to_string(), "pt".to_string());
         Ok(vec![
-            (CONFIG_FILE, serde_json::to_vec_pretty(&self.peft_config()).unwrap()),
+            (CONFIG_FILE, serde_json::to_vec_pretty(&self.peft_config(desc)).unwrap()),
             (WEIGHTS_FILE, self.tensors.to_bytes(Some(st_meta))?),
             (META_FILE, serde_json::to_vec_pretty(&meta).unwrap()),
         ])
@@ -172,6 +127,7 @@ impl AdapterFiles {
                 head: m.head,
                 labels: m.labels,
                 base_model: m.base_model,
+                arch: m.arch,
                 tensors,
             });
         }
@@ -182,15 +138,14 @@ impl AdapterFiles {
                 let num = |k: &str| config.get(k).and_then(|v| v.as_f64());
                 let r = num("r").ok_or_else(|| Error::file(&cfg_origin, "LORA config without `r`"))? as usize;
                 let alpha = num("lora_alpha").unwrap_or(8.0) as f32;
-                let targets: Vec<Target> = Target::ALL
-                    .into_iter()
-                    .filter(|t| {
-                        tensors.tensors.keys().any(|k| {
-                            k.ends_with(&format!("{}.lora_A.weight", t.module()))
-                                && (*t != Target::Output || !k.contains("attention.output"))
-                        })
-                    })
+                let mut targets: Vec<Target> = tensors
+                    .tensors
+                    .keys()
+                    .filter_map(|k| k.strip_suffix(".lora_A.weight"))
+                    .filter_map(target_of_module_path)
                     .collect();
+                targets.sort_by_key(|t| t.index());
+                targets.dedup();
                 if targets.is_empty() {
                     return Err(Error::file(
                         format!("{origin}/{WEIGHTS_FILE}"),
@@ -233,7 +188,7 @@ impl AdapterFiles {
                         "(IA)³ on the attention output is not supported: localtune's (IA)³ scales keys, values and the FFN intermediate activation (PEFT target_modules key, value and layer.N.output.dense)",
                     ));
                 }
-                Method::Ia3
+                Method::Ia3(Ia3Config {})
             }
             other => {
                 return Err(Error::file(
@@ -256,6 +211,7 @@ impl AdapterFiles {
             head: HeadKind::Pooler,
             labels: (0..classes).map(|i| i.to_string()).collect(),
             base_model,
+            arch: "bert".into(),
             tensors,
         })
     }
@@ -279,32 +235,26 @@ impl AdapterFiles {
     /// Writes the files into `dir` (created if needed). Each file is written to a temporary name and
     /// renamed over the old one, so an interrupted save never leaves a truncated file.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+    pub fn save(&self, dir: &std::path::Path, desc: &LayerDesc) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-        for (name, bytes) in self.to_files()? {
+        for (name, bytes) in self.to_files(desc)? {
             write_atomic(&dir.join(name), &bytes)?;
         }
         Ok(())
     }
 
     /// Trainable parameters on `base`'s device from these tensors; every tensor must be present with
-    /// the shape the method implies.
-    pub fn to_trainable(&self, base: &Bert) -> Result<Trainable> {
-        let mut t = Trainable::init(base, &self.method, self.labels.len(), 0)?;
-        let names: Vec<(String, Vec<usize>)> = t.named().into_iter().map(|(n, x)| (n, x.shape().to_vec())).collect();
-        let mut tensors = self.tensors.clone();
-        let dev = base.device.clone();
-        for ((name, shape), slot) in names.into_iter().zip(t.tensors_mut()) {
-            let stored = if is_ia3_ffn(&name) {
-                vec![1, shape[0]]
-            } else if is_ia3_attn(&name) {
-                vec![shape[0], 1]
-            } else {
-                shape.clone()
-            };
-            let data = tensors.take(&name, &stored)?;
-            *slot = dev.weight(&data, &shape)?;
+    /// the shape the method implies, and nothing else.
+    pub fn to_adapted(&self, base: &Encoder) -> Result<Adapted> {
+        if self.arch != base.desc.arch {
+            return Err(Error::file(
+                &self.tensors.origin,
+                format!("this adapter was made for a {} model, not {}", self.arch, base.desc.arch),
+            ));
         }
+        let mut a = Adapted::init(base, &self.method, self.labels.len(), 0)?;
+        let mut tensors = self.tensors.clone();
+        a.params.load_from(&mut tensors)?;
         if let Some(extra) = tensors.tensors.keys().next() {
             return Err(Error::tensor(
                 &tensors.origin,
@@ -312,35 +262,24 @@ impl AdapterFiles {
                 format!("unexpected for a {} adapter of this model", self.method.name()),
             ));
         }
-        Ok(t)
+        Ok(a)
     }
 
     /// Reads trainable parameters back to the host as adapter files.
-    pub async fn from_trainable(
-        t: &Trainable,
-        method: &Method,
+    pub async fn from_adapted(
+        a: &Adapted,
+        base: &Encoder,
         head: HeadKind,
         labels: &[String],
         base_model: &str,
     ) -> Result<AdapterFiles> {
-        let mut tensors = NamedTensors { origin: WEIGHTS_FILE.into(), ..Default::default() };
-        for (name, x) in t.named() {
-            let data = x.to_vec().await?;
-            let shape = if is_ia3_ffn(&name) {
-                vec![1, x.numel()]
-            } else if is_ia3_attn(&name) {
-                vec![x.numel(), 1]
-            } else {
-                x.shape().to_vec()
-            };
-            tensors.insert(name, HostTensor::new(shape, data));
-        }
         Ok(AdapterFiles {
-            method: method.clone(),
+            method: a.method.clone(),
             head,
             labels: labels.to_vec(),
             base_model: base_model.to_string(),
-            tensors,
+            arch: base.desc.arch.to_string(),
+            tensors: a.params.to_host(WEIGHTS_FILE).await?,
         })
     }
 }

@@ -3,9 +3,11 @@
 pub mod data;
 pub mod metrics;
 pub mod optim;
+pub mod settings;
 pub mod trainer;
 
 pub use data::Dataset;
 pub use metrics::Metrics;
 pub use optim::OptimConfig;
+pub use settings::RunSettings;
 pub use trainer::{Examples, TrainConfig, Trainer};

@@ -2,8 +2,8 @@
 //! global-norm gradient clipping (torch's clip_grad_norm_), computed on the device without a readback.
 
 use crate::error::Result;
+use crate::model::ParamSet;
 use crate::ops::{self, AdamWStep};
-use crate::peft::Trainable;
 use crate::tensor::{Device, Tensor};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -36,8 +36,8 @@ impl Default for OptimConfig {
 /// The optimiser state: moments shaped like the parameters, and the step count.
 pub struct AdamW {
     pub config: OptimConfig,
-    pub m: Trainable,
-    pub v: Trainable,
+    pub m: ParamSet,
+    pub v: ParamSet,
     /// Optimiser steps taken.
     pub step: u64,
     pub total_steps: u64,
@@ -45,7 +45,7 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(config: OptimConfig, params: &Trainable, total_steps: u64, device: &Device) -> Result<AdamW> {
+    pub fn new(config: OptimConfig, params: &ParamSet, total_steps: u64, device: &Device) -> Result<AdamW> {
         Ok(AdamW {
             config,
             m: params.zeros_like(device)?,
@@ -72,9 +72,9 @@ impl AdamW {
     }
 
     /// The global squared norm of `grads`, computed on the device (kept for `apply`).
-    pub fn compute_norm(&mut self, grads: &mut Trainable) -> Result<&Tensor> {
+    pub fn compute_norm(&mut self, grads: &ParamSet) -> Result<&Tensor> {
         ops::zero_(&mut self.norm_sq)?;
-        for g in grads.tensors_mut() {
+        for g in grads.tensors() {
             ops::sumsq_into(&mut self.norm_sq, g)?;
         }
         Ok(&self.norm_sq)
@@ -82,7 +82,7 @@ impl AdamW {
 
     /// One update of `params` from `grads` (times `grad_scale`), clipped by the norm that
     /// `compute_norm` left.
-    pub fn apply(&mut self, params: &mut Trainable, grads: &mut Trainable, grad_scale: f32) -> Result<()> {
+    pub fn apply(&mut self, params: &mut ParamSet, grads: &ParamSet, grad_scale: f32) -> Result<()> {
         let c = &self.config;
         let h = AdamWStep::new(
             self.lr_at(self.step),
@@ -94,11 +94,11 @@ impl AdamW {
             self.step + 1,
         )
         .with_grad_scale(grad_scale);
+        // The moments were made by `zeros_like` of the parameters: aligned entry by entry.
         let ps = params.tensors_mut();
-        let gs = grads.tensors_mut();
         let ms = self.m.tensors_mut();
         let vs = self.v.tensors_mut();
-        for (((p, g), m), v) in ps.into_iter().zip(gs).zip(ms).zip(vs) {
+        for (((p, g), m), v) in ps.iter_mut().zip(grads.tensors()).zip(ms).zip(vs) {
             ops::adamw(p, m, v, g, &self.norm_sq, &h)?;
         }
         self.step += 1;
@@ -106,7 +106,7 @@ impl AdamW {
     }
 
     /// `compute_norm` then `apply` with no scaling.
-    pub fn step(&mut self, params: &mut Trainable, grads: &mut Trainable) -> Result<()> {
+    pub fn step(&mut self, params: &mut ParamSet, grads: &ParamSet) -> Result<()> {
         self.compute_norm(grads)?;
         self.apply(params, grads, 1.0)
     }

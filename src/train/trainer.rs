@@ -7,12 +7,12 @@ use super::data::Dataset;
 use super::metrics::{argmax_rows, Metrics};
 use super::optim::{AdamW, OptimConfig};
 use crate::error::{Error, Result};
-use crate::model::encoder::{Classifier, Dropout};
-use crate::model::weights::{HostTensor, NamedTensors};
-use crate::model::Model;
+use crate::model::hooks::Dropout;
+use crate::model::weights::NamedTensors;
+use crate::model::{Model, ParamSet};
 use crate::ops;
 use crate::peft::format::AdapterFiles;
-use crate::peft::{HeadKind, Method, Trainable};
+use crate::peft::{Adapted, Classifier, HeadKind, Method};
 use crate::rng::Rng;
 use std::rc::Rc;
 
@@ -110,8 +110,8 @@ pub struct Trainer {
     pub labels: Vec<String>,
     pub train: Examples,
     pub valid: Examples,
-    pub params: Trainable,
-    grads: Trainable,
+    pub params: Adapted,
+    grads: ParamSet,
     pub opt: AdamW,
     pub state: TrainState,
     accumulated: usize,
@@ -138,18 +138,18 @@ impl Trainer {
         if config.batch_size == 0 || config.grad_accum == 0 || config.epochs == 0 {
             return Err(Error::invalid("epochs, batch size and gradient accumulation must be at least 1"));
         }
-        if !(2..=model.bert.config.max_position_embeddings).contains(&config.max_len) {
+        if !(2..=model.encoder.config.max_position_embeddings).contains(&config.max_len) {
             return Err(Error::invalid(format!(
                 "max length {} must be between 2 and {}",
-                config.max_len, model.bert.config.max_position_embeddings
+                config.max_len, model.encoder.config.max_position_embeddings
             )));
         }
-        let dev = &model.bert.device;
-        let params = Trainable::init(&model.bert, &config.method, labels.len(), config.seed)?;
-        let grads = params.zeros_like(dev)?;
+        let dev = &model.encoder.device;
+        let params = Adapted::init(&model.encoder, &config.method, labels.len(), config.seed)?;
+        let grads = params.params.zeros_like(dev)?;
         let micro = train.len().div_ceil(config.batch_size);
         let total = (config.epochs * micro.div_ceil(config.grad_accum)) as u64;
-        let opt = AdamW::new(config.optim.clone(), &params, total, dev)?;
+        let opt = AdamW::new(config.optim.clone(), &params.params, total, dev)?;
         let state = TrainState {
             epoch: 0,
             batch_in_epoch: 0,
@@ -178,15 +178,12 @@ impl Trainer {
     }
 
     fn classifier(&self) -> Classifier<'_> {
-        Classifier { base: &self.model.bert, params: &self.params, method: &self.config.method, head: self.config.head }
+        Classifier { base: &self.model.encoder, params: &self.params, head: self.config.head }
     }
 
     fn dropout(&self) -> Option<Dropout> {
-        let c = &self.model.bert.config;
-        let lora = match &self.config.method {
-            Method::Lora(l) => l.dropout,
-            _ => 0.0,
-        };
+        let c = &self.model.encoder.config;
+        let lora = self.config.method.kind().input_dropout();
         let on = self.config.dropout;
         Some(Dropout {
             seed: (self.config.seed as u32) ^ ((self.config.seed >> 32) as u32),
@@ -209,25 +206,20 @@ impl Trainer {
         let texts: Vec<&str> = idx.iter().map(|&i| self.train.texts[i].as_str()).collect();
         let labels: Vec<u32> = idx.iter().map(|&i| self.train.labels[i]).collect();
         let enc = self.model.encode(&texts, self.config.max_len)?;
-        let dev = &self.model.bert.device;
+        let dev = &self.model.encoder.device;
         let dropout = self.dropout();
         let (logits, acts) = self.classifier().forward(&enc.inputs, dropout.as_ref(), true)?;
         let label_t = dev.tensor_u32(&labels, &[labels.len()])?;
         let grad_scale = 1.0 / (labels.len() * self.config.grad_accum) as f32;
         let (loss, dlogits) = ops::cross_entropy(&logits, &label_t, &labels, grad_scale)?;
         let acts = acts.expect("forward keeps activations");
-        let clf = Classifier {
-            base: &self.model.bert,
-            params: &self.params,
-            method: &self.config.method,
-            head: self.config.head,
-        };
+        let clf = Classifier { base: &self.model.encoder, params: &self.params, head: self.config.head };
         clf.backward(&enc.inputs, &acts, &dlogits, &mut self.grads, dropout.as_ref())?;
         let epoch_done = self.state.batch_in_epoch + 1 == self.batches_per_epoch();
         let update = self.accumulated + 1 == self.config.grad_accum || epoch_done;
         // The global gradient norm is read back with the loss: a non-finite one must not reach the
         // parameters (nor, through them, a checkpoint).
-        let norm_sq = if update { Some(self.opt.compute_norm(&mut self.grads)?.clone()) } else { None };
+        let norm_sq = if update { Some(self.opt.compute_norm(&self.grads)?.clone()) } else { None };
         let losses = loss.to_vec().await?;
         let loss = losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64;
         let norm = match &norm_sq {
@@ -255,7 +247,7 @@ impl Trainer {
         if update {
             // An epoch's last accumulation may be shorter: its gradient is rescaled to a full mean.
             let scale = self.config.grad_accum as f32 / self.accumulated as f32;
-            self.opt.apply(&mut self.params, &mut self.grads, scale)?;
+            self.opt.apply(&mut self.params.params, &self.grads, scale)?;
             self.grads.zero()?;
             self.accumulated = 0;
         }
@@ -298,16 +290,7 @@ impl Trainer {
 
     /// Logits (n, K) of `texts` in evaluation mode.
     pub async fn logits(&self, texts: &[&str], batch: usize) -> Result<Vec<f32>> {
-        predict_logits(
-            &self.model,
-            &self.params,
-            &self.config.method,
-            self.config.head,
-            texts,
-            self.config.max_len,
-            batch,
-        )
-        .await
+        predict_logits(&self.model, &self.params, self.config.head, texts, self.config.max_len, batch).await
     }
 
     /// Accuracy, macro-F1, confusion matrix and mean loss on `data`.
@@ -319,8 +302,7 @@ impl Trainer {
 
     /// The adapter as files (host copies).
     pub async fn adapter(&self, base_model: &str) -> Result<AdapterFiles> {
-        AdapterFiles::from_trainable(&self.params, &self.config.method, self.config.head, &self.labels, base_model)
-            .await
+        AdapterFiles::from_adapted(&self.params, &self.model.encoder, self.config.head, &self.labels, base_model).await
     }
 
     /// Everything a checkpoint holds: the adapter files, optimizer.safetensors (the moments under the
@@ -331,12 +313,17 @@ impl Trainer {
                 "a checkpoint is taken after an optimiser step, not in the middle of an accumulation",
             ));
         }
-        let mut files: Vec<(String, Vec<u8>)> =
-            self.adapter(base_model).await?.to_files()?.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
+        let mut files: Vec<(String, Vec<u8>)> = self
+            .adapter(base_model)
+            .await?
+            .to_files(&self.model.encoder.desc)?
+            .into_iter()
+            .map(|(n, b)| (n.to_string(), b))
+            .collect();
         let mut opt = NamedTensors { origin: "optimizer.safetensors".into(), ..Default::default() };
         for (which, t) in [("m", &self.opt.m), ("v", &self.opt.v)] {
-            for (name, x) in t.named() {
-                opt.insert(format!("{which}.{name}"), HostTensor::new(x.shape().to_vec(), x.to_vec().await?));
+            for (name, x) in t.to_host("optimizer.safetensors").await?.tensors {
+                opt.insert(format!("{which}.{name}"), x);
             }
         }
         files.push(("optimizer.safetensors".into(), opt.to_bytes(None)?));
@@ -374,14 +361,14 @@ impl Trainer {
             Some(std::str::from_utf8(&files.meta).map_err(|_| Error::file(origin, "localtune.json is not UTF-8"))?),
             origin,
         )?;
-        t.params = adapter.to_trainable(&model.bert)?;
-        let dev = model.bert.device.clone();
+        t.params = adapter.to_adapted(&model.encoder)?;
+        let dev = model.encoder.device.clone();
         let mut opt = NamedTensors::from_bytes(&files.optimizer, &format!("{origin}/optimizer.safetensors"))?;
-        let names: Vec<(String, Vec<usize>)> =
-            t.params.named().into_iter().map(|(n, x)| (n, x.shape().to_vec())).collect();
         for (which, target) in [("m", &mut t.opt.m), ("v", &mut t.opt.v)] {
-            for ((name, shape), slot) in names.iter().zip(target.tensors_mut()) {
-                *slot = dev.tensor(&opt.take(&format!("{which}.{name}"), shape)?, shape)?;
+            for id in 0..target.len() {
+                let shape = target[id].shape().to_vec();
+                let data = opt.take(&format!("{which}.{}", target.name(id)), &shape)?;
+                target.set(id, dev.tensor(&data, &shape)?)?;
             }
         }
         t.opt.step = st["optimizer_step"].as_u64().ok_or_else(|| bad("optimizer_step"))?;
@@ -438,15 +425,14 @@ pub fn save_checkpoint(dir: &std::path::Path, files: &[(String, Vec<u8>)]) -> Re
 /// Logits (n, K) of `texts` under trained parameters, in evaluation mode, `batch` texts at a time.
 pub async fn predict_logits(
     model: &Model,
-    params: &Trainable,
-    method: &Method,
+    params: &Adapted,
     head: HeadKind,
     texts: &[&str],
     max_len: usize,
     batch: usize,
 ) -> Result<Vec<f32>> {
-    let clf = Classifier { base: &model.bert, params, method, head };
-    let mut out = Vec::with_capacity(texts.len() * params.classifier.weight.dim(0));
+    let clf = Classifier { base: &model.encoder, params, head };
+    let mut out = Vec::with_capacity(texts.len() * params.classes());
     for chunk in texts.chunks(batch.max(1)) {
         let enc = model.encode(chunk, max_len)?;
         let (logits, _) = clf.forward(&enc.inputs, None, false)?;

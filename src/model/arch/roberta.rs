@@ -1,0 +1,27 @@
+//! RoBERTa and XLM-R (`model_type` "roberta", "xlm-roberta"): BERT's layers and names, with
+//! positions that start after the padding id (`pad_token_id + 1`) and skip padding, and a single
+//! token type.
+
+use super::bert::NAMES;
+use super::{bert_style_config, AttentionKind, EncoderConfig, Fields, LayerDesc, NormKind, NormPlacement, Positions};
+use crate::error::Result;
+
+pub(super) fn describe(v: &serde_json::Value, origin: &str) -> Result<(EncoderConfig, LayerDesc)> {
+    let f = Fields { v, origin };
+    f.absolute_positions()?;
+    let mut config = bert_style_config(v, origin)?;
+    config.type_vocab_size = f.usize("type_vocab_size", Some(1))?;
+    let padding_idx = f.usize("pad_token_id", Some(1))?;
+    let desc = LayerDesc {
+        arch: "roberta",
+        norm: NormPlacement::Post,
+        norm_kind: NormKind::LayerNorm,
+        activation: f.activation("hidden_act")?,
+        attention: AttentionKind::Bidirectional,
+        positions: Positions::AfterPadding { padding_idx },
+        base_prefix: "roberta.",
+        load_prefixes: &["roberta."],
+        names: NAMES,
+    };
+    Ok((config, desc))
+}
