@@ -20,10 +20,14 @@ cargo build --release -q
 out=$(mktemp -d)
 echo "| method | lr | trainable | valid acc (200 yelp) | amazon acc | imdb acc | mean cross-domain | train time |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-for method in lora ia3 adapter parallel-adapter prefix bitfit head; do
+for method in lora ia3 adapter adapter-pfeiffer parallel-adapter prefix mam bitfit head; do
   start=$(date +%s)
   log="$out/$method.log"
-  $bin train --data "$data/yelp.jsonl" --method "$method" --out "$out/$method" --device "$device" \
+  case "$method" in
+    adapter-pfeiffer) args=(--method adapter --adapter-placement pfeiffer) ;;
+    *) args=(--method "$method") ;;
+  esac
+  $bin train --data "$data/yelp.jsonl" "${args[@]}" --out "$out/$method" --device "$device" \
     --epochs 3 --batch 16 --max-len 64 --seed "$seed" --r 8 --alpha 16 --targets query,value --json >"$log" 2>"$out/$method.err"
   secs=$(( $(date +%s) - start ))
   valid=$(tail -n 1 "$log" | python3 -c 'import json,sys; print("%.3f" % json.loads(sys.stdin.read())["valid_accuracy"])')

@@ -40,6 +40,14 @@ mod cli {
             #[arg(long)]
             json: bool,
         },
+        /// Print a model folder's architecture as localtune reads it: its sizes, its layer description
+        /// (norm placement, activation, attention, positions, weight and PEFT module names) and its
+        /// sentence pooling, as JSON. Reads config.json (and the pooling files), not the weights.
+        Describe {
+            /// The model folder (default: $LOCALTUNE_MODEL or the all-MiniLM-L6-v2 in .cache/models).
+            #[arg(long)]
+            model: Option<PathBuf>,
+        },
         /// Print the token ids of each input text (one text per line on stdin), one JSON line each.
         Tokenize {
             #[command(flatten)]
@@ -47,7 +55,8 @@ mod cli {
             #[command(flatten)]
             input: InputArgs,
         },
-        /// Print the L2-normalised sentence embedding of each input text, one JSON line each.
+        /// Print the sentence embedding of each input text, one JSON line each, pooled as the model folder says
+        /// (a sentence-transformers folder's modules.json and 1_Pooling; mean + L2 normalisation otherwise).
         Embed {
             #[command(flatten)]
             model: ModelArgs,
@@ -305,6 +314,7 @@ mod cli {
     fn run(cli: Cli) -> Result<()> {
         match cli.command {
             Command::Info { json } => info(json),
+            Command::Describe { model } => describe(&model),
             Command::Tokenize { model, input } => tokenize(&model, &input),
             Command::Embed { model, input, device, batch } => embed(&model, &input, device, batch),
             Command::Train(a) => train::train(&a),
@@ -680,6 +690,24 @@ mod cli {
         use std::io::Write as _;
         std::io::stdout().flush().ok();
         serve::serve(listener, serve::Site { www, models, data: files })
+    }
+
+    fn describe(model: &Option<PathBuf>) -> Result<()> {
+        let dir = model_dir(model)?;
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
+        let (config, desc) = localtune::model::arch::from_config_json(&text, &path.display().to_string())?;
+        let optional = |name: &str| -> Result<Option<String>> {
+            match std::fs::read_to_string(dir.join(name)) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::file(dir.join(name), e)),
+            }
+        };
+        let pooling = localtune::model::Pooling::from_folder(&optional, &dir.display().to_string())?;
+        let v = serde_json::json!({ "config": config, "layer": desc, "pooling": pooling });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        Ok(())
     }
 
     fn info(json: bool) -> Result<()> {

@@ -21,6 +21,8 @@ pub struct Site {
 }
 
 const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+/// A sentence-transformers folder's pooling files, served when the folder has them.
+const POOLING_FILES: [&str; 2] = ["modules.json", "1_Pooling/config.json"];
 
 fn content_type(path: &str) -> &'static str {
     match path.rsplit('.').next().unwrap_or("") {
@@ -47,7 +49,12 @@ impl Site {
             .iter()
             .map(|(id, name, dir)| {
                 let bytes: u64 = MODEL_FILES.iter().filter_map(|f| std::fs::metadata(dir.join(f)).ok()).map(|m| m.len()).sum();
-                serde_json::json!({"id": id, "name": name, "bytes": bytes, "files": MODEL_FILES.iter().map(|f| format!("models/{id}/{f}")).collect::<Vec<_>>()})
+                let pooling: serde_json::Map<String, serde_json::Value> = POOLING_FILES
+                    .iter()
+                    .filter(|f| dir.join(f).is_file())
+                    .map(|f| (f.to_string(), format!("models/{id}/{f}").into()))
+                    .collect();
+                serde_json::json!({"id": id, "name": name, "bytes": bytes, "files": MODEL_FILES.iter().map(|f| format!("models/{id}/{f}")).collect::<Vec<_>>(), "pooling": pooling})
             })
             .collect();
         let data: Vec<serde_json::Value> = self
@@ -74,7 +81,7 @@ impl Site {
         if let Some(rest) = rel.strip_prefix("models/") {
             let (id, file) = rest.split_once('/')?;
             let (_, _, dir) = self.models.iter().find(|(i, _, _)| i == id)?;
-            return MODEL_FILES.contains(&file).then(|| dir.join(file));
+            return (MODEL_FILES.contains(&file) || POOLING_FILES.contains(&file)).then(|| dir.join(file));
         }
         if let Some(name) = rel.strip_prefix("data/") {
             return self.data.iter().find(|p| p.file_name().and_then(|n| n.to_str()) == Some(name)).cloned();

@@ -38,18 +38,21 @@ fn load(name: &str, dev: &Device) -> Encoder {
     Encoder::from_named(config, desc, w, dev).unwrap()
 }
 
+/// (input ids, attention mask, token types — zeros where the architecture has none).
+fn fixture_inputs(st: &safetensors::SafeTensors) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let ids = fixture_ids(st, "input_ids");
+    let mask = fixture_ids(st, "attention_mask");
+    let types =
+        if st.names().contains(&"token_type_ids") { fixture_ids(st, "token_type_ids") } else { vec![0; ids.len()] };
+    (ids, mask, types)
+}
+
 #[test]
 fn every_architecture_matches_transformers() {
     for case in CASES {
         let bytes = std::fs::read(format!("{ARCH}/{}/expected.safetensors", case.name)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let ids = fixture_ids(&st, "input_ids");
-        let mask = fixture_ids(&st, "attention_mask");
-        let types = if st.names().contains(&"token_type_ids") {
-            fixture_ids(&st, "token_type_ids")
-        } else {
-            vec![0; ids.len()]
-        };
+        let (ids, mask, types) = fixture_inputs(&st);
         let (b, t) = (3, 9);
         for dev in devices() {
             let what = format!("{} on {}", case.name, dev.describe());
@@ -82,13 +85,7 @@ fn peft_lora_reproduces_transformers_on_every_architecture() {
         let dir = format!("{ARCH}/{}", case.name);
         let bytes = std::fs::read(format!("{dir}/expected.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let ids = fixture_ids(&st, "input_ids");
-        let mask = fixture_ids(&st, "attention_mask");
-        let types = if st.names().contains(&"token_type_ids") {
-            fixture_ids(&st, "token_type_ids")
-        } else {
-            vec![0; ids.len()]
-        };
+        let (ids, mask, types) = fixture_inputs(&st);
         let cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(format!("{dir}/peft_lora/adapter_config.json")).unwrap())
                 .unwrap();

@@ -90,3 +90,55 @@ fn bad_input_names_the_line() {
     assert!(!ok);
     assert!(err.contains("/nonexistent/model/config.json") && err.contains("missing"), "{err}");
 }
+
+/// `embed` applies a sentence-transformers folder's own pooling: sentence-transformers' own vectors
+/// for its mean-sqrt-len + Normalize folder and its max-pooling folder (tests/fixtures/arch/st).
+#[test]
+fn embed_uses_the_folders_own_pooling() {
+    let st = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/arch/st");
+    let bytes = std::fs::read(format!("{st}/expected.safetensors")).unwrap();
+    let fx = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let input = "the food was great !\ni hate this movie\nreally really good service\nnot bad\nthe worst phone\n";
+    for folder in ["mean_sqrt_len_norm", "max"] {
+        let dir = format!("{st}/{folder}");
+        let (ok, out, err) = run(&["embed", "--model", &dir, "--device", "cpu"], input.as_bytes());
+        assert!(ok, "{err}");
+        let got: Vec<f32> = out
+            .lines()
+            .flat_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<_>>()
+            })
+            .collect();
+        common::assert_close(folder, &got, &common::fixture_f32(&fx, &format!("embedding_{folder}")), 1e-5, 1e-4);
+    }
+}
+
+#[test]
+fn an_unsupported_architecture_is_named() {
+    let dir = std::env::temp_dir().join(format!("localtune-gpt2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt2", "n_embd": 8}"#).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
+    std::fs::write(dir.join("model.safetensors"), b"").unwrap();
+    let (ok, _, err) = run(&["embed", "--model", dir.to_str().unwrap(), "--device", "cpu"], b"x\n");
+    assert!(!ok);
+    assert!(err.contains("config.json") && err.contains("`gpt2`") && err.contains("distilbert"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn describe_prints_the_layer_description() {
+    let arch = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/arch");
+    let (ok, out, err) = run(&["describe", "--model", &format!("{arch}/distilbert")], b"");
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["layer"]["arch"], "distilbert");
+    assert_eq!(v["layer"]["names"]["linears"][0], "attention.q_lin");
+    assert_eq!(v["config"]["hidden_size"], 32);
+    assert_eq!(v["config"]["type_vocab_size"], 0);
+    let (ok, out, err) = run(&["describe", "--model", &format!("{arch}/st/max")], b"");
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["pooling"], serde_json::json!({"mode": "max", "normalize": false}));
+}

@@ -10,7 +10,7 @@ use localtune::model::Model;
 use localtune::ops;
 use localtune::peft::Classifier;
 use localtune::peft::{
-    Activation, Adapted, AdapterConfig, BitfitConfig, HeadKind, HeadOnly, Ia3Config, LoraConfig, Method,
+    Activation, Adapted, AdapterConfig, BitfitConfig, HeadKind, HeadOnly, Ia3Config, LoraConfig, MamConfig, Method,
     ParallelConfig, Placement, PrefixConfig, Target,
 };
 use localtune::rng::Rng as LRng;
@@ -42,7 +42,22 @@ fn methods() -> Vec<(&'static str, Method)> {
             "parallel-adapter tanh",
             Method::ParallelAdapter(ParallelConfig { reduction_factor: 4, activation: Activation::Tanh, scaling: 2.0 }),
         ),
+        (
+            "adapter pfeiffer gelu",
+            Method::Adapter(AdapterConfig {
+                activation: Activation::Gelu,
+                placement: Placement::Pfeiffer,
+                ..adapter.clone()
+            }),
+        ),
         ("prefix", Method::Prefix(PrefixConfig { length: 3 })),
+        (
+            "mam (prefix + parallel adapter) gelu",
+            Method::Mam(MamConfig {
+                prefix_length: 2,
+                adapter: ParallelConfig { reduction_factor: 4, activation: Activation::Gelu, scaling: 4.0 },
+            }),
+        ),
         ("bitfit", Method::Bitfit(BitfitConfig {})),
         ("head", Method::Head(HeadOnly {})),
     ]
@@ -182,7 +197,7 @@ fn fresh_adapters_leave_the_model_unchanged() {
     let head_only = Adapted::init(&model.encoder, &Method::Head(HeadOnly {}), 2, 1).unwrap();
     let base = run(&model, &Method::Head(HeadOnly {}), HeadKind::Pooler, &head_only, None).logits;
     for (name, m) in methods() {
-        if matches!(m, Method::Prefix(_)) {
+        if matches!(m, Method::Prefix(_) | Method::Mam(_)) {
             continue; // prefix rows change attention from the start
         }
         let p = Adapted::init(&model.encoder, &m, 2, 1).unwrap();

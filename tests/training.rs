@@ -8,8 +8,8 @@ use common::*;
 use localtune::model::tiny::tiny_model;
 use localtune::model::Model;
 use localtune::peft::{
-    Activation, AdapterConfig, BitfitConfig, HeadKind, HeadOnly, Ia3Config, LoraConfig, Method, ParallelConfig,
-    Placement, PrefixConfig, Target,
+    Activation, AdapterConfig, BitfitConfig, HeadKind, HeadOnly, Ia3Config, LoraConfig, MamConfig, Method,
+    ParallelConfig, Placement, PrefixConfig, Target,
 };
 use localtune::train::trainer::CheckpointFiles;
 use localtune::train::{Examples, OptimConfig, TrainConfig, Trainer};
@@ -77,7 +77,15 @@ fn the_loss_falls_for_every_method() {
             Method::ParallelAdapter(ParallelConfig { reduction_factor: 2, activation: Activation::Relu, scaling: 4.0 }),
             1e-2,
         ),
+        (Method::Adapter(AdapterConfig { placement: Placement::Pfeiffer, ..a.clone() }), 1e-2),
         (Method::Prefix(PrefixConfig { length: 4 }), 5e-2),
+        (
+            Method::Mam(MamConfig {
+                prefix_length: 4,
+                adapter: ParallelConfig { reduction_factor: 2, activation: Activation::Relu, scaling: 4.0 },
+            }),
+            1e-2,
+        ),
         (Method::Bitfit(BitfitConfig {}), 1e-2),
         (Method::Head(HeadOnly {}), 5e-2),
     ];

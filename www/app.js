@@ -47,6 +47,7 @@ const state = {
   lastAutosave: null,
 };
 window.__localtune = state; // for tests and the curious
+window.__localtuneCall = (cmd, args) => call(cmd, args); // the worker API, for tests
 
 function showError(msg) {
   const el = $('error');
@@ -87,9 +88,10 @@ function refreshButtons() {
   $('train-stop').disabled = !state.training;
   $('eval-run').disabled = !(ready && state.trained);
   $('try-run').disabled = !(ready && state.trained);
+  $('sim-run').disabled = !ready;
   $('save-run').disabled = !(ready && state.trained);
   // Nothing may change the model, the data or the settings under a running training.
-  for (const id of ['model-load', 'model-files', 'data-file', 'skip-bad']) $(id).disabled = state.training;
+  for (const id of ['model-load', 'model-files', 'model-folder', 'data-file', 'skip-bad']) $(id).disabled = state.training;
   document.querySelectorAll('#examples button, #saved button, #step-settings input, #step-settings select').forEach((b) => {
     b.disabled = state.training;
   });
@@ -147,7 +149,7 @@ function showModel(info) {
   state.model = info;
   $('model-info').replaceChildren(
     el('strong', {}, info.name),
-    ` — ${info.parameters >= 1e6 ? `${(info.parameters / 1e6).toFixed(1)}M` : info.parameters.toLocaleString()} parameters, ${info.layers} layers, hidden ${info.hidden}, ${fmtBytes(info.bytes)}, on ${info.device}`,
+    ` — ${info.architecture}, ${info.parameters >= 1e6 ? `${(info.parameters / 1e6).toFixed(1)}M` : info.parameters.toLocaleString()} parameters, ${info.layers} layers, hidden ${info.hidden}, ${fmtBytes(info.bytes)}, on ${info.device}; sentence embeddings: ${info.pooling.mode} pooling${info.pooling.normalize ? ', normalised' : ''}`,
   );
   state.trained = false;
   refreshButtons();
@@ -162,7 +164,13 @@ async function loadServedModel() {
   try {
     const info = await call('loadModel', {
       name: m.name,
-      urls: { config: `models/${id}/config.json`, weights: `models/${id}/model.safetensors`, tokenizer: `models/${id}/tokenizer.json` },
+      urls: {
+        config: `models/${id}/config.json`,
+        weights: `models/${id}/model.safetensors`,
+        tokenizer: `models/${id}/tokenizer.json`,
+        modules: m.pooling?.['modules.json'],
+        pooling: m.pooling?.['1_Pooling/config.json'],
+      },
     });
     showModel(info);
   } catch (e) {
@@ -173,7 +181,11 @@ async function loadServedModel() {
 
 async function loadLocalModel(files) {
   clearError();
-  const byName = Object.fromEntries([...files].map((f) => [f.name, f]));
+  // Files of a picked folder carry their path: the model's own files sit at its top.
+  const top = [...files].filter((f) => (f.webkitRelativePath || f.name).split('/').length <= 2);
+  const byName = Object.fromEntries(top.map((f) => [f.name, f]));
+  // A sentence-transformers folder picked whole: its pooling config sits in 1_Pooling/.
+  const pooling = [...files].find((f) => (f.webkitRelativePath || '').endsWith('1_Pooling/config.json'));
   const missing = ['config.json', 'model.safetensors', 'tokenizer.json'].filter((n) => !byName[n]);
   if (missing.length) {
     return showError(`A model folder needs config.json, model.safetensors and tokenizer.json; missing: ${missing.join(', ')}. Select all three files.`);
@@ -183,13 +195,37 @@ async function loadLocalModel(files) {
     const weights = await byName['model.safetensors'].arrayBuffer();
     const info = await call(
       'loadModel',
-      { name: 'local model', config: await byName['config.json'].text(), weights, tokenizer: await byName['tokenizer.json'].text() },
+      {
+        name: 'local model',
+        config: await byName['config.json'].text(),
+        weights,
+        tokenizer: await byName['tokenizer.json'].text(),
+        modules: byName['modules.json'] ? await byName['modules.json'].text() : null,
+        pooling: pooling ? await pooling.text() : null,
+      },
       [weights],
     );
     showModel(info);
   } catch (e) {
     $('model-info').textContent = '';
     showError(`The model could not be loaded: ${e.message}`);
+  }
+}
+
+// Cosine similarity of two sentence embeddings, pooled as the model's folder says.
+async function compareSentences() {
+  clearError();
+  const texts = [$('sim-a').value, $('sim-b').value];
+  try {
+    const r = await call('embed', { texts, maxLen: 128 });
+    const [a, b] = r.embeddings;
+    const dot = a.reduce((s, x, i) => s + x * b[i], 0);
+    const norm = (v) => Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+    const cos = dot / (norm(a) * norm(b) || 1);
+    $('sim-result').textContent = `cosine similarity ${cos.toFixed(3)} (${r.pooling.mode} pooling${r.pooling.normalize ? ', normalised' : ''})`;
+    $('sim-result').dataset.cosine = String(cos);
+  } catch (e) {
+    showError(`The sentences could not be compared: ${e.message}`);
   }
 }
 
@@ -253,6 +289,7 @@ function settings() {
     targets: [...document.querySelectorAll('input[name=target]:checked')].map((x) => x.value),
     reduction_factor: num('reduction'),
     adapter_activation: $('activation').value,
+    adapter_placement: $('placement').value,
     prefix_length: num('prefix-len'),
   };
 }
@@ -547,6 +584,8 @@ async function deleteAdapter(name) {
 
 $('model-load').addEventListener('click', loadServedModel);
 $('model-files').addEventListener('change', (e) => loadLocalModel(e.target.files));
+$('model-folder').addEventListener('change', (e) => loadLocalModel(e.target.files));
+$('sim-run').addEventListener('click', compareSentences);
 $('data-file').addEventListener('change', (e) => e.target.files[0] && loadFile(e.target.files[0]));
 const drop = $('drop');
 drop.addEventListener('dragover', (e) => {

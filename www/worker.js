@@ -26,12 +26,19 @@ const commands = {
   async init({ prefer }) {
     return JSON.parse(await lt.initDevice(prefer || 'gpu'));
   },
-  // Either {urls: {config, weights, tokenizer}} (served with the page) or the files' contents.
-  async loadModel({ name, urls, config, weights, tokenizer }) {
+  // Either {urls: {config, weights, tokenizer, modules?, pooling?}} (served with the page) or the
+  // files' contents; modules / pooling are a sentence-transformers folder's modules.json and
+  // 1_Pooling/config.json, when it has them.
+  async loadModel({ name, urls, config, weights, tokenizer, modules, pooling }) {
     if (urls) {
       [config, weights, tokenizer] = await Promise.all([fetchText(urls.config), fetchBytes(urls.weights), fetchText(urls.tokenizer)]);
+      if (urls.modules) modules = await fetchText(urls.modules);
+      if (urls.pooling) pooling = await fetchText(urls.pooling);
     }
-    return JSON.parse(await lt.loadModel(config, new Uint8Array(weights), tokenizer, name));
+    return JSON.parse(await lt.loadModel(config, new Uint8Array(weights), tokenizer, name, modules ?? undefined, pooling ?? undefined));
+  },
+  async embed({ texts, maxLen }) {
+    return JSON.parse(await lt.embed(JSON.stringify(texts), maxLen || 128));
   },
   async loadData({ bytes, name, skipBad }) {
     return JSON.parse(lt.loadData(new Uint8Array(bytes), name, !!skipBad));

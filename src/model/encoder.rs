@@ -260,6 +260,14 @@ impl Hooks<'_> {
     }
 }
 
+/// The (weight, bias) of layer `l`'s norm after attention, and after the FFN.
+fn attn_norm(l: usize) -> (BaseWeight, BaseWeight) {
+    (BaseWeight::AttnNorm(l, Part::Weight), BaseWeight::AttnNorm(l, Part::Bias))
+}
+fn out_norm(l: usize) -> (BaseWeight, BaseWeight) {
+    (BaseWeight::OutNorm(l, Part::Weight), BaseWeight::OutNorm(l, Part::Bias))
+}
+
 /// `drop` that hands back its input itself when dropout is off, so that no alias is left behind to
 /// force a copy at the next in-place add.
 fn drop_owned(x: Tensor, d: Option<&Dropout>, p: impl Fn(&Dropout) -> f32, site: u32) -> Result<Tensor> {
@@ -578,12 +586,7 @@ impl Encoder {
         self.branches(cx, hooks, Branch::AttnOutput, None, &mut ao, &mut saves)?;
         let mut attn_sum = ao;
         ops::add_into(&mut attn_sum, &x, 1.0)?;
-        let (h1, attn_mean, attn_rstd) = ops::layernorm(
-            &attn_sum,
-            hooks.weight(BaseWeight::AttnNorm(l, Part::Weight), &layer.attn_norm.weight),
-            hooks.weight(BaseWeight::AttnNorm(l, Part::Bias), &layer.attn_norm.bias),
-            self.eps(),
-        )?;
+        let (h1, attn_mean, attn_rstd) = self.norm(hooks, attn_norm(l), &layer.attn_norm, &attn_sum)?;
         let inter_pre = lin(Target::Intermediate, &h1, &mut saves)?;
         let inter = act_forward(self.desc.activation, &inter_pre)?;
         let o = lin(Target::Output, &inter, &mut saves)?;
@@ -592,12 +595,7 @@ impl Encoder {
         self.branches(cx, hooks, Branch::Ffn, Some(&h1), &mut o, &mut saves)?;
         let mut out_sum = o;
         ops::add_into(&mut out_sum, &h1, 1.0)?;
-        let (out, out_mean, out_rstd) = ops::layernorm(
-            &out_sum,
-            hooks.weight(BaseWeight::OutNorm(l, Part::Weight), &layer.out_norm.weight),
-            hooks.weight(BaseWeight::OutNorm(l, Part::Bias), &layer.out_norm.bias),
-            self.eps(),
-        )?;
+        let (out, out_mean, out_rstd) = self.norm(hooks, out_norm(l), &layer.out_norm, &out_sum)?;
         let acts = LayerActs {
             input: x,
             q,
@@ -716,6 +714,17 @@ impl Encoder {
         Ok(dout)
     }
 
+    /// A layer norm whose weight or bias a hook may train: (y, mean, rstd).
+    fn norm(
+        &self,
+        hooks: Hooks,
+        w: (BaseWeight, BaseWeight),
+        norm: &LayerNorm,
+        x: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        ops::layernorm(x, hooks.weight(w.0, &norm.weight), hooks.weight(w.1, &norm.bias), self.eps())
+    }
+
     /// Backward of a layer norm whose weight or bias a hook may train: returns dx.
     #[allow(clippy::too_many_arguments)]
     fn norm_backward(
@@ -758,9 +767,16 @@ impl Encoder {
         let cx = Cx { layer: l, params: hooks.params, dropout: d };
 
         // out = LN2(out_sum)
-        let norm2 = (BaseWeight::OutNorm(l, Part::Weight), BaseWeight::OutNorm(l, Part::Bias));
-        let d_out_sum =
-            self.norm_backward(hooks, norm2, &layer.out_norm, &dout, &a.out_sum, &a.out_mean, &a.out_rstd, grads)?;
+        let d_out_sum = self.norm_backward(
+            hooks,
+            out_norm(l),
+            &layer.out_norm,
+            &dout,
+            &a.out_sum,
+            &a.out_mean,
+            &a.out_rstd,
+            grads,
+        )?;
         // out_sum = o + h1
         let mut dh1 = d_out_sum.clone();
         let d_o = self.branches_backward(cx, hooks, Branch::Ffn, a, d_out_sum, Some(&mut dh1), grads)?;
@@ -772,9 +788,16 @@ impl Encoder {
         let d_inter_pre = act_backward(self.desc.activation, &d_inter, &a.inter_pre, &a.inter)?;
         self.linear_backward(cx, hooks, Target::Intermediate, a, &d_inter_pre, Some(&mut dh1), grads)?;
         // h1 = LN1(attn_sum)
-        let norm1 = (BaseWeight::AttnNorm(l, Part::Weight), BaseWeight::AttnNorm(l, Part::Bias));
-        let d_attn_sum =
-            self.norm_backward(hooks, norm1, &layer.attn_norm, &dh1, &a.attn_sum, &a.attn_mean, &a.attn_rstd, grads)?;
+        let d_attn_sum = self.norm_backward(
+            hooks,
+            attn_norm(l),
+            &layer.attn_norm,
+            &dh1,
+            &a.attn_sum,
+            &a.attn_mean,
+            &a.attn_rstd,
+            grads,
+        )?;
         // attn_sum = ao + x
         let mut dx = if need_dx { Some(d_attn_sum.clone()) } else { None };
         let d_ao = self.branches_backward(cx, hooks, Branch::AttnOutput, a, d_attn_sum, None, grads)?;

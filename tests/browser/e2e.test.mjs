@@ -119,6 +119,22 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   await page.click('#model-load');
   await page.waitForFunction(() => /parameters/.test(document.querySelector('#model-info').textContent), null, { timeout: 120000 });
   await shot('1-model');
+  assert.match(await page.textContent('#model-info'), /bert, .*mean pooling, normalised/);
+
+  // Sentence similarity under the model's own pooling (embed), with no request made.
+  phase = 'embed';
+  await page.fill('#sim-a', 'the food was great');
+  await page.fill('#sim-b', 'the food was great');
+  await page.click('#sim-run');
+  await page.waitForFunction(() => document.querySelector('#sim-result').dataset.cosine, null, { timeout: 120000 });
+  const same = Number(await page.getAttribute('#sim-result', 'data-cosine'));
+  assert.ok(Math.abs(same - 1) < 1e-4, `a sentence is its own nearest: cosine ${same}`);
+  await page.fill('#sim-b', 'i hate this awful phone');
+  await page.click('#sim-run');
+  await page.waitForFunction((c) => Number(document.querySelector('#sim-result').dataset.cosine) !== c, same, { timeout: 120000 });
+  const other = Number(await page.getAttribute('#sim-result', 'data-cosine'));
+  assert.ok(other < same, `another sentence is further: ${other}`);
+  assert.match(await page.textContent('#sim-result'), /mean pooling, normalised/);
 
   // 2. data: a file that is not CSV/JSONL gets a clear message, then the real file
   phase = 'data';
@@ -164,8 +180,8 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   await page.waitForSelector('#saved li[data-name="tiny-lora"]');
 
   // No request at all while loading data, training, evaluating or saving.
-  const during = requests.filter((r) => ['data', 'train', 'eval', 'save'].includes(r.phase));
-  assert.deepEqual(during, [], 'requests during data/train/eval/save');
+  const during = requests.filter((r) => ['embed', 'data', 'train', 'eval', 'save'].includes(r.phase));
+  assert.deepEqual(during, [], 'requests during embed/data/train/eval/save');
 
   // Reload: the adapter is still there, and downloads as PEFT files.
   phase = 'reload';
@@ -224,5 +240,34 @@ test('the CPU fallback is announced', { timeout: 5 * 60 * 1000 }, async () => {
   assert.equal(await page.isVisible('#notice'), true);
   assert.match(await page.textContent('#notice'), /CPU/);
   await page.screenshot({ path: path.join(out, 'cpu-fallback.png'), fullPage: true });
+  await context.close();
+});
+
+// A sentence-transformers folder picked whole brings its own pooling (here max pooling, no
+// Normalize), and the page's embeddings follow it: the same vectors sentence-transformers gives.
+test('a sentence-transformers folder pools as its files say', { timeout: 5 * 60 * 1000 }, async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${url}?device=cpu&model=tiny`);
+  await page.waitForSelector('body[data-ready=yes]', { timeout: 120000 });
+  const folder = path.join(root, 'tests/fixtures/arch/st/max');
+  await page.setInputFiles('#model-folder', folder);
+  await page.waitForFunction(() => /parameters/.test(document.querySelector('#model-info').textContent), null, { timeout: 120000 });
+  assert.match(await page.textContent('#model-info'), /max pooling/);
+  assert.doesNotMatch(await page.textContent('#model-info'), /normalised/);
+  const meta = JSON.parse(fs.readFileSync(path.join(root, 'tests/fixtures/arch/st/meta.json'), 'utf8'));
+  const sentences = meta.sentences;
+  const got = await page.evaluate(async (texts) => {
+    const { embeddings } = await window.__localtuneCall('embed', { texts, maxLen: 40 });
+    return embeddings;
+  }, sentences);
+  // Reference: st/expected.safetensors, embedding_max (sentence-transformers encode()).
+  const st = fs.readFileSync(path.join(root, 'tests/fixtures/arch/st/expected.safetensors'));
+  const headerLen = Number(st.readBigUInt64LE(0));
+  const header = JSON.parse(st.subarray(8, 8 + headerLen).toString());
+  const { data_offsets: [a, b], shape } = header.embedding_max;
+  const ref = new Float32Array(st.buffer.slice(st.byteOffset + 8 + headerLen + a, st.byteOffset + 8 + headerLen + b));
+  assert.equal(got.length, shape[0]);
+  got.flat().forEach((x, i) => assert.ok(Math.abs(x - ref[i]) <= 1e-5 + 1e-4 * Math.abs(ref[i]), `embedding value ${i}: ${x} vs ${ref[i]}`));
   await context.close();
 });
