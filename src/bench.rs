@@ -31,6 +31,31 @@ pub const MATMUL_SHAPES: &[(usize, usize, usize)] = &[
     (512, 384, 384),  // attention projection, batch 8 × 64 tokens
 ];
 
+/// The CPU this benchmark ran on and the vector features it has (figures from one machine say
+/// nothing about another: AVX-512 on some, only AVX2 on others).
+pub fn cpu_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    #[cfg(target_arch = "x86_64")]
+    let features = {
+        let mut f = vec![];
+        macro_rules! probe {
+            ($($name:tt),*) => { $(if std::arch::is_x86_feature_detected!($name) { f.push($name); })* };
+        }
+        probe!("sse4.1", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl");
+        f.join(" ")
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let features = std::env::consts::ARCH.to_string();
+    format!("{model}; {} threads; features: {features}", crate::cpu::threads())
+}
+
 /// Repeats `f` until `budget_s` seconds have passed (at least once, after one warm-up call),
 /// returning (seconds per call, calls).
 pub fn time_it(budget_s: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize)> {

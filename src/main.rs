@@ -496,6 +496,7 @@ mod cli {
     }
 
     fn bench_forward(m: &ModelArgs, json: bool, budget: f64, cpu_only: bool) -> Result<()> {
+        eprintln!("cpu: {}", bench::cpu_description());
         let dir = model_dir(&m.model)?;
         let devices = bench_devices(cpu_only);
         if !json {
@@ -583,6 +584,7 @@ mod cli {
                 train::method_of(&a)
             })
             .collect::<Result<_>>()?;
+        eprintln!("cpu: {}", bench::cpu_description());
         let devices = bench_devices(cpu_only);
         if !json {
             println!(
@@ -748,6 +750,7 @@ mod cli {
     }
 
     fn bench_matmul(json: bool, budget: f64, cpu_only: bool) -> Result<()> {
+        eprintln!("cpu: {}", bench::cpu_description());
         let gpu = if cpu_only {
             None
         } else {

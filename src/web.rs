@@ -408,7 +408,7 @@ async fn benchmark_inner(s: &State, reps: usize, train_batch: usize) -> Result<S
     let data = Examples { texts: vec![text; n], labels: (0..n as u32).map(|i| i % 2).collect() };
     let cfg = TrainConfig {
         method: Method::Lora(LoraConfig::new(8, 16.0, &[Target::Query, Target::Value])),
-        head: HeadKind::Pooler,
+        head: if model.encoder.pooler.is_some() { HeadKind::Pooler } else { HeadKind::Mean },
         epochs: 100,
         batch_size: train_batch,
         grad_accum: 1,

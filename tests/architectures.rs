@@ -163,3 +163,130 @@ fn an_unsupported_architecture_names_model_type_and_lists_the_supported() {
     let e = arch::from_config_json("{}", "m/config.json").unwrap_err().to_string();
     assert!(e.contains("no model_type"), "{e}");
 }
+
+/// A model folder of `name` with the tiny WordPiece tokenizer of the sentence-transformers fixture
+/// (same 99-token vocabulary).
+fn model_with_tokenizer(name: &str, dev: &Device) -> localtune::model::Model {
+    let dir = format!("{ARCH}/{name}");
+    localtune::model::Model::from_bytes(
+        &std::fs::read_to_string(format!("{dir}/config.json")).unwrap(),
+        &std::fs::read(format!("{dir}/model.safetensors")).unwrap(),
+        &std::fs::read_to_string(format!("{ARCH}/st/mean/tokenizer.json")).unwrap(),
+        name,
+        dev,
+    )
+    .unwrap()
+}
+
+/// DistilBERT (other module names, no token types, no pooler) and ELECTRA (projected embeddings)
+/// fine-tune end to end: the pooler head is refused by name where there is none, LoRA on the
+/// architecture's own query/value modules and BitFit (the projection bias too) lower the loss.
+#[test]
+fn other_architectures_train() {
+    use localtune::peft::{BitfitConfig, HeadKind};
+    use localtune::train::{Examples, OptimConfig, TrainConfig, Trainer};
+    let pos = ["good", "great", "love", "excellent", "best"];
+    let neg = ["bad", "awful", "hate", "terrible", "worst"];
+    let mut texts = vec![];
+    let mut labels = vec![];
+    for (i, thing) in ["movie", "food", "service", "place", "phone", "film"].iter().enumerate() {
+        for j in 0..4 {
+            texts.push(format!("the {thing} was really {}", pos[(i + j) % 5]));
+            labels.push(1);
+            texts.push(format!("this {thing} is {} !", neg[(i + 2 * j) % 5]));
+            labels.push(0);
+        }
+    }
+    let data = Examples { texts, labels };
+    let names = vec!["negative".to_string(), "positive".to_string()];
+    let config = |method: Method, head: HeadKind, lr: f32| TrainConfig {
+        method,
+        head,
+        epochs: 5,
+        batch_size: 8,
+        grad_accum: 1,
+        max_len: 16,
+        seed: 2,
+        optim: OptimConfig { lr, ..OptimConfig::default() },
+        dropout: false,
+    };
+    let lora = Method::Lora(LoraConfig::new(4, 8.0, &[Target::Query, Target::Value]));
+    for name in ["distilbert", "electra"] {
+        let model = std::rc::Rc::new(model_with_tokenizer(name, &Device::Cpu));
+        let e = Trainer::new(
+            model.clone(),
+            config(lora.clone(), HeadKind::Pooler, 1e-2),
+            names.clone(),
+            data.clone(),
+            Examples::default(),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("no pooler") && e.contains("--head mean"), "{name}: {e}");
+        for (method, lr) in [(lora.clone(), 2e-2), (Method::Bitfit(BitfitConfig {}), 2e-2)] {
+            let mut t = Trainer::new(
+                model.clone(),
+                config(method.clone(), HeadKind::Mean, lr),
+                names.clone(),
+                data.clone(),
+                Examples::default(),
+            )
+            .unwrap();
+            if name == "electra" && matches!(method, Method::Bitfit(_)) {
+                assert!(t.params.params.get("base_model.model.electra.embeddings_project.bias").is_some());
+            }
+            while !t.finished() {
+                futures::executor::block_on(t.step()).unwrap();
+            }
+            let h = &t.state.history;
+            assert!(
+                h.last().unwrap().train_loss < h[0].train_loss * 0.8,
+                "{name} {}: loss {} -> {}",
+                method.name(),
+                h[0].train_loss,
+                h.last().unwrap().train_loss
+            );
+        }
+    }
+}
+
+/// The gradient of ELECTRA's embeddings-projection bias (BitFit) against central differences.
+#[test]
+fn electra_projection_bias_gradient_matches_finite_differences() {
+    use localtune::peft::{BitfitConfig, Classifier, HeadKind};
+    let cpu = Device::Cpu;
+    let model = model_with_tokenizer("electra", &cpu);
+    let enc = model.encode(&["the food was great !", "i hate this movie"], 16).unwrap();
+    let labels = [1u32, 0];
+    let lt = cpu.tensor_u32(&labels, &[2]).unwrap();
+    let a = Adapted::init(&model.encoder, &Method::Bitfit(BitfitConfig {}), 2, 3).unwrap();
+    let id = a.params.id("base_model.model.electra.embeddings_project.bias").unwrap();
+    let loss = |a: &Adapted| {
+        let clf = Classifier { base: &model.encoder, params: a, head: HeadKind::Mean };
+        let (logits, _) = clf.forward(&enc.inputs, None, false).unwrap();
+        let (l, _) = localtune::ops::cross_entropy(&logits, &lt, &labels, 0.5).unwrap();
+        host(&l).iter().map(|&x| x as f64).sum::<f64>() / 2.0
+    };
+    let clf = Classifier { base: &model.encoder, params: &a, head: HeadKind::Mean };
+    let (logits, acts) = clf.forward(&enc.inputs, None, true).unwrap();
+    let (_, dlogits) = localtune::ops::cross_entropy(&logits, &lt, &labels, 0.5).unwrap();
+    let mut grads = a.params.zeros_like(&cpu).unwrap();
+    clf.backward(&enc.inputs, acts.as_ref().unwrap(), &dlogits, &mut grads, None).unwrap();
+    let g = host(&grads[id]);
+    let h = 1e-2f32;
+    let scale = g.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
+    assert!(scale > 0.0, "the projection bias gets a gradient");
+    for i in [0, 7, 31] {
+        let at = |delta: f32| {
+            let mut p = a.clone();
+            let mut v = host(&p.params[id]);
+            v[i] += delta;
+            p.params.set(id, cpu.tensor(&v, &[32]).unwrap()).unwrap();
+            loss(&p)
+        };
+        let num = (at(h) - at(-h)) / (2.0 * h as f64);
+        let tol = 2e-3 * scale as f64 + 2e-4;
+        assert!((num - g[i] as f64).abs() <= tol, "bias[{i}]: finite difference {num}, analytic {}", g[i]);
+    }
+}

@@ -200,7 +200,8 @@ async function loadLocalModel(files) {
         config: await byName['config.json'].text(),
         weights,
         tokenizer: await byName['tokenizer.json'].text(),
-        modules: byName['modules.json'] ? await byName['modules.json'].text() : null,
+        // The pooling comes with the folder picker (modules.json names 1_Pooling/config.json).
+        modules: byName['modules.json'] && pooling ? await byName['modules.json'].text() : null,
         pooling: pooling ? await pooling.text() : null,
       },
       [weights],

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 pub use pool::{GpuBuffer, MemoryStats};
 
-/// Every WGSL file in `shaders/`: file name = entry-point prefix = Rust op family.
 /// The helpers every shader file shares, prepended to each (see `source`).
 pub const PRELUDE: &str = include_str!("../../shaders/prelude.wgsl");
 
@@ -22,6 +21,7 @@ pub fn source(file: &str) -> String {
     format!("{PRELUDE}\n{file}")
 }
 
+/// Every WGSL file in `shaders/` but the prelude: file name = entry-point prefix = Rust op family.
 pub const SHADERS: &[(&str, &str)] = &[
     ("adamw", include_str!("../../shaders/adamw.wgsl")),
     ("crossentropy", include_str!("../../shaders/crossentropy.wgsl")),

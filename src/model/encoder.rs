@@ -241,8 +241,10 @@ impl Hooks<'_> {
 
     /// The lowest layer the backward must reach, and whether it must go on into the embeddings.
     pub fn lowest_layer(&self) -> (Option<usize>, bool) {
-        let into_embeddings =
-            [Part::Weight, Part::Bias].into_iter().any(|p| self.replaced(BaseWeight::EmbeddingsNorm(p)).is_some());
+        let into_embeddings = [Part::Weight, Part::Bias].into_iter().any(|p| {
+            self.replaced(BaseWeight::EmbeddingsNorm(p)).is_some()
+                || self.replaced(BaseWeight::EmbeddingsProject(p)).is_some()
+        });
         if into_embeddings {
             return (Some(0), true);
         }
@@ -470,7 +472,11 @@ impl Encoder {
         let (x, _, _) = ops::layernorm(&sum, gamma, beta, self.eps())?;
         let embedded = drop(&x, dropout, |d| d.hidden, site::EMBEDDINGS)?;
         let mut x = match &e.project {
-            Some(p) => p.forward(&embedded)?,
+            Some(p) => ops::linear(
+                &embedded,
+                hooks.weight(BaseWeight::EmbeddingsProject(Part::Weight), &p.weight),
+                Some(hooks.weight(BaseWeight::EmbeddingsProject(Part::Bias), &p.bias)),
+            )?,
             None => embedded.clone(),
         };
         let mut layers = vec![];
@@ -582,7 +588,8 @@ impl Encoder {
         let (ctx, probs) = ops::attention(&q, &k, &v, Some(mask), heads, attn_dropout(d, l))?;
         let ctx = ctx.reshape(&[b * t, c])?;
         let ao = lin(Target::AttnOut, &ctx, &mut saves)?;
-        let mut ao = drop_owned(ao, d, |d| d.hidden, site::layer(l, site::ATTN_OUT))?;
+        let attn_drop = |d: &Dropout| if self.desc.attn_out_dropout { d.hidden } else { 0.0 };
+        let mut ao = drop_owned(ao, d, attn_drop, site::layer(l, site::ATTN_OUT))?;
         self.branches(cx, hooks, Branch::AttnOutput, None, &mut ao, &mut saves)?;
         let mut attn_sum = ao;
         ops::add_into(&mut attn_sum, &x, 1.0)?;
@@ -636,10 +643,8 @@ impl Encoder {
         let changes_input = hooks.hooks.iter().any(|h| h.changes_input(l, t));
         // With input hooks the gradient of the linear's own input is collected apart, then passed
         // back through them.
-        let mut apart = match (&dx, changes_input) {
-            (Some(x), true) => Some(self.device.zeros(x.shape())?),
-            _ => None,
-        };
+        let x_shape = [dy.numel() / dy.shape().last().unwrap(), base.weight.dim(1)];
+        let mut apart = if changes_input { Some(self.device.zeros(&x_shape)?) } else { None };
         let mut dx = dx;
         let mut dy_own: Option<Tensor> = None;
         {
@@ -672,13 +677,16 @@ impl Encoder {
                 linear_dx_acc(target, dy, hooks.weight(w_ref, &base.weight))?;
             }
         }
-        if let (Some(mut g), Some(dx)) = (apart, dx) {
+        if let Some(mut g) = apart {
+            // The input hooks' own gradients are wanted even where the input's gradient is not.
             for (i, h) in hooks.hooks.iter().enumerate().rev() {
                 if let Some(s) = a.hooks.get(i, Point::Input(t)) {
                     g = h.linear_input_backward(cx, t, s, g, grads)?;
                 }
             }
-            ops::add_into(dx, &g, 1.0)?;
+            if let Some(dx) = dx {
+                ops::add_into(dx, &g.reshape(dx.shape())?, 1.0)?;
+            }
         }
         Ok(())
     }
@@ -801,7 +809,8 @@ impl Encoder {
         // attn_sum = ao + x
         let mut dx = if need_dx { Some(d_attn_sum.clone()) } else { None };
         let d_ao = self.branches_backward(cx, hooks, Branch::AttnOutput, a, d_attn_sum, None, grads)?;
-        let d_ao = drop(&d_ao, d, |d| d.hidden, site::layer(l, site::ATTN_OUT))?;
+        let attn_drop = |d: &Dropout| if self.desc.attn_out_dropout { d.hidden } else { 0.0 };
+        let d_ao = drop(&d_ao, d, attn_drop, site::layer(l, site::ATTN_OUT))?;
         let mut d_ctx = self.device.zeros(&[b * t, c])?;
         self.linear_backward(cx, hooks, Target::AttnOut, a, &d_ao, Some(&mut d_ctx), grads)?;
         // attention
@@ -845,6 +854,12 @@ impl Encoder {
         }
         let e = &self.embeddings;
         if let Some(p) = &e.project {
+            if let Some(id) = hooks.replaced(BaseWeight::EmbeddingsProject(Part::Bias)) {
+                ops::sum_rows_into(&mut grads[id], &dx, true)?;
+            }
+            if hooks.replaced(BaseWeight::EmbeddingsProject(Part::Weight)).is_some() {
+                return Err(Error::invalid("training the embeddings projection's weight is not supported"));
+            }
             let mut d = self.device.zeros(acts.embedded.shape())?;
             linear_dx_acc(&mut d, &dx, &p.weight)?;
             dx = d;

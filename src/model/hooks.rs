@@ -101,6 +101,8 @@ pub enum Part {
 pub enum BaseWeight {
     /// The embeddings' norm.
     EmbeddingsNorm(Part),
+    /// The projection from the embedding width to the hidden width (ELECTRA).
+    EmbeddingsProject(Part),
     /// The linear of a target in a layer.
     Linear(usize, Target, Part),
     /// The norm after attention in a layer.

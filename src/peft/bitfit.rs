@@ -1,5 +1,5 @@
 //! BitFit (Ben Zaken et al.): trains every bias of the encoder — each linear's, each LayerNorm's β,
-//! the embeddings' LayerNorm β and the pooler's — as copies that replace the base biases (the base
+//! the embeddings' LayerNorm β (and ELECTRA's embeddings projection) and the pooler's — as copies that replace the base biases (the base
 //! stays as loaded). Keys: the biases' own names under `base_model.model.`.
 
 use super::{layer_key, peft_prefix, MethodKind, MethodOptions};
@@ -34,11 +34,15 @@ impl MethodKind for BitfitConfig {
         let p = peft_prefix(&enc.desc);
         let e = &enc.embeddings;
         let emb_norm = params.push(format!("{p}{}.bias", n.embeddings_norm), e.norm.bias.duplicate()?)?;
+        let project = match (&e.project, n.embeddings_project) {
+            (Some(pr), Some(name)) => Some(params.push(format!("{p}{name}.bias"), pr.bias.duplicate()?)?),
+            _ => None,
+        };
         let pooler = match (&enc.pooler, n.pooler) {
             (Some(pl), Some(name)) => Some(params.push(format!("{p}{name}.bias"), pl.bias.duplicate()?)?),
             _ => None,
         };
-        Ok(vec![Box::new(Bitfit { layers, emb_norm, pooler })])
+        Ok(vec![Box::new(Bitfit { layers, emb_norm, project, pooler })])
     }
 
     fn peft_config(&self, _: &LayerDesc) -> (&'static str, Option<serde_json::Map<String, serde_json::Value>>) {
@@ -56,6 +60,8 @@ struct LayerBiases {
 struct Bitfit {
     layers: Vec<LayerBiases>,
     emb_norm: ParamId,
+    /// ELECTRA's embeddings projection bias.
+    project: Option<ParamId>,
     pooler: Option<ParamId>,
 }
 
@@ -67,6 +73,7 @@ impl Hook for Bitfit {
     fn replaces(&self, w: BaseWeight) -> Option<ParamId> {
         match w {
             BaseWeight::EmbeddingsNorm(Part::Bias) => Some(self.emb_norm),
+            BaseWeight::EmbeddingsProject(Part::Bias) => self.project,
             BaseWeight::Linear(l, t, Part::Bias) => Some(self.layers[l].linear[t.index()]),
             BaseWeight::AttnNorm(l, Part::Bias) => Some(self.layers[l].attn_norm),
             BaseWeight::OutNorm(l, Part::Bias) => Some(self.layers[l].out_norm),

@@ -211,7 +211,7 @@ impl AdapterFiles {
             head: HeadKind::Pooler,
             labels: (0..classes).map(|i| i.to_string()).collect(),
             base_model,
-            arch: "bert".into(),
+            arch: crate::model::arch::arch_of_peft_keys(tensors.tensors.keys().map(|k| k.as_str())).to_string(),
             tensors,
         })
     }

@@ -26,7 +26,7 @@ impl HeadKind {
         match s {
             "pooler" => Ok(HeadKind::Pooler),
             "mean" => Ok(HeadKind::Mean),
-            o => Err(crate::Error::invalid(format!("head `{o}`: choose pooler or mean"))),
+            o => Err(crate::Error::invalid(format!("head `{o}` (--head): choose pooler or mean"))),
         }
     }
 }

@@ -76,6 +76,9 @@ impl MethodKind for LoraConfig {
         if self.targets.is_empty() {
             return Err(Error::invalid("LoRA needs at least one target module"));
         }
+        if let Some(t) = self.targets.iter().enumerate().find(|(i, t)| self.targets[..*i].contains(t)).map(|(_, t)| t) {
+            return Err(Error::invalid(format!("LoRA target `{}` is listed twice", t.cli_name())));
+        }
         let (c, f) = (enc.config.hidden_size, enc.config.intermediate_size);
         let mut ids = vec![[None; 6]; enc.layers.len()];
         for (l, layer_ids) in ids.iter_mut().enumerate() {

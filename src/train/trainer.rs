@@ -138,10 +138,17 @@ impl Trainer {
         if config.batch_size == 0 || config.grad_accum == 0 || config.epochs == 0 {
             return Err(Error::invalid("epochs, batch size and gradient accumulation must be at least 1"));
         }
-        if !(2..=model.encoder.config.max_position_embeddings).contains(&config.max_len) {
+        if !(2..=model.encoder.max_len()).contains(&config.max_len) {
             return Err(Error::invalid(format!(
                 "max length {} must be between 2 and {}",
-                config.max_len, model.encoder.config.max_position_embeddings
+                config.max_len,
+                model.encoder.max_len()
+            )));
+        }
+        if config.head == HeadKind::Pooler && model.encoder.pooler.is_none() {
+            return Err(Error::invalid(format!(
+                "this {} model has no pooler: use the mean head (--head mean)",
+                model.encoder.desc.arch
             )));
         }
         let dev = &model.encoder.device;
@@ -367,7 +374,14 @@ impl Trainer {
         for (which, target) in [("m", &mut t.opt.m), ("v", &mut t.opt.v)] {
             for id in 0..target.len() {
                 let shape = target[id].shape().to_vec();
-                let data = opt.take(&format!("{which}.{}", target.name(id)), &shape)?;
+                let key = format!("{which}.{}", target.name(id));
+                // Checkpoints before the parameters kept PEFT's shapes stored (IA)³'s moments flat.
+                if let Some(t) = opt.tensors.get_mut(&key) {
+                    if t.shape != shape && t.shape.iter().product::<usize>() == shape.iter().product::<usize>() {
+                        t.shape = shape.clone();
+                    }
+                }
+                let data = opt.take(&key, &shape)?;
                 target.set(id, dev.tensor(&data, &shape)?)?;
             }
         }

@@ -45,6 +45,7 @@ pub(super) fn describe(v: &serde_json::Value, origin: &str) -> Result<(EncoderCo
         norm_kind: NormKind::LayerNorm,
         activation: f.activation("activation")?,
         attention: AttentionKind::Bidirectional,
+        attn_out_dropout: false,
         positions: Positions::Absolute,
         base_prefix: "distilbert.",
         load_prefixes: &["distilbert."],

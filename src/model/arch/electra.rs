@@ -18,6 +18,7 @@ pub(super) fn describe(v: &serde_json::Value, origin: &str) -> Result<(EncoderCo
         norm_kind: NormKind::LayerNorm,
         activation: f.activation("hidden_act")?,
         attention: AttentionKind::Bidirectional,
+        attn_out_dropout: true,
         positions: Positions::Absolute,
         base_prefix: "electra.",
         load_prefixes: &["electra."],

@@ -37,6 +37,18 @@ pub fn target_of_module_path(path: &str) -> Option<Target> {
     best.map(|(_, t)| t)
 }
 
+/// The architecture whose task-model prefix (`bert.`, `roberta.`, …) PEFT keys carry after
+/// `base_model.model.`; "bert" when none does.
+pub fn arch_of_peft_keys<'a>(mut keys: impl Iterator<Item = &'a str>) -> &'static str {
+    const PREFIXES: [(&str, &str); 4] =
+        [("bert.", "bert"), ("roberta.", "roberta"), ("distilbert.", "distilbert"), ("electra.", "electra")];
+    keys.find_map(|k| {
+        let rest = k.strip_prefix("base_model.model.")?;
+        PREFIXES.iter().find(|(p, _)| rest.starts_with(p)).map(|(_, a)| *a)
+    })
+    .unwrap_or("bert")
+}
+
 /// Every supported `model_type`.
 pub fn supported() -> Vec<&'static str> {
     ARCHITECTURES.iter().flat_map(|(types, _)| types.iter().copied()).collect()
@@ -341,6 +353,8 @@ pub struct LayerDesc {
     pub activation: Activation,
     pub attention: AttentionKind,
     pub positions: Positions,
+    /// Dropout on the attention output projection before the residual (BERT's; DistilBERT has none).
+    pub attn_out_dropout: bool,
     /// The prefix of the base model's weights inside its task models and PEFT keys (`bert.`).
     pub base_prefix: &'static str,
     /// Prefixes that checkpoints of task models may carry, tried in order when loading.
