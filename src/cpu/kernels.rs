@@ -230,11 +230,24 @@ pub fn softmax_masked<T: Real>(y: &mut [T], x: &[T], mask: Option<&[T]>, rows: R
     let s = T::from_f64(scale as f64);
     let dropped = T::from_f64(-1e30);
     for (r, (xr, yr)) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)).enumerate() {
-        let mr = rows.row(r) * len;
-        for j in 0..len {
-            yr[j] = s * xr[j] + mask.map_or(T::zero(), |m| m[mr + j]);
-            if rows.drops(r, j, len) {
-                yr[j] += dropped;
+        match mask {
+            Some(m) => {
+                let mr = &m[rows.row(r) * len..][..len];
+                for ((y, &x), &a) in yr.iter_mut().zip(xr).zip(mr) {
+                    *y = s * x + a;
+                }
+            }
+            None => {
+                for (y, &x) in yr.iter_mut().zip(xr) {
+                    *y = s * x;
+                }
+            }
+        }
+        if rows.causal > 0 {
+            // Columns after the query's own position (keys in front of the queries stay visible).
+            let last = r % rows.causal + (len - rows.causal);
+            for y in &mut yr[last + 1..] {
+                *y += dropped;
             }
         }
         let mut mx = yr[0];
