@@ -151,6 +151,7 @@ pub fn gelu<T: Real>(v: T) -> T {
 }
 
 /// d gelu / dx = Φ(x) + x φ(x).
+#[inline(always)]
 pub fn gelu_grad<T: Real>(v: T) -> T {
     let cdf = T::from_f64(0.5) * (T::one() + (v * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
     let pdf = T::from_f64(0.398_942_280_401_432_7) * (T::from_f64(-0.5) * v * v).exp();
