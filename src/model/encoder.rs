@@ -626,7 +626,8 @@ impl Encoder {
     }
 
     /// Backward of `linear` for the gradient `dy` of its output: the hooks' and any trained base
-    /// weight's gradients accumulate into `grads`, the input gradient is added to `dx` when given.
+    /// weight's gradients accumulate into `grads`, the input gradient is added to `dx` when given
+    /// (`dx_zero`: `dx` holds zeros, so it can collect the input gradient itself).
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
@@ -636,15 +637,17 @@ impl Encoder {
         a: &LayerActs,
         dy: &Tensor,
         dx: Option<&mut Tensor>,
+        dx_zero: bool,
         grads: &mut ParamSet,
     ) -> Result<()> {
         let l = cx.layer;
         let base = self.layers[l].linear(t);
         let changes_input = hooks.hooks.iter().any(|h| h.changes_input(l, t));
-        // With input hooks the gradient of the linear's own input is collected apart, then passed
-        // back through them.
+        // With input hooks the gradient of the linear's own input is collected apart (in `dx` itself
+        // when it holds zeros), then passed back through them.
+        let in_place = changes_input && dx_zero && dx.is_some();
         let x_shape = [dy.numel() / dy.shape().last().unwrap(), base.weight.dim(1)];
-        let mut apart = if changes_input { Some(self.device.zeros(&x_shape)?) } else { None };
+        let mut apart = if changes_input && !in_place { Some(self.device.zeros(&x_shape)?) } else { None };
         let mut dx = dx;
         let mut dy_own: Option<Tensor> = None;
         {
@@ -677,15 +680,27 @@ impl Encoder {
                 linear_dx_acc(target, dy, hooks.weight(w_ref, &base.weight))?;
             }
         }
-        if let Some(mut g) = apart {
-            // The input hooks' own gradients are wanted even where the input's gradient is not.
-            for (i, h) in hooks.hooks.iter().enumerate().rev() {
-                if let Some(s) = a.hooks.get(i, Point::Input(t)) {
-                    g = h.linear_input_backward(cx, t, s, g, grads)?;
-                }
+        if !changes_input {
+            return Ok(());
+        }
+        // The input hooks' own gradients are wanted even where the input's gradient is not.
+        let mut g = match (&apart, &dx) {
+            (Some(g), _) => g.clone(),
+            (None, Some(dx)) => dx.reshape(&x_shape)?,
+            (None, None) => unreachable!("the input gradient is collected somewhere"),
+        };
+        std::mem::drop(apart);
+        for (i, h) in hooks.hooks.iter().enumerate().rev() {
+            if let Some(s) = a.hooks.get(i, Point::Input(t)) {
+                g = h.linear_input_backward(cx, t, s, g, grads)?;
             }
-            if let Some(dx) = dx {
-                ops::add_into(dx, &g.reshape(dx.shape())?, 1.0)?;
+        }
+        if let Some(dx) = dx {
+            let g = g.reshape(dx.shape())?;
+            if in_place {
+                *dx = g;
+            } else {
+                ops::add_into(dx, &g, 1.0)?;
             }
         }
         Ok(())
@@ -792,9 +807,9 @@ impl Encoder {
         let d_o = drop(&d_o, d, |d| d.hidden, site::layer(l, site::FFN_OUT))?;
         // o = inter W_oᵀ + b
         let mut d_inter = self.device.zeros(a.inter.shape())?;
-        self.linear_backward(cx, hooks, Target::Output, a, &d_o, Some(&mut d_inter), grads)?;
+        self.linear_backward(cx, hooks, Target::Output, a, &d_o, Some(&mut d_inter), true, grads)?;
         let d_inter_pre = act_backward(self.desc.activation, &d_inter, &a.inter_pre, &a.inter)?;
-        self.linear_backward(cx, hooks, Target::Intermediate, a, &d_inter_pre, Some(&mut dh1), grads)?;
+        self.linear_backward(cx, hooks, Target::Intermediate, a, &d_inter_pre, Some(&mut dh1), false, grads)?;
         // h1 = LN1(attn_sum)
         let d_attn_sum = self.norm_backward(
             hooks,
@@ -812,7 +827,7 @@ impl Encoder {
         let attn_drop = |d: &Dropout| if self.desc.attn_out_dropout { d.hidden } else { 0.0 };
         let d_ao = drop(&d_ao, d, attn_drop, site::layer(l, site::ATTN_OUT))?;
         let mut d_ctx = self.device.zeros(&[b * t, c])?;
-        self.linear_backward(cx, hooks, Target::AttnOut, a, &d_ao, Some(&mut d_ctx), grads)?;
+        self.linear_backward(cx, hooks, Target::AttnOut, a, &d_ao, Some(&mut d_ctx), true, grads)?;
         // attention
         let heads = self.config.num_attention_heads;
         let d_ctx = d_ctx.reshape(&[b, t, c])?;
@@ -826,7 +841,7 @@ impl Encoder {
         let dv = dv.reshape(&[b * t, c])?;
         let dq = dq.reshape(&[b * t, c])?;
         for (tg, dy) in [(Target::Query, &dq), (Target::Key, &dk), (Target::Value, &dv)] {
-            self.linear_backward(cx, hooks, tg, a, dy, dx.as_mut(), grads)?;
+            self.linear_backward(cx, hooks, tg, a, dy, dx.as_mut(), false, grads)?;
         }
         Ok(dx.unwrap_or(dq))
     }
