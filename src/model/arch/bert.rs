@@ -2,7 +2,7 @@
 //! types, a pooler over [CLS]. The reference layout the other BERT-family files vary.
 
 use super::WeightNames;
-use super::{bert_style_config, AttentionKind, EncoderConfig, Fields, LayerDesc, NormKind, NormPlacement, Positions};
+use super::{bert_style_config, EncoderConfig, Fields, LayerDesc, Positions};
 use crate::error::Result;
 
 /// BERT's weight names (RoBERTa and ELECTRA keep them).
@@ -30,17 +30,7 @@ pub(super) fn describe(v: &serde_json::Value, origin: &str) -> Result<(EncoderCo
     let f = Fields { v, origin };
     f.absolute_positions()?;
     let config = bert_style_config(v, origin)?;
-    let desc = LayerDesc {
-        arch: "bert",
-        norm: NormPlacement::Post,
-        norm_kind: NormKind::LayerNorm,
-        activation: f.activation("hidden_act")?,
-        attention: AttentionKind::Bidirectional,
-        attn_out_dropout: true,
-        positions: Positions::Absolute,
-        base_prefix: "bert.",
-        load_prefixes: &["bert."],
-        names: NAMES,
-    };
+    let desc =
+        LayerDesc::bert_family("bert", f.activation("hidden_act")?, Positions::Absolute, true, &["bert."], NAMES);
     Ok((config, desc))
 }

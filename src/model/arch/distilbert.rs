@@ -2,7 +2,7 @@
 //! `sa_layer_norm`, `ffn.lin1`, …), its own config keys (`dim`, `n_layers`, …), no token types and
 //! no pooler.
 
-use super::{AttentionKind, EncoderConfig, Fields, LayerDesc, NormKind, NormPlacement, Positions, WeightNames};
+use super::{EncoderConfig, Fields, LayerDesc, Positions, WeightNames};
 use crate::error::{Error, Result};
 
 pub(super) const NAMES: WeightNames = WeightNames {
@@ -39,17 +39,13 @@ pub(super) fn describe(v: &serde_json::Value, origin: &str) -> Result<(EncoderCo
         hidden_dropout_prob: f.f64("dropout", 0.1)?,
         attention_probs_dropout_prob: f.f64("attention_dropout", 0.1)?,
     };
-    let desc = LayerDesc {
-        arch: "distilbert",
-        norm: NormPlacement::Post,
-        norm_kind: NormKind::LayerNorm,
-        activation: f.activation("activation")?,
-        attention: AttentionKind::Bidirectional,
-        attn_out_dropout: false,
-        positions: Positions::Absolute,
-        base_prefix: "distilbert.",
-        load_prefixes: &["distilbert."],
-        names: NAMES,
-    };
+    let desc = LayerDesc::bert_family(
+        "distilbert",
+        f.activation("activation")?,
+        Positions::Absolute,
+        false,
+        &["distilbert."],
+        NAMES,
+    );
     Ok((config, desc))
 }

@@ -4,7 +4,7 @@
 
 use super::bert::NAMES;
 use super::WeightNames;
-use super::{bert_style_config, AttentionKind, EncoderConfig, Fields, LayerDesc, NormKind, NormPlacement, Positions};
+use super::{bert_style_config, EncoderConfig, Fields, LayerDesc, Positions};
 use crate::error::Result;
 
 pub(super) fn describe(v: &serde_json::Value, origin: &str) -> Result<(EncoderConfig, LayerDesc)> {
@@ -12,17 +12,13 @@ pub(super) fn describe(v: &serde_json::Value, origin: &str) -> Result<(EncoderCo
     f.absolute_positions()?;
     let config = bert_style_config(v, origin)?;
     let project = config.embedding_size != config.hidden_size;
-    let desc = LayerDesc {
-        arch: "electra",
-        norm: NormPlacement::Post,
-        norm_kind: NormKind::LayerNorm,
-        activation: f.activation("hidden_act")?,
-        attention: AttentionKind::Bidirectional,
-        attn_out_dropout: true,
-        positions: Positions::Absolute,
-        base_prefix: "electra.",
-        load_prefixes: &["electra."],
-        names: WeightNames { embeddings_project: project.then_some("embeddings_project"), pooler: None, ..NAMES },
-    };
+    let desc = LayerDesc::bert_family(
+        "electra",
+        f.activation("hidden_act")?,
+        Positions::Absolute,
+        true,
+        &["electra."],
+        WeightNames { embeddings_project: project.then_some("embeddings_project"), pooler: None, ..NAMES },
+    );
     Ok((config, desc))
 }

@@ -363,6 +363,30 @@ pub struct LayerDesc {
 }
 
 impl LayerDesc {
+    /// What every BERT-family encoder shares: post-LN LayerNorm layers and bidirectional attention;
+    /// its base weights sit under `prefixes[0]` in its task models.
+    pub(crate) fn bert_family(
+        arch: &'static str,
+        activation: Activation,
+        positions: Positions,
+        attn_out_dropout: bool,
+        prefixes: &'static [&'static str],
+        names: WeightNames,
+    ) -> LayerDesc {
+        LayerDesc {
+            arch,
+            norm: NormPlacement::Post,
+            norm_kind: NormKind::LayerNorm,
+            activation,
+            attention: AttentionKind::Bidirectional,
+            positions,
+            attn_out_dropout,
+            base_prefix: prefixes[0],
+            load_prefixes: prefixes,
+            names,
+        }
+    }
+
     /// The path of layer `l`, e.g. `encoder.layer.3`.
     pub fn layer(&self, l: usize) -> String {
         self.names.layer.replace("{}", &l.to_string())

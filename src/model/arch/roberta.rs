@@ -3,7 +3,7 @@
 //! token type.
 
 use super::bert::NAMES;
-use super::{bert_style_config, AttentionKind, EncoderConfig, Fields, LayerDesc, NormKind, NormPlacement, Positions};
+use super::{bert_style_config, EncoderConfig, Fields, LayerDesc, Positions};
 use crate::error::Result;
 
 pub(super) fn describe(v: &serde_json::Value, origin: &str) -> Result<(EncoderConfig, LayerDesc)> {
@@ -12,17 +12,13 @@ pub(super) fn describe(v: &serde_json::Value, origin: &str) -> Result<(EncoderCo
     let mut config = bert_style_config(v, origin)?;
     config.type_vocab_size = f.usize("type_vocab_size", Some(1))?;
     let padding_idx = f.usize("pad_token_id", Some(1))?;
-    let desc = LayerDesc {
-        arch: "roberta",
-        norm: NormPlacement::Post,
-        norm_kind: NormKind::LayerNorm,
-        activation: f.activation("hidden_act")?,
-        attention: AttentionKind::Bidirectional,
-        attn_out_dropout: true,
-        positions: Positions::AfterPadding { padding_idx },
-        base_prefix: "roberta.",
-        load_prefixes: &["roberta."],
-        names: NAMES,
-    };
+    let desc = LayerDesc::bert_family(
+        "roberta",
+        f.activation("hidden_act")?,
+        Positions::AfterPadding { padding_idx },
+        true,
+        &["roberta."],
+        NAMES,
+    );
     Ok((config, desc))
 }
