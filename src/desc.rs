@@ -160,8 +160,12 @@ impl RowMask {
         (r / self.div) * self.modulo + r % self.modulo
     }
 
-    /// Whether causal masking drops column `j` of row `r` (of `len` columns).
-    pub fn drops(&self, r: usize, j: usize, len: usize) -> bool {
-        self.causal > 0 && j > r % self.causal + (len - self.causal)
+    /// The last column row `r` (of `len` columns) may see under causal masking; `len - 1` without.
+    pub fn last_visible(&self, r: usize, len: usize) -> usize {
+        if self.causal > 0 {
+            r % self.causal + (len - self.causal)
+        } else {
+            len - 1
+        }
     }
 }

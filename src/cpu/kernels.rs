@@ -244,12 +244,9 @@ pub fn softmax_masked<T: Real>(y: &mut [T], x: &[T], mask: Option<&[T]>, rows: R
                 }
             }
         }
-        if rows.causal > 0 {
-            // Columns after the query's own position (keys in front of the queries stay visible).
-            let last = r % rows.causal + (len - rows.causal);
-            for y in &mut yr[last + 1..] {
-                *y += dropped;
-            }
+        // Columns after the query's own position (keys in front of the queries stay visible).
+        for y in &mut yr[rows.last_visible(r, len) + 1..] {
+            *y += dropped;
         }
         let mut mx = yr[0];
         for &v in yr.iter() {

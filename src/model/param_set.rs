@@ -81,6 +81,18 @@ impl ParamSet {
         &mut self.tensors
     }
 
+    /// Two distinct entries, both mutable (a layer's weight and bias gradients).
+    pub fn pair_mut(&mut self, a: ParamId, b: ParamId) -> (&mut Tensor, &mut Tensor) {
+        assert_ne!(a, b, "pair_mut of one entry");
+        if a < b {
+            let (lo, hi) = self.tensors.split_at_mut(b);
+            (&mut lo[a], &mut hi[0])
+        } else {
+            let (lo, hi) = self.tensors.split_at_mut(a);
+            (&mut hi[0], &mut lo[b])
+        }
+    }
+
     /// Replaces the tensor of `id`, which must keep its shape.
     pub fn set(&mut self, id: ParamId, t: Tensor) -> Result<()> {
         if t.shape() != self.tensors[id].shape() {

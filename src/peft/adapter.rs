@@ -128,25 +128,12 @@ impl Bottleneck {
     ) -> Result<()> {
         let (h, z, a) = (&saved[0], &saved[1], &saved[2]);
         let du = ops::scale(dout, s)?;
-        let (up_w, up_b) = two_mut(g, self.up_w, self.up_b);
+        let (up_w, up_b) = g.pair_mut(self.up_w, self.up_b);
         let da = ops::linear_backward(Some(up_w), Some(up_b), &du, a, &p[self.up_w], true)?.unwrap();
         let dz = act_backward(act, &da, z, a)?;
-        let (down_w, down_b) = two_mut(g, self.down_w, self.down_b);
+        let (down_w, down_b) = g.pair_mut(self.down_w, self.down_b);
         ops::linear_backward(Some(down_w), Some(down_b), &dz, h, &p[self.down_w], false)?;
         linear_dx_acc(dh, &dz, &p[self.down_w])
-    }
-}
-
-/// Two distinct entries of a set, both mutable.
-fn two_mut(g: &mut ParamSet, a: ParamId, b: ParamId) -> (&mut Tensor, &mut Tensor) {
-    assert_ne!(a, b);
-    let ts = g.tensors_mut();
-    if a < b {
-        let (lo, hi) = ts.split_at_mut(b);
-        (&mut lo[a], &mut hi[0])
-    } else {
-        let (lo, hi) = ts.split_at_mut(a);
-        (&mut hi[0], &mut lo[b])
     }
 }
 

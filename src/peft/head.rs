@@ -119,7 +119,7 @@ impl Classifier<'_> {
         let a = self.params;
         let (w, b) = a.classifier;
         let trains_encoder = a.trains_encoder();
-        let (gw, gb) = two_mut(grads, w, b);
+        let (gw, gb) = grads.pair_mut(w, b);
         let dfeat =
             ops::linear_backward(Some(gw), Some(gb), dlogits, &acts.features_dropped, &a.params[w], trains_encoder)?;
         let Some(dfeat) = dfeat else { return Ok(()) };
@@ -138,16 +138,5 @@ impl Classifier<'_> {
                 None => Ok(()),
             }
         })
-    }
-}
-
-/// Two distinct entries of a set, both mutable.
-fn two_mut(g: &mut ParamSet, a: ParamId, b: ParamId) -> (&mut Tensor, &mut Tensor) {
-    let ts = g.tensors_mut();
-    let (lo, hi) = ts.split_at_mut(b.max(a));
-    if a < b {
-        (&mut lo[a], &mut hi[0])
-    } else {
-        (&mut hi[0], &mut lo[b])
     }
 }

@@ -233,12 +233,6 @@ impl Adapted {
         f(Hooks { hooks: &refs, params: &self.params })
     }
 
-    /// The hooks with other parameters aligned with these (the same names in the same order).
-    pub fn with_hooks_on<R>(&self, params: &ParamSet, f: impl FnOnce(Hooks<'_>) -> R) -> R {
-        let refs: Vec<&dyn Hook> = self.hooks.iter().map(|h| h.as_ref()).collect();
-        f(Hooks { hooks: &refs, params })
-    }
-
     /// The number of trainable values.
     pub fn count(&self) -> usize {
         self.params.count()
