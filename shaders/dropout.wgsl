@@ -12,17 +12,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // (n)
 @group(0) @binding(2) var<storage, read_write> out: array<f32>; // (n)
 
-// "lowbias32" (C. Wellons): a 32-bit integer hash with good avalanche.
-fn hash(v: u32) -> u32 {
-    var h = v;
-    h = h ^ (h >> 16u);
-    h = h * 0x7feb352du;
-    h = h ^ (h >> 15u);
-    h = h * 0x846ca68bu;
-    h = h ^ (h >> 16u);
-    return h;
-}
-
 @compute @workgroup_size(256, 1, 1)
 fn dropout_apply(
     @builtin(workgroup_id) wid: vec3<u32>,

@@ -12,6 +12,18 @@ fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>, wg: u32) -> u32 {
     return wg_index(wid, nwg) * wg + lid.x;
 }
 
+// "lowbias32" (C. Wellons): a 32-bit integer hash with good avalanche (dropout masks,
+// DARE keep masks; the CPU device has the same function as cpu::hash32).
+fn hash(v: u32) -> u32 {
+    var h = v;
+    h = h ^ (h >> 16u);
+    h = h * 0x7feb352du;
+    h = h ^ (h >> 15u);
+    h = h * 0x846ca68bu;
+    h = h ^ (h >> 16u);
+    return h;
+}
+
 // Tree reductions over a 64-wide workgroup: each invocation t writes its partial value to red[t],
 // then every invocation gets the total (the barrier after the read lets `red` be reused).
 var<workgroup> red: array<f32, 64>;

@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod desc;
 pub mod error;
 pub mod gpu;
+pub mod merge;
 pub mod model;
 pub mod ops;
 pub mod peft;

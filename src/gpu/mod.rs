@@ -30,6 +30,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("merge", include_str!("../../shaders/merge.wgsl")),
     ("pool", include_str!("../../shaders/pool.wgsl")),
     ("prefix", include_str!("../../shaders/prefix.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),

@@ -7,6 +7,7 @@ pub mod encoder;
 pub mod hooks;
 pub mod param_set;
 pub mod pooling;
+pub mod stream;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;

@@ -3,6 +3,7 @@
 //! return activation gradients and accumulate (`+=`) into the parameter gradients they are given.
 
 mod attention;
+pub mod merge;
 pub mod params;
 
 pub use attention::{attention, attention_backward, attention_masked, AttnMask};
@@ -506,6 +507,11 @@ pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
 /// x + y (y the same shape, or a bias broadcast over the last dimension)
 pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok(zip("add", None, x, y, ZIP_ADD, 1.0)?.unwrap())
+}
+/// x + alpha * y (y the same shape, or broadcast over the leading dimensions: a base tensor taken
+/// from each input of a merge stack)
+pub fn axpy(x: &Tensor, y: &Tensor, alpha: f32) -> Result<Tensor> {
+    Ok(zip("axpy", None, x, y, ZIP_ADD, alpha)?.unwrap())
 }
 /// x * y (y the same shape, or broadcast over the last dimension)
 pub fn mul(x: &Tensor, y: &Tensor) -> Result<Tensor> {

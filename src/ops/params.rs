@@ -48,6 +48,7 @@ layouts! {
     "embedding" => EmbeddingParams,
     "layernorm" => LayerNormParams,
     "matmul" => MatmulParams,
+    "merge" => MergeParams,
     "pool" => PoolParams,
     "prefix" => PrefixParams,
     "reduce" => ReduceParams,
@@ -181,6 +182,33 @@ params_struct! {
         pub classes: u32,
         pub grad_scale: f32,
         pub _pad: u32,
+    }
+}
+
+pub const MERGE_SUM: u32 = 0;
+pub const MERGE_TIES: u32 = 1;
+pub const MERGE_FISHER: u32 = 2;
+pub const MERGE_DELTA: u32 = 3;
+
+pub const MERGE_FREQUENCY: u32 = 1;
+pub const MERGE_SIGN_WEIGHTED: u32 = 2;
+pub const MERGE_DIV_COUNT: u32 = 4;
+pub const MERGE_DIV_WEIGHT_MASK: u32 = 8;
+pub const MERGE_HAS_HI: u32 = 16;
+pub const MERGE_PER_ELEMENT: u32 = 32;
+pub const MERGE_RESCALE: u32 = 64;
+pub const MERGE_ABS: u32 = 128;
+
+params_struct! {
+    pub struct MergeParams {
+        pub n: u32,
+        pub inputs: u32,
+        pub mode: u32,
+        pub flags: u32,
+        pub shift: u32,
+        pub seed: u32,
+        pub scale: f32,
+        pub aux: f32,
     }
 }
 
