@@ -14,6 +14,9 @@ fn main() {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    mod merge;
+    mod recipe;
+
     use clap::{Parser, Subcommand, ValueEnum};
     use localtune::bench;
     use localtune::model::Model;
@@ -101,6 +104,11 @@ mod cli {
             #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
             device: DeviceArg,
         },
+        /// Merge models or adapters: averaging, task arithmetic, TIES, DARE, breadcrumbs, DELLA, SLERP,
+        /// model stock, Fisher, delta-guided; or a mergekit recipe (--recipe).
+        Merge(Box<merge::MergeArgs>),
+        /// Fold a LoRA adapter into its base model: a standalone BertForSequenceClassification folder.
+        Fold(merge::FoldArgs),
         /// Serve the web app on 127.0.0.1 with the default model and the example data.
         Serve {
             /// Port on 127.0.0.1 (0 picks a free one).
@@ -318,6 +326,8 @@ mod cli {
             Command::Tokenize { model, input } => tokenize(&model, &input),
             Command::Embed { model, input, device, batch } => embed(&model, &input, device, batch),
             Command::Train(a) => train::train(&a),
+            Command::Merge(a) => merge::merge(&a),
+            Command::Fold(a) => merge::fold(&a),
             Command::Serve { port, www, model, data, tiny, no_default_model } => {
                 serve(port, www, model, data, tiny, no_default_model)
             }

@@ -6,10 +6,14 @@
 //! `Semantics::Peft` follows `peft.utils.merge_utils` exactly, `Semantics::Mergekit` follows
 //! mergekit's generalized task arithmetic.
 
+pub mod adapters;
 pub mod delta_guided;
 pub mod fisher;
+pub mod folder;
+pub mod linalg;
 pub mod linear;
 pub mod model_stock;
+pub mod params;
 pub mod slerp;
 pub mod sparsify;
 pub mod task_arithmetic;
