@@ -128,7 +128,8 @@ fn copy_side_files(from: &Path, to: &Path) -> Result<()> {
         let entry = entry.map_err(|e| Error::file(from, e))?;
         let p = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
-        let weights = [".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".gguf", ".partial"].iter().any(|s| name.ends_with(s));
+        let weights =
+            [".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".gguf", ".partial"].iter().any(|s| name.ends_with(s));
         if weights || name.starts_with('.') || name == "onnx" || name == "checkpoint" || name.ends_with(".index.json") {
             continue;
         }
@@ -169,7 +170,9 @@ fn recipe_of(a: &MergeArgs, method: Method, inputs: usize, layers: usize) -> Res
     if let Some(w) = &a.weights {
         let ws: Vec<f64> = w
             .split(',')
-            .map(|x| x.trim().parse::<f64>().map_err(|_| Error::invalid(format!("--weights {w}: not a list of numbers"))))
+            .map(|x| {
+                x.trim().parse::<f64>().map_err(|_| Error::invalid(format!("--weights {w}: not a list of numbers")))
+            })
             .collect::<Result<_>>()?;
         if ws.len() != inputs {
             return Err(Error::invalid(format!("--weights has {} values for {inputs} inputs", ws.len())));
@@ -204,7 +207,8 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
     if let Some(file) = &a.recipe {
         return super::recipe::run(file, a);
     }
-    let method = Method::parse(a.method.as_deref().ok_or_else(|| Error::invalid("--method (or --recipe) is required"))?)?;
+    let method =
+        Method::parse(a.method.as_deref().ok_or_else(|| Error::invalid("--method (or --recipe) is required"))?)?;
     if a.inputs.is_empty() {
         return Err(Error::invalid("no inputs: list the folders to merge"));
     }
@@ -224,12 +228,31 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
     }
     let layers = layers_of(&a.inputs[0]);
     let recipe = recipe_of(a, method, a.inputs.len(), layers)?;
-    let report = merge_model_folders(&recipe, &dev, a.base.as_deref(), &a.inputs, &a.fishers, &a.out, dtype_of(&a.dtype)?, a.json)?;
+    let report = merge_model_folders(
+        &recipe,
+        &dev,
+        a.base.as_deref(),
+        &a.inputs,
+        &a.fishers,
+        &a.out,
+        dtype_of(&a.dtype)?,
+        a.json,
+    )?;
     let secs = start.elapsed().as_secs_f64();
     if a.json {
-        println!("{}", serde_json::json!({"method": method.name(), "out": a.out.display().to_string(), "tensors": report.tensors, "values": report.values, "seconds": secs}));
+        println!(
+            "{}",
+            serde_json::json!({"method": method.name(), "out": a.out.display().to_string(), "tensors": report.tensors, "values": report.values, "seconds": secs})
+        );
     } else {
-        eprintln!("{} merge of {} models: {} tensors ({} values) written to {} in {secs:.1} s", method.name(), a.inputs.len(), report.tensors, report.values, a.out.display());
+        eprintln!(
+            "{} merge of {} models: {} tensors ({} values) written to {} in {secs:.1} s",
+            method.name(),
+            a.inputs.len(),
+            report.tensors,
+            report.values,
+            a.out.display()
+        );
     }
     Ok(())
 }
@@ -291,12 +314,18 @@ pub fn merge_model_folders(
     Ok(report.unwrap())
 }
 
-fn merge_adapter_folders(a: &MergeArgs, method: Method, dev: &localtune::Device, start: std::time::Instant) -> Result<()> {
+fn merge_adapter_folders(
+    a: &MergeArgs,
+    method: Method,
+    dev: &localtune::Device,
+    start: std::time::Instant,
+) -> Result<()> {
     let files: Vec<AdapterFiles> = a.inputs.iter().map(|d| AdapterFiles::load(d)).collect::<Result<_>>()?;
     let output = LoraOutput::parse(&a.lora_output, a.rank)?;
     let base_dir = model_dir(&a.base)?;
     let desc = localtune::model::arch::from_config_json(
-        &std::fs::read_to_string(base_dir.join("config.json")).map_err(|e| Error::file(base_dir.join("config.json"), e))?,
+        &std::fs::read_to_string(base_dir.join("config.json"))
+            .map_err(|e| Error::file(base_dir.join("config.json"), e))?,
         &base_dir.display().to_string(),
     )?
     .1;
@@ -316,14 +345,34 @@ fn merge_adapter_folders(a: &MergeArgs, method: Method, dev: &localtune::Device,
         })?;
     }
     let worst = merged.svd_errors.iter().map(|e| e.1).fold(0.0f64, f64::max);
-    let mean = if merged.svd_errors.is_empty() { 0.0 } else { merged.svd_errors.iter().map(|e| e.1).sum::<f64>() / merged.svd_errors.len() as f64 };
+    let mean = if merged.svd_errors.is_empty() {
+        0.0
+    } else {
+        merged.svd_errors.iter().map(|e| e.1).sum::<f64>() / merged.svd_errors.len() as f64
+    };
     let secs = start.elapsed().as_secs_f64();
     if a.json {
-        println!("{}", serde_json::json!({"method": method.name(), "out": a.out.display().to_string(), "heads": merged.heads, "adapters": merged.adapters.len(), "svd_relative_error_max": worst, "svd_relative_error_mean": mean, "seconds": secs}));
+        println!(
+            "{}",
+            serde_json::json!({"method": method.name(), "out": a.out.display().to_string(), "heads": merged.heads, "adapters": merged.adapters.len(), "svd_relative_error_max": worst, "svd_relative_error_mean": mean, "seconds": secs})
+        );
     } else {
-        eprintln!("{} merge of {} adapters written to {} ({:.1} s); heads {}", method.name(), files.len(), a.out.display(), secs, merged.heads);
+        eprintln!(
+            "{} merge of {} adapters written to {} ({:.1} s); heads {}",
+            method.name(),
+            files.len(),
+            a.out.display(),
+            secs,
+            merged.heads
+        );
         if !merged.svd_errors.is_empty() {
-            eprintln!("SVD truncation to rank {}: relative error mean {mean:.3e}, max {worst:.3e}", match output { LoraOutput::Svd(r) => r.map_or("max input".to_string(), |r| r.to_string()), _ => "-".into() });
+            eprintln!(
+                "SVD truncation to rank {}: relative error mean {mean:.3e}, max {worst:.3e}",
+                match output {
+                    LoraOutput::Svd(r) => r.map_or("max input".to_string(), |r| r.to_string()),
+                    _ => "-".into(),
+                }
+            );
         }
         if merged.heads == "kept apart" {
             eprintln!("the label sets differ: one adapter per task in {}/task-N", a.out.display());
@@ -348,12 +397,20 @@ pub struct FoldArgs {
 pub fn fold(a: &FoldArgs) -> Result<()> {
     let files = AdapterFiles::load(&a.adapter)?;
     let localtune::peft::Method::Lora(c) = &files.method else {
-        return Err(Error::invalid(format!("fold takes LoRA adapters; {} is a {} adapter", a.adapter.display(), files.method.name())));
+        return Err(Error::invalid(format!(
+            "fold takes LoRA adapters; {} is a {} adapter",
+            a.adapter.display(),
+            files.method.name()
+        )));
     };
     let mut deltas = Vec::new();
     for (k, at) in &files.tensors.tensors {
         if let Some(m) = k.strip_suffix(".lora_A.weight") {
-            let bt = files.tensors.tensors.get(&format!("{m}.lora_B.weight")).ok_or_else(|| Error::tensor(&files.tensors.origin, k, "has no lora_B"))?;
+            let bt = files
+                .tensors
+                .tensors
+                .get(&format!("{m}.lora_B.weight"))
+                .ok_or_else(|| Error::tensor(&files.tensors.origin, k, "has no lora_B"))?;
             let (out_d, in_d, r) = (bt.shape[0], at.shape[1], at.shape[0]);
             let mut d = vec![0.0f32; out_d * in_d];
             for o in 0..out_d {
@@ -369,7 +426,13 @@ pub fn fold(a: &FoldArgs) -> Result<()> {
     }
     let base = model_dir(&a.model)?;
     fold_into(&base, &deltas, &files, &a.out)?;
-    eprintln!("{} folded into {}: {} written ({} weights updated)", a.adapter.display(), base.display(), a.out.display(), deltas.len());
+    eprintln!(
+        "{} folded into {}: {} written ({} weights updated)",
+        a.adapter.display(),
+        base.display(),
+        a.out.display(),
+        deltas.len()
+    );
     Ok(())
 }
 
@@ -377,7 +440,10 @@ pub fn fold(a: &FoldArgs) -> Result<()> {
 /// base weights under `bert.`, `classifier.*`, config.json with the architecture and labels.
 pub fn fold_into(base: &Path, deltas: &[(String, HostTensor)], head: &AdapterFiles, out: &Path) -> Result<()> {
     if head.arch != "bert" {
-        return Err(Error::invalid(format!("folding writes BertForSequenceClassification folders; this adapter is for {}", head.arch)));
+        return Err(Error::invalid(format!(
+            "folding writes BertForSequenceClassification folders; this adapter is for {}",
+            head.arch
+        )));
     }
     if head.head != localtune::peft::HeadKind::Pooler {
         return Err(Error::invalid("this adapter's classifier reads the mean of tokens (--head mean), which BertForSequenceClassification cannot express; train with --head pooler to fold"));
@@ -395,30 +461,53 @@ pub fn fold_into(base: &Path, deltas: &[(String, HostTensor)], head: &AdapterFil
     for (name, shape) in &entries {
         if let Some(d) = by_weight.get(&out_name(name)) {
             if &d.shape != shape {
-                return Err(Error::tensor(&path, name, format!("has shape {shape:?}, the adapter's update {:?}", d.shape)));
+                return Err(Error::tensor(
+                    &path,
+                    name,
+                    format!("has shape {shape:?}, the adapter's update {:?}", d.shape),
+                ));
             }
         }
     }
     let found = entries.iter().filter(|(n, _)| by_weight.contains_key(&out_name(n))).count();
     if found != deltas.len() {
-        let missing: Vec<&String> = by_weight.keys().filter(|k| !entries.iter().any(|(n, _)| out_name(n) == **k)).collect();
+        let missing: Vec<&String> =
+            by_weight.keys().filter(|k| !entries.iter().any(|(n, _)| out_name(n) == **k)).collect();
         return Err(Error::file(&path, format!("has no weight for the adapter's modules {missing:?}")));
     }
-    let head_w = head.tensors.tensors.get("base_model.model.classifier.weight").ok_or_else(|| Error::tensor(&head.tensors.origin, "base_model.model.classifier.weight", "missing"))?;
-    let head_b = head.tensors.tensors.get("base_model.model.classifier.bias").ok_or_else(|| Error::tensor(&head.tensors.origin, "base_model.model.classifier.bias", "missing"))?;
+    let head_w = head
+        .tensors
+        .tensors
+        .get("base_model.model.classifier.weight")
+        .ok_or_else(|| Error::tensor(&head.tensors.origin, "base_model.model.classifier.weight", "missing"))?;
+    let head_b = head
+        .tensors
+        .tensors
+        .get("base_model.model.classifier.bias")
+        .ok_or_else(|| Error::tensor(&head.tensors.origin, "base_model.model.classifier.bias", "missing"))?;
     let mut layout_entries: Vec<(String, Vec<usize>)> = entries.iter().map(|(n, s)| (out_name(n), s.clone())).collect();
     layout_entries.push(("classifier.weight".into(), head_w.shape.clone()));
     layout_entries.push(("classifier.bias".into(), head_b.shape.clone()));
     write_folder(out, |tmp| {
         copy_side_files(base, tmp)?;
         let cfg_path = base.join("config.json");
-        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?)
-            .map_err(|e| Error::file(&cfg_path, e.to_string()))?;
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?)
+                .map_err(|e| Error::file(&cfg_path, e.to_string()))?;
         let labels = &head.labels;
         cfg["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
-        cfg["id2label"] = serde_json::json!(labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect::<std::collections::BTreeMap<_, _>>());
-        cfg["label2id"] = serde_json::json!(labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect::<std::collections::BTreeMap<_, _>>());
-        std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).map_err(|e| Error::file(tmp.join("config.json"), e))?;
+        cfg["id2label"] = serde_json::json!(labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), l.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>());
+        cfg["label2id"] = serde_json::json!(labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i))
+            .collect::<std::collections::BTreeMap<_, _>>());
+        std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap())
+            .map_err(|e| Error::file(tmp.join("config.json"), e))?;
         let mut meta = std::collections::BTreeMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         let layout = Layout { entries: layout_entries.clone(), dtype: safetensors::Dtype::F32, metadata: meta };

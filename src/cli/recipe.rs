@@ -32,7 +32,10 @@ pub fn run(file: &Path, a: &MergeArgs) -> Result<()> {
         let p = Path::new(s);
         let p = if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
         if !p.join("model.safetensors").exists() {
-            return Err(Error::file(&p, format!("{field}: not a model folder with model.safetensors (recipes name local folders)")));
+            return Err(Error::file(
+                &p,
+                format!("{field}: not a model folder with model.safetensors (recipes name local folders)"),
+            ));
         }
         Ok(p)
     };
@@ -41,7 +44,9 @@ pub fn run(file: &Path, a: &MergeArgs) -> Result<()> {
             return Err(Error::file(file, format!("`{key}` recipes are not supported; use `models`")));
         }
     }
-    let method = Method::parse(v.get("merge_method").and_then(|m| m.as_str()).ok_or_else(|| Error::file(file, "no `merge_method`"))?)?;
+    let method = Method::parse(
+        v.get("merge_method").and_then(|m| m.as_str()).ok_or_else(|| Error::file(file, "no `merge_method`"))?,
+    )?;
     let base = v.get("base_model").map(|b| path_of(b, "base_model")).transpose()?;
     let models = v.get("models").and_then(|m| m.as_array()).ok_or_else(|| Error::file(file, "no `models` list"))?;
     let mut inputs = Vec::new();
@@ -84,9 +89,17 @@ pub fn run(file: &Path, a: &MergeArgs) -> Result<()> {
     let report = merge_model_folders(&recipe, &dev, base.as_deref(), &inputs, &a.fishers, &a.out, dtype, a.json)?;
     let secs = start.elapsed().as_secs_f64();
     if a.json {
-        println!("{}", serde_json::json!({"method": method.name(), "recipe": what, "out": a.out.display().to_string(), "tensors": report.tensors, "seconds": secs}));
+        println!(
+            "{}",
+            serde_json::json!({"method": method.name(), "recipe": what, "out": a.out.display().to_string(), "tensors": report.tensors, "seconds": secs})
+        );
     } else {
-        eprintln!("{what}: {} merge of {} models written to {} in {secs:.1} s", method.name(), inputs.len(), a.out.display());
+        eprintln!(
+            "{what}: {} merge of {} models written to {} in {secs:.1} s",
+            method.name(),
+            inputs.len(),
+            a.out.display()
+        );
     }
     Ok(())
 }

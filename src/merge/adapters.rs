@@ -67,11 +67,19 @@ fn check_inputs(inputs: &[AdapterFiles]) -> Result<()> {
         if a.method.name() != first.method.name() {
             return Err(Error::file(
                 &a.tensors.origin,
-                format!("is a {} adapter, {} a {} adapter: adapters of different methods do not merge", a.method.name(), first.tensors.origin, first.method.name()),
+                format!(
+                    "is a {} adapter, {} a {} adapter: adapters of different methods do not merge",
+                    a.method.name(),
+                    first.tensors.origin,
+                    first.method.name()
+                ),
             ));
         }
         if a.head != first.head {
-            return Err(Error::file(&a.tensors.origin, "uses another classifier input (--head) than the first adapter"));
+            return Err(Error::file(
+                &a.tensors.origin,
+                "uses another classifier input (--head) than the first adapter",
+            ));
         }
     }
     Ok(())
@@ -235,7 +243,12 @@ pub async fn merge_adapters(
         let s = recipe.settings_for(HEAD_W);
         let sum: f32 = s.weights.iter().sum();
         for key in [HEAD_W, HEAD_B] {
-            let shape = first.tensors.tensors.get(key).map(|t| t.shape.clone()).ok_or_else(|| Error::tensor(&first.tensors.origin, key, "missing"))?;
+            let shape = first
+                .tensors
+                .tensors
+                .get(key)
+                .map(|t| t.shape.clone())
+                .ok_or_else(|| Error::tensor(&first.tensors.origin, key, "missing"))?;
             let mut data = vec![0.0f32; shape.iter().product()];
             for (a, &w) in inputs.iter().zip(&s.weights) {
                 let t = a.tensors.tensors.get(key).ok_or_else(|| Error::tensor(&a.tensors.origin, key, "missing"))?;
@@ -249,7 +262,14 @@ pub async fn merge_adapters(
         for a in inputs {
             let mut t = body.clone();
             for key in [HEAD_W, HEAD_B] {
-                t.insert(key, a.tensors.tensors.get(key).cloned().ok_or_else(|| Error::tensor(&a.tensors.origin, key, "missing"))?);
+                t.insert(
+                    key,
+                    a.tensors
+                        .tensors
+                        .get(key)
+                        .cloned()
+                        .ok_or_else(|| Error::tensor(&a.tensors.origin, key, "missing"))?,
+                );
             }
             adapters.push(AdapterFiles { method: method.clone(), tensors: t, ..a.clone() });
         }
@@ -261,7 +281,9 @@ pub async fn merge_adapters(
 /// ΔW = s·B·A (out × in) of module `m` in adapter `a`, zero where it has none.
 fn delta_w(a: &AdapterFiles, m: &str, scaling: f32, out_d: usize, in_d: usize) -> Result<Vec<f32>> {
     let mut d = vec![0.0f32; out_d * in_d];
-    let (Some(at), Some(bt)) = (a.tensors.tensors.get(&format!("{m}.lora_A.weight")), a.tensors.tensors.get(&format!("{m}.lora_B.weight"))) else {
+    let (Some(at), Some(bt)) =
+        (a.tensors.tensors.get(&format!("{m}.lora_A.weight")), a.tensors.tensors.get(&format!("{m}.lora_B.weight")))
+    else {
         return Ok(d);
     };
     let r = at.shape[0];
@@ -280,7 +302,13 @@ fn delta_w(a: &AdapterFiles, m: &str, scaling: f32, out_d: usize, in_d: usize) -
 
 /// Every non-head tensor merged by name (same names and shapes in every input) over a base of
 /// `base_value` (ones for (IA)³ scales), or plainly with `linear` when None.
-async fn merge_params(recipe: &Recipe, dev: &Device, inputs: &[AdapterFiles], body: &mut NamedTensors, base_value: Option<f32>) -> Result<()> {
+async fn merge_params(
+    recipe: &Recipe,
+    dev: &Device,
+    inputs: &[AdapterFiles],
+    body: &mut NamedTensors,
+    base_value: Option<f32>,
+) -> Result<()> {
     let first = &inputs[0];
     for (k, t) in &first.tensors.tensors {
         if k == HEAD_W || k == HEAD_B {
@@ -288,9 +316,15 @@ async fn merge_params(recipe: &Recipe, dev: &Device, inputs: &[AdapterFiles], bo
         }
         let mut xs = Vec::new();
         for a in inputs {
-            let o = a.tensors.tensors.get(k).ok_or_else(|| Error::tensor(&a.tensors.origin, k, format!("missing (it is in {})", first.tensors.origin)))?;
+            let o = a.tensors.tensors.get(k).ok_or_else(|| {
+                Error::tensor(&a.tensors.origin, k, format!("missing (it is in {})", first.tensors.origin))
+            })?;
             if o.shape != t.shape {
-                return Err(Error::tensor(&a.tensors.origin, k, format!("has shape {:?}, {} has {:?}", o.shape, first.tensors.origin, t.shape)));
+                return Err(Error::tensor(
+                    &a.tensors.origin,
+                    k,
+                    format!("has shape {:?}, {} has {:?}", o.shape, first.tensors.origin, t.shape),
+                ));
             }
             xs.push(o.data.as_slice());
         }
@@ -323,12 +357,20 @@ async fn merge_lora_ab(recipe: &Recipe, dev: &Device, inputs: &[AdapterFiles], b
         for (i, a) in inputs.iter().enumerate() {
             let PeftMethod::Lora(c) = &a.method else { unreachable!() };
             if c.r != c0.r {
-                return Err(Error::file(&a.tensors.origin, format!("rank {} differs from {}'s {}: A/B-separate merging needs equal ranks", c.r, first.tensors.origin, c0.r)));
+                return Err(Error::file(
+                    &a.tensors.origin,
+                    format!(
+                        "rank {} differs from {}'s {}: A/B-separate merging needs equal ranks",
+                        c.r, first.tensors.origin, c0.r
+                    ),
+                ));
             }
             let cw = s.weights[i] * c.scaling();
             let w = if is_a { cw.signum() * cw.abs().sqrt() } else { cw.abs().sqrt() };
             r3.models[i].insert("weight".into(), super::params::Setting::Number(w as f64));
-            xs.push(a.tensors.tensors.get(k).ok_or_else(|| Error::tensor(&a.tensors.origin, k, "missing"))?.data.as_slice());
+            xs.push(
+                a.tensors.tensors.get(k).ok_or_else(|| Error::tensor(&a.tensors.origin, k, "missing"))?.data.as_slice(),
+            );
         }
         let merged = merge_host(&r3, dev, k, &xs, &t.shape, None).await?;
         body.insert(k.clone(), HostTensor::new(t.shape.clone(), merged));

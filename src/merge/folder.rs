@@ -85,7 +85,8 @@ pub struct Recipe {
 }
 
 const PER_MODEL: &[&str] = &["weight", "density", "gamma", "epsilon"];
-const GLOBAL: &[&str] = &["lambda", "t", "normalize", "rescale", "fisher_floor", "temperature", "int8_mask", "filter_wise"];
+const GLOBAL: &[&str] =
+    &["lambda", "t", "normalize", "rescale", "fisher_floor", "temperature", "int8_mask", "filter_wise"];
 
 impl Recipe {
     pub fn new(method: Method, inputs: usize, semantics: Semantics) -> Recipe {
@@ -104,10 +105,14 @@ impl Recipe {
     pub fn check_names(&self) -> Result<()> {
         for (i, m) in self.models.iter().enumerate() {
             if let Some(k) = m.keys().find(|k| !PER_MODEL.contains(&k.as_str())) {
-                return Err(Error::invalid(format!("input {}: unknown per-model parameter `{k}` (one of {PER_MODEL:?})", i + 1)));
+                return Err(Error::invalid(format!(
+                    "input {}: unknown per-model parameter `{k}` (one of {PER_MODEL:?})",
+                    i + 1
+                )));
             }
         }
-        if let Some(k) = self.global.keys().find(|k| !PER_MODEL.contains(&k.as_str()) && !GLOBAL.contains(&k.as_str())) {
+        if let Some(k) = self.global.keys().find(|k| !PER_MODEL.contains(&k.as_str()) && !GLOBAL.contains(&k.as_str()))
+        {
             return Err(Error::invalid(format!("unknown parameter `{k}` (one of {PER_MODEL:?}, {GLOBAL:?})")));
         }
         Ok(())
@@ -154,7 +159,8 @@ impl Recipe {
             s.temperature = v as f32;
         }
         s.sign = self.sign;
-        s.seed = self.seed ^ crate::cpu::hash32(name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)));
+        s.seed =
+            self.seed ^ crate::cpu::hash32(name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)));
         s
     }
 }
@@ -171,7 +177,11 @@ pub struct Report {
 /// The tensor names merged, with their shapes, checked across every source: the floating-point
 /// tensors of the first input, which every input, the base and each Fisher must hold with the same
 /// shape. Errors name the tensor and the input.
-pub fn plan(base: Option<&dyn TensorSource>, inputs: &[&dyn TensorSource], fishers: &[&dyn TensorSource]) -> Result<Vec<(String, Vec<usize>)>> {
+pub fn plan(
+    base: Option<&dyn TensorSource>,
+    inputs: &[&dyn TensorSource],
+    fishers: &[&dyn TensorSource],
+) -> Result<Vec<(String, Vec<usize>)>> {
     let first = inputs.first().ok_or_else(|| Error::invalid("no inputs to merge"))?.index();
     let names: Vec<(String, Vec<usize>)> = first.floats().map(|e| (e.name.clone(), e.shape.clone())).collect();
     for src in inputs.iter().skip(1).chain(base.iter()) {
@@ -180,13 +190,21 @@ pub fn plan(base: Option<&dyn TensorSource>, inputs: &[&dyn TensorSource], fishe
             match idx.entries.get(name) {
                 None => return Err(Error::tensor(&idx.origin, name, format!("missing (it is in {})", first.origin))),
                 Some(e) if &e.shape != shape => {
-                    return Err(Error::tensor(&idx.origin, name, format!("has shape {:?}, {} has {shape:?}", e.shape, first.origin)))
+                    return Err(Error::tensor(
+                        &idx.origin,
+                        name,
+                        format!("has shape {:?}, {} has {shape:?}", e.shape, first.origin),
+                    ))
                 }
                 _ => {}
             }
         }
         if let Some(e) = idx.floats().find(|e| !names.iter().any(|(n, _)| *n == e.name)) {
-            return Err(Error::tensor(&idx.origin, &e.name, format!("is not in {}: the inputs hold different tensors", first.origin)));
+            return Err(Error::tensor(
+                &idx.origin,
+                &e.name,
+                format!("is not in {}: the inputs hold different tensors", first.origin),
+            ));
         }
     }
     for f in fishers {
@@ -194,7 +212,11 @@ pub fn plan(base: Option<&dyn TensorSource>, inputs: &[&dyn TensorSource], fishe
         for (name, shape) in &names {
             if let Some(e) = idx.entries.get(name) {
                 if &e.shape != shape {
-                    return Err(Error::tensor(&idx.origin, name, format!("Fisher has shape {:?}, the weights {shape:?}", e.shape)));
+                    return Err(Error::tensor(
+                        &idx.origin,
+                        name,
+                        format!("Fisher has shape {:?}, the weights {shape:?}", e.shape),
+                    ));
                 }
             }
         }
@@ -231,7 +253,11 @@ pub async fn merge_all(
         return Err(Error::invalid(format!("{} needs a base model (--base)", recipe.method.name())));
     }
     if recipe.method == Method::Fisher && fishers.len() != inputs.len() {
-        return Err(Error::invalid(format!("Fisher merging needs one Fisher per input: {} for {} inputs", fishers.len(), inputs.len())));
+        return Err(Error::invalid(format!(
+            "Fisher merging needs one Fisher per input: {} for {} inputs",
+            fishers.len(),
+            inputs.len()
+        )));
     }
     let mut report = Report::default();
     for (done, (name, shape)) in names.iter().enumerate() {

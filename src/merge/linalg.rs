@@ -58,10 +58,8 @@ fn jacobi(mut cols: Vec<Vec<f64>>) -> (Vec<Vec<f64>>, Vec<f64>, Vec<Vec<f64>>) {
     let sig: Vec<f64> = cols.iter().map(|c| c.iter().map(|x| x * x).sum::<f64>().sqrt()).collect();
     let mut order: Vec<usize> = (0..p).collect();
     order.sort_by(|&a, &b| sig[b].total_cmp(&sig[a]));
-    let u = order
-        .iter()
-        .map(|&j| cols[j].iter().map(|x| if sig[j] > 0.0 { x / sig[j] } else { 0.0 }).collect())
-        .collect();
+    let u =
+        order.iter().map(|&j| cols[j].iter().map(|x| if sig[j] > 0.0 { x / sig[j] } else { 0.0 }).collect()).collect();
     (u, order.iter().map(|&j| sig[j]).collect(), order.iter().map(|&j| v[j].clone()).collect())
 }
 

@@ -33,14 +33,16 @@ impl Setting {
                     .iter()
                     .map(|c| {
                         let filter = c.get("filter").and_then(|f| f.as_str()).map(|s| s.to_string());
-                        let value = c.get("value").ok_or_else(|| {
-                            Error::invalid(format!("{what}: a filter entry without `value`: {c}"))
-                        })?;
+                        let value = c
+                            .get("value")
+                            .ok_or_else(|| Error::invalid(format!("{what}: a filter entry without `value`: {c}")))?;
                         Ok((filter, Setting::from_json(value, what)?))
                     })
                     .collect::<Result<_>>()?,
             ),
-            _ => return Err(Error::invalid(format!("{what}: expected a number, a list of numbers or filters, got {v}"))),
+            _ => {
+                return Err(Error::invalid(format!("{what}: expected a number, a list of numbers or filters, got {v}")))
+            }
         })
     }
 
@@ -79,7 +81,10 @@ impl Setting {
 /// Llama names), if any.
 pub fn layer_index(name: &str) -> Option<usize> {
     let parts: Vec<&str> = name.split('.').collect();
-    parts.windows(2).find(|w| w[0] == "layer" || w[0] == "layers" || w[0] == "h" || w[0] == "blocks").and_then(|w| w[1].parse().ok())
+    parts
+        .windows(2)
+        .find(|w| w[0] == "layer" || w[0] == "layers" || w[0] == "h" || w[0] == "blocks")
+        .and_then(|w| w[1].parse().ok())
 }
 
 /// mergekit's position of a tensor: layer i of n at i / (n − 1) (1 when n = 1), others at 0.

@@ -1,0 +1,307 @@
+//! `localtune merge` and `localtune fold` run as a user would: model folders and adapters in, folders
+//! out; checked against values computed here from the input files, and the fold against the logits
+//! PEFT/transformers gave for the reference adapter (tests/fixtures/peft_lora).
+
+mod common;
+
+use common::*;
+use localtune::model::weights::{HostTensor, NamedTensors};
+use localtune::model::{Inputs, Model};
+use localtune::peft::{Adapted, Classifier, HeadKind, HeadOnly, Method};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/peft_lora");
+
+fn lt(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_localtune")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("localtune-merge-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A tiny model and two variants of it with every weight moved by a seeded amount.
+fn tiny_family(root: &Path) -> Vec<PathBuf> {
+    let base = root.join("base");
+    assert!(lt(&["tiny-model", "--out", s(&base), "--seed", "3"]).0);
+    let mut dirs = vec![base.clone()];
+    for (i, scale) in [(1u64, 0.05f64), (2, 0.08)] {
+        let d = root.join(format!("ft{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(base.join(f), d.join(f)).unwrap();
+        }
+        let mut t = NamedTensors::load(&base.join("model.safetensors")).unwrap();
+        let mut rng = Rng(100 + i);
+        for v in t.tensors.values_mut() {
+            v.data.iter_mut().for_each(|x| *x += (rng.uniform() * scale) as f32);
+        }
+        std::fs::write(d.join("model.safetensors"), t.to_bytes(None).unwrap()).unwrap();
+        dirs.push(d);
+    }
+    dirs
+}
+
+#[test]
+fn linear_merge_of_model_folders_is_the_weighted_average() {
+    let root = tmp("linear");
+    let dirs = tiny_family(&root);
+    let out = root.join("soup");
+    let (ok, _, err) = lt(&[
+        "merge",
+        "--method",
+        "linear",
+        s(&dirs[1]),
+        s(&dirs[2]),
+        "--weights",
+        "1,3",
+        "--out",
+        s(&out),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let a = NamedTensors::load(&dirs[1].join("model.safetensors")).unwrap();
+    let b = NamedTensors::load(&dirs[2].join("model.safetensors")).unwrap();
+    let m = NamedTensors::load(&out.join("model.safetensors")).unwrap();
+    assert_eq!(m.tensors.len(), a.tensors.len());
+    for (k, t) in &a.tensors {
+        let want: Vec<f32> = t.data.iter().zip(&b.tensors[k].data).map(|(x, y)| (x + 3.0 * y) / 4.0).collect();
+        assert_close(k, &m.tensors[k].data, &want, 1e-6, 1e-6);
+    }
+    // The folder around the weights is copied and the result loads as a model.
+    assert!(out.join("config.json").exists() && out.join("tokenizer.json").exists());
+    Model::load(&out, &localtune::Device::Cpu).unwrap();
+    // The same merge as a mergekit recipe, in f16.
+    let recipe = root.join("recipe.yml");
+    std::fs::write(
+        &recipe,
+        "merge_method: linear\nmodels:\n  - model: ft1\n    parameters:\n      weight: 1.0\n  - model: ft2\n    parameters:\n      weight: 3.0\ndtype: float16\n",
+    )
+    .unwrap();
+    let out2 = root.join("soup-recipe");
+    let (ok, _, err) = lt(&["merge", "--recipe", s(&recipe), "--out", s(&out2), "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(out2.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let m2 = NamedTensors::from_bytes(&bytes, "recipe output").unwrap();
+    for (k, t) in &m.tensors {
+        assert_eq!(st.tensor(k).unwrap().dtype(), safetensors::Dtype::F16);
+        assert_close(k, &m2.tensors[k].data, &t.data, 2e-3, 2e-3);
+    }
+}
+
+#[test]
+fn task_vector_merges_run_on_both_devices_and_agree() {
+    let root = tmp("ties");
+    let dirs = tiny_family(&root);
+    let mut outs = Vec::new();
+    for dev in ["cpu", "gpu"] {
+        if dev == "gpu" && gpu().is_none() {
+            continue;
+        }
+        for m in ["ties", "dare-ties", "della", "breadcrumbs", "model-stock", "delta-guided", "slerp"] {
+            let out = root.join(format!("{m}-{dev}"));
+            let mut args = vec!["merge", "--method", m, "--base", s(&dirs[0]), s(&dirs[1])];
+            if m != "slerp" {
+                args.push(s(&dirs[2]));
+            }
+            args.extend(["--density", "0.5", "--out", s(&out), "--device", dev, "--seed", "4"]);
+            let (ok, _, err) = lt(&args);
+            assert!(ok, "{m} on {dev}: {err}");
+            outs.push((m, dev, NamedTensors::load(&out.join("model.safetensors")).unwrap()));
+        }
+    }
+    let base = NamedTensors::load(&dirs[0].join("model.safetensors")).unwrap();
+    for (m, dev, t) in &outs {
+        // Every merge moved the weights off the base, and stayed finite.
+        let moved = t.tensors.iter().any(|(k, v)| v.data.iter().zip(&base.tensors[k].data).any(|(a, b)| a != b));
+        assert!(moved, "{m} on {dev} returned the base");
+        if *dev == "gpu" {
+            let (_, _, c) = outs.iter().find(|(m2, d2, _)| m2 == m && *d2 == "cpu").unwrap();
+            for (k, v) in &t.tensors {
+                assert_close(&format!("{m} {k} gpu vs cpu"), &v.data, &c.tensors[k].data, 1e-5, 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_merges_are_refused_and_leave_the_output_alone() {
+    let root = tmp("bad");
+    let dirs = tiny_family(&root);
+    let out = root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "old").unwrap();
+    // A tensor of another shape in one input.
+    let odd = root.join("odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(dirs[1].join(f), odd.join(f)).unwrap();
+    }
+    let mut t = NamedTensors::load(&dirs[1].join("model.safetensors")).unwrap();
+    let key = t.tensors.keys().find(|k| k.ends_with("query.weight")).unwrap().clone();
+    t.insert(key.clone(), HostTensor::new(vec![2, 3], vec![0.0; 6]));
+    std::fs::write(odd.join("model.safetensors"), t.to_bytes(None).unwrap()).unwrap();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec!["merge", "--method", "linear", s(&dirs[1]), s(&odd)], vec![key.as_str(), "odd"]),
+        (
+            vec!["merge", "--method", "ties", "--base", s(&dirs[0]), s(&dirs[1]), s(&dirs[2]), "--density", "1.5"],
+            vec!["density 1.5"],
+        ),
+        (
+            vec!["merge", "--method", "linear", s(&dirs[1]), s(&dirs[2]), "--weights", "1,2,3"],
+            vec!["3 values for 2 inputs"],
+        ),
+        (vec!["merge", "--method", "slerp", "--base", s(&dirs[0]), s(&dirs[1]), s(&dirs[2])], vec!["exactly two"]),
+        (vec!["merge", "--method", "ties", s(&dirs[1]), s(&dirs[2])], vec!["needs a base model"]),
+        (vec!["merge", "--method", "fisher", s(&dirs[1]), s(&dirs[2])], vec!["one Fisher per input"]),
+        (vec!["merge", "--method", "soup", s(&dirs[1])], vec!["unknown merge method"]),
+    ];
+    for (mut args, wants) in cases {
+        args.extend(["--out", s(&out), "--device", "cpu"]);
+        let (ok, _, err) = lt(&args);
+        assert!(!ok, "{args:?} succeeded");
+        for w in wants {
+            assert!(err.contains(w), "{args:?}: `{w}` not in: {err}");
+        }
+        assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "old", "{args:?} touched the output");
+        assert!(!out.join("model.safetensors").exists());
+    }
+}
+
+fn delta(t: &NamedTensors, module: &str, scaling: f32) -> Vec<f32> {
+    let a = &t.tensors[&format!("{module}.lora_A.weight")];
+    let b = &t.tensors[&format!("{module}.lora_B.weight")];
+    let (out_d, r, in_d) = (b.shape[0], a.shape[0], a.shape[1]);
+    let mut d = vec![0.0f32; out_d * in_d];
+    for o in 0..out_d {
+        for k in 0..r {
+            for i in 0..in_d {
+                d[o * in_d + i] += scaling * b.data[o * r + k] * a.data[k * in_d + i];
+            }
+        }
+    }
+    d
+}
+
+#[test]
+fn lora_adapters_merge_exactly_in_delta_w_space() {
+    let root = tmp("lora");
+    // A second adapter: the reference one with B halved (ΔW halved).
+    let second = root.join("half");
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::copy(format!("{FIXTURE}/adapter_config.json"), second.join("adapter_config.json")).unwrap();
+    let mut t = NamedTensors::load(&Path::new(FIXTURE).join("adapter_model.safetensors")).unwrap();
+    for (k, v) in t.tensors.iter_mut() {
+        if k.ends_with("lora_B.weight") {
+            v.data.iter_mut().for_each(|x| *x *= 0.5);
+        }
+    }
+    std::fs::write(second.join("adapter_model.safetensors"), t.to_bytes(None).unwrap()).unwrap();
+    let reference = NamedTensors::load(&Path::new(FIXTURE).join("adapter_model.safetensors")).unwrap();
+    let module = "base_model.model.bert.encoder.layer.2.attention.self.value";
+    // (ΔW + ΔW/2) / 2 = 0.75 ΔW, the reference scaling being alpha / r = 2.
+    let want: Vec<f32> = delta(&reference, module, 2.0).iter().map(|v| v * 0.75).collect();
+    for (output, extra) in [("cat", vec![]), ("svd", vec!["--rank", "4"])] {
+        let out = root.join(output);
+        let mut args = vec![
+            "merge",
+            "--method",
+            "linear",
+            FIXTURE,
+            s(&second),
+            "--out",
+            s(&out),
+            "--lora-output",
+            output,
+            "--device",
+            "cpu",
+            "--json",
+        ];
+        args.extend(extra);
+        let (ok, stdout, err) = lt(&args);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let merged = NamedTensors::load(&out.join("adapter_model.safetensors")).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+        let (r, alpha) = (cfg["r"].as_f64().unwrap(), cfg["lora_alpha"].as_f64().unwrap());
+        assert_eq!(r, if output == "cat" { 8.0 } else { 4.0 });
+        assert_close(&format!("{output} ΔW"), &delta(&merged, module, (alpha / r) as f32), &want, 1e-6, 1e-4);
+        if output == "svd" {
+            // Both updates span the same rank-4 space: the truncation loses nothing.
+            assert!(v["svd_relative_error_max"].as_f64().unwrap() < 1e-5, "{v}");
+        }
+        assert_eq!(v["heads"], "merged");
+    }
+}
+
+#[test]
+fn a_folded_adapter_gives_the_logits_peft_gave() {
+    let Some(model) = model_dir() else { return };
+    let root = tmp("fold");
+    let out = root.join("folded");
+    let (ok, _, err) = lt(&["fold", "--adapter", FIXTURE, "--model", s(&model), "--out", s(&out)]);
+    assert!(ok, "{err}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
+    let bytes = std::fs::read(format!("{FIXTURE}/expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = fixture_ids(&st, "input_ids");
+    let mask = fixture_ids(&st, "attention_mask");
+    let types = fixture_ids(&st, "token_type_ids");
+    let (b, t) = (4, ids.len() / 4);
+    let folded = NamedTensors::load(&out.join("model.safetensors")).unwrap();
+    assert!(folded.tensors.keys().all(|k| k.starts_with("bert.") || k.starts_with("classifier.")));
+    for dev in devices() {
+        // The folded weights alone, no adapter: the classifier read from the folder.
+        let m = Model::load(&out, &dev).unwrap();
+        let mut head = Adapted::init(&m.encoder, &Method::Head(HeadOnly {}), 2, 0).unwrap();
+        let (w, bias) = head.classifier;
+        let cw = &folded.tensors["classifier.weight"];
+        let cb = &folded.tensors["classifier.bias"];
+        head.params.set(w, dev.tensor(&cw.data, &cw.shape).unwrap()).unwrap();
+        head.params.set(bias, dev.tensor(&cb.data, &cb.shape).unwrap()).unwrap();
+        let inputs = Inputs::new(&dev, &ids, &mask, &types, b, t).unwrap();
+        let clf = Classifier { base: &m.encoder, params: &head, head: HeadKind::Pooler };
+        let (logits, _) = clf.forward(&inputs, None, false).unwrap();
+        assert_close(
+            &format!("{} folded logits", dev.describe()),
+            &host(&logits),
+            &fixture_f32(&st, "logits_adapter"),
+            1e-4,
+            0.0,
+        );
+    }
+    // transformers itself loads the folder as a BERT classifier, where the reference tools are installed
+    // (scripts/make-arch-fixtures.sh makes that environment; a fresh CI machine does not have torch).
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/ref-venv/bin/python");
+    if !py.exists() {
+        eprintln!("skipping the transformers check: no {}", py.display());
+        return;
+    }
+    let script = format!(
+        "import torch, json, safetensors.torch as st\nfrom transformers import AutoModelForSequenceClassification\n\
+         m = AutoModelForSequenceClassification.from_pretrained('{}', attn_implementation='eager').eval()\n\
+         e = st.load_file('{FIXTURE}/expected.safetensors')\n\
+         with torch.no_grad():\n    l = m(input_ids=e['input_ids'], attention_mask=e['attention_mask'], token_type_ids=e['token_type_ids']).logits\n\
+         print(json.dumps({{'max_abs_diff': float((l - e['logits_adapter']).abs().max())}}))\n",
+        out.display()
+    );
+    let r = Command::new(&py).args(["-c", &script]).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&r.stdout).trim().lines().last().unwrap()).unwrap();
+    assert!(v["max_abs_diff"].as_f64().unwrap() < 1e-4, "transformers on the folded folder: {v}");
+}
