@@ -107,6 +107,8 @@ mod cli {
         /// Merge models or adapters: averaging, task arithmetic, TIES, DARE, breadcrumbs, DELLA, SLERP,
         /// model stock, Fisher, delta-guided; or a mergekit recipe (--recipe).
         Merge(Box<merge::MergeArgs>),
+        /// Estimate the diagonal Fisher of an adapter's parameters on local data (for --method fisher).
+        Fisher(merge::FisherArgs),
         /// Fold a LoRA adapter into its base model: a standalone BertForSequenceClassification folder.
         Fold(merge::FoldArgs),
         /// Serve the web app on 127.0.0.1 with the default model and the example data.
@@ -328,6 +330,7 @@ mod cli {
             Command::Train(a) => train::train(&a),
             Command::Merge(a) => merge::merge(&a),
             Command::Fold(a) => merge::fold(&a),
+            Command::Fisher(a) => merge::fisher(&a),
             Command::Serve { port, www, model, data, tiny, no_default_model } => {
                 serve(port, www, model, data, tiny, no_default_model)
             }

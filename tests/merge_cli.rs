@@ -305,3 +305,86 @@ fn a_folded_adapter_gives_the_logits_peft_gave() {
         serde_json::from_str(String::from_utf8_lossy(&r.stdout).trim().lines().last().unwrap()).unwrap();
     assert!(v["max_abs_diff"].as_f64().unwrap() < 1e-4, "transformers on the folded folder: {v}");
 }
+
+#[test]
+fn the_expected_fisher_of_the_head_bias_is_p_times_one_minus_p() {
+    // ∂ log p_y / ∂b_c = [y = c] − p_c, so Σ_y p_y (∂ log p_y / ∂b_c)² = p_c (1 − p_c): checked against
+    // the probabilities `predict` prints for the same texts.
+    let Some(model) = model_dir() else { return };
+    let root = tmp("fisher");
+    let texts = ["The food was great", "Terrible service, never again.", "It was fine I guess", "Loved every minute"];
+    let data = root.join("data.jsonl");
+    std::fs::write(
+        &data,
+        texts.iter().map(|t| format!("{{\"text\": \"{t}\", \"label\": \"positive\"}}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let f = root.join("fisher.safetensors");
+    let (ok, _, err) = lt(&[
+        "fisher",
+        "--adapter",
+        FIXTURE,
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&f),
+        "--include-head",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let fisher = NamedTensors::load(&f).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_localtune"))
+        .args(["predict", "--adapter", FIXTURE, "--model", s(&model), "--device", "cpu", "--max-len", "64"])
+        .stdin(
+            std::fs::File::open({
+                let p = root.join("texts.txt");
+                std::fs::write(&p, texts.join("\n")).unwrap();
+                p
+            })
+            .unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut want = [0.0f32; 2];
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let z: Vec<f64> = v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let p1 = 1.0 / (1.0 + (z[0] - z[1]).exp());
+        for (c, p) in [(0, 1.0 - p1), (1, p1)] {
+            want[c] += (p * (1.0 - p) / texts.len() as f64) as f32;
+        }
+    }
+    assert_close("classifier bias Fisher", &fisher.tensors["base_model.model.classifier.bias"].data, &want, 1e-6, 1e-4);
+    // Every LoRA tensor has a non-negative Fisher of its own shape, and some of it is non-zero.
+    let adapter = NamedTensors::load(&Path::new(FIXTURE).join("adapter_model.safetensors")).unwrap();
+    for (k, t) in &adapter.tensors {
+        let f = &fisher.tensors[k];
+        assert_eq!(f.shape, t.shape, "{k}");
+        assert!(f.data.iter().all(|v| *v >= 0.0) && f.data.iter().any(|v| *v > 0.0), "{k}");
+    }
+    // Fisher-merging the adapter with itself gives it back.
+    let merged = root.join("merged");
+    let (ok, _, err) = lt(&[
+        "merge",
+        "--method",
+        "fisher",
+        FIXTURE,
+        FIXTURE,
+        "--fishers",
+        s(&f),
+        s(&f),
+        "--out",
+        s(&merged),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let m = NamedTensors::load(&merged.join("adapter_model.safetensors")).unwrap();
+    for (k, t) in &adapter.tensors {
+        assert_close(k, &m.tensors[k].data, &t.data, 1e-6, 1e-5);
+    }
+}

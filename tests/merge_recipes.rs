@@ -13,7 +13,8 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mergekit"
 
 #[test]
 fn recipes_match_mergekit() {
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{DIR}/meta.json")).unwrap()).unwrap();
     let cases = meta["cases"].as_object().unwrap();
     assert!(cases.len() >= 8);
     let mut devices = vec!["cpu"];
@@ -31,7 +32,11 @@ fn recipes_match_mergekit() {
             assert!(r.status.success(), "{name}: {}", String::from_utf8_lossy(&r.stderr));
             let got = NamedTensors::load(&out.join("model.safetensors")).unwrap();
             let want = NamedTensors::load(&Path::new(DIR).join(format!("expected/{name}.safetensors"))).unwrap();
-            assert_eq!(got.tensors.keys().collect::<Vec<_>>(), want.tensors.keys().collect::<Vec<_>>(), "{name}: tensor names");
+            assert_eq!(
+                got.tensors.keys().collect::<Vec<_>>(),
+                want.tensors.keys().collect::<Vec<_>>(),
+                "{name}: tensor names"
+            );
             for (k, w) in &want.tensors {
                 assert_eq!(got.tensors[k].shape, w.shape, "{name}: {k}");
                 assert_close(&format!("{name} on {dev}: {k}"), &got.tensors[k].data, &w.data, 1e-5, 1e-5);

@@ -330,7 +330,9 @@ fn merge_adapter_folders(
     )?
     .1;
     let recipe = recipe_of(a, method, files.len(), layers_of(&base_dir))?;
-    let merged = futures::executor::block_on(merge_adapters(&recipe, dev, &files, output, a.ab_separate))?;
+    let fishers: Vec<localtune::model::weights::NamedTensors> =
+        a.fishers.iter().map(|f| localtune::model::weights::NamedTensors::load(f)).collect::<Result<_>>()?;
+    let merged = futures::executor::block_on(merge_adapters(&recipe, dev, &files, output, a.ab_separate, &fishers))?;
     if output == LoraOutput::Full {
         let head = &merged.adapters[0];
         fold_into(&base_dir, &merged.deltas, head, &a.out)?;
@@ -523,4 +525,99 @@ pub fn fold_into(base: &Path, deltas: &[(String, HostTensor)], head: &AdapterFil
         w.write("classifier.bias", &head_b.data)?;
         w.finish()
     })
+}
+
+#[derive(clap::Args)]
+pub struct FisherArgs {
+    /// The adapter folder whose parameters get a Fisher.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Local labelled data (CSV or JSONL, as for train); labels are needed only with --empirical.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The base model folder (default: the default model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The Fisher written (safetensors, under the adapter's tensor names).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Examples used (the first N of the file).
+    #[arg(long, default_value_t = 256)]
+    pub examples: usize,
+    /// The empirical Fisher (at the true labels) instead of the expected one (over the predictions).
+    #[arg(long)]
+    pub empirical: bool,
+    /// Also estimate the classifier head's Fisher (left out by default, as in Matena & Raffel).
+    #[arg(long)]
+    pub include_head: bool,
+    /// Divide the Fisher by its mean over all its values, so models with differently scaled
+    /// Fishers weigh alike.
+    #[arg(long)]
+    pub normalize: bool,
+    #[arg(long, default_value_t = 64)]
+    pub max_len: usize,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+    pub device: DeviceArg,
+}
+
+pub fn fisher(a: &FisherArgs) -> Result<()> {
+    use localtune::merge::fisher::{estimate, FisherKind};
+    if a.examples == 0 {
+        return Err(Error::invalid("--examples must be at least 1"));
+    }
+    let dev = open_device(a.device)?;
+    let model = localtune::model::Model::load(&model_dir(&a.model)?, &dev)?;
+    let files = AdapterFiles::load(&a.adapter)?;
+    let params = files.to_adapted(&model.encoder)?;
+    let ds = localtune::train::Dataset::load(&a.data, false)?;
+    let ex = if a.empirical {
+        localtune::train::Examples::from_dataset(&ds, &files.labels)?
+    } else {
+        // Labels are not needed: any label column is ignored.
+        localtune::train::Examples { texts: ds.examples.iter().map(|r| r.text.clone()).collect(), labels: vec![] }
+    };
+    let n = a.examples.min(ex.texts.len());
+    let texts: Vec<&str> = ex.texts[..n].iter().map(|s| s.as_str()).collect();
+    let labels = if a.empirical { ex.labels[..n].to_vec() } else { vec![] };
+    let kind = if a.empirical { FisherKind::Empirical } else { FisherKind::Expected };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let start = std::time::Instant::now();
+    let mut f = futures::executor::block_on(estimate(
+        &model,
+        &params,
+        files.head,
+        &texts,
+        &labels,
+        a.max_len,
+        kind,
+        a.include_head,
+        |d, t| {
+            if tty {
+                eprint!("\rFisher: example {d}/{t}\x1b[K");
+            }
+        },
+    ))?;
+    if tty {
+        eprintln!();
+    }
+    if a.normalize {
+        let (sum, count) = f
+            .tensors
+            .values()
+            .fold((0.0f64, 0usize), |(s, c), t| (s + t.data.iter().map(|&v| v as f64).sum::<f64>(), c + t.data.len()));
+        let mean = (sum / count.max(1) as f64) as f32;
+        if mean > 0.0 {
+            f.tensors.values_mut().for_each(|t| t.data.iter_mut().for_each(|v| *v /= mean));
+        }
+    }
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("localtune_fisher".to_string(), format!("{kind:?} over {n} examples of {}", a.data.display()));
+    localtune::peft::format::write_atomic(&a.out, &f.to_bytes(Some(meta))?)?;
+    eprintln!(
+        "{kind:?} Fisher of {} tensors over {n} examples written to {} ({:.1} s)",
+        f.tensors.len(),
+        a.out.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

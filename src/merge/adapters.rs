@@ -93,6 +93,7 @@ async fn merge_host(
     xs: &[&[f32]],
     shape: &[usize],
     base: Option<&[f32]>,
+    fishers: Option<&[NamedTensors]>,
 ) -> Result<Vec<f32>> {
     let n: usize = shape.iter().product();
     let mut full = vec![xs.len()];
@@ -104,7 +105,28 @@ async fn merge_host(
     if recipe.method == Method::Slerp {
         return Err(Error::invalid("SLERP between adapters: merge the folded models instead (localtune fold)"));
     }
-    let inputs = TensorInputs { name, models: &x, base: Some(&b), fisher: None };
+    // Fisher: each input's diagonal for this tensor, ones where a Fisher left it out.
+    let f = match fishers {
+        Some(fs) => {
+            let mut data = Vec::with_capacity(xs.len() * n);
+            for f in fs {
+                match f.tensors.get(name) {
+                    Some(t) if t.shape == shape => data.extend_from_slice(&t.data),
+                    Some(t) => {
+                        return Err(Error::tensor(
+                            &f.origin,
+                            name,
+                            format!("Fisher has shape {:?}, the parameter {shape:?}", t.shape),
+                        ))
+                    }
+                    None => data.extend(std::iter::repeat_n(1.0, n)),
+                }
+            }
+            Some(dev.tensor(&data, &full)?)
+        }
+        None => None,
+    };
+    let inputs = TensorInputs { name, models: &x, base: Some(&b), fisher: f.as_ref() };
     merge_tensor(recipe.method, &s, &inputs).await?.to_vec().await
 }
 
@@ -115,20 +137,32 @@ pub async fn merge_adapters(
     inputs: &[AdapterFiles],
     output: LoraOutput,
     ab_separate: bool,
+    fishers: &[NamedTensors],
 ) -> Result<MergedAdapters> {
     check_inputs(inputs)?;
-    if matches!(recipe.method, Method::Fisher | Method::RegMean) {
+    if recipe.method == Method::RegMean {
+        return Err(Error::invalid(
+            "regmean merges full models: fold the adapters first (localtune fold) and merge the model folders",
+        ));
+    }
+    if recipe.method == Method::Fisher && fishers.len() != inputs.len() {
         return Err(Error::invalid(format!(
-            "{} merges full models: fold the adapters first (localtune fold) and merge the model folders",
-            recipe.method.name()
+            "Fisher merging needs one Fisher per input (localtune fisher): {} for {} inputs",
+            fishers.len(),
+            inputs.len()
         )));
     }
+    let fisher_stack = (recipe.method == Method::Fisher).then_some(fishers);
     let first = &inputs[0];
     let mut body = NamedTensors { origin: "merged".into(), ..Default::default() };
     let mut deltas = Vec::new();
     let mut svd_errors = Vec::new();
     let mut method = first.method.clone();
     match &first.method {
+        // Fisher weights live on the parameters themselves: LoRA's A and B merge in their own space.
+        _ if recipe.method == Method::Fisher => {
+            merge_params(recipe, dev, inputs, &mut body, None, fisher_stack).await?;
+        }
         PeftMethod::Lora(c0) if ab_separate => {
             merge_lora_ab(recipe, dev, inputs, &mut body).await?;
             method = PeftMethod::Lora(LoraConfig::new(c0.r, c0.r as f32, &c0.targets));
@@ -199,7 +233,7 @@ pub async fn merge_adapters(
                     continue;
                 }
                 let refs: Vec<&[f32]> = dws.iter().map(|d| d.as_slice()).collect();
-                let merged = merge_host(recipe, dev, m, &refs, &[out_d, in_d], None).await?;
+                let merged = merge_host(recipe, dev, m, &refs, &[out_d, in_d], None, None).await?;
                 match output {
                     LoraOutput::Full => deltas.push((m.clone(), HostTensor::new(vec![out_d, in_d], merged))),
                     _ => {
@@ -224,10 +258,10 @@ pub async fn merge_adapters(
             method = PeftMethod::Lora(LoraConfig::new(rank, rank as f32, &targets));
         }
         PeftMethod::Ia3(_) => {
-            merge_params(recipe, dev, inputs, &mut body, Some(1.0)).await?;
+            merge_params(recipe, dev, inputs, &mut body, Some(1.0), None).await?;
         }
         _ if recipe.method == Method::Linear => {
-            merge_params(recipe, dev, inputs, &mut body, None).await?;
+            merge_params(recipe, dev, inputs, &mut body, None, None).await?;
         }
         m => {
             return Err(Error::invalid(format!(
@@ -308,6 +342,7 @@ async fn merge_params(
     inputs: &[AdapterFiles],
     body: &mut NamedTensors,
     base_value: Option<f32>,
+    fishers: Option<&[NamedTensors]>,
 ) -> Result<()> {
     let first = &inputs[0];
     for (k, t) in &first.tensors.tensors {
@@ -329,7 +364,7 @@ async fn merge_params(
             xs.push(o.data.as_slice());
         }
         let base = base_value.map(|v| vec![v; t.data.len()]);
-        let merged = merge_host(recipe, dev, k, &xs, &t.shape, base.as_deref()).await?;
+        let merged = merge_host(recipe, dev, k, &xs, &t.shape, base.as_deref(), fishers).await?;
         body.insert(k.clone(), HostTensor::new(t.shape.clone(), merged));
     }
     Ok(())
@@ -372,7 +407,7 @@ async fn merge_lora_ab(recipe: &Recipe, dev: &Device, inputs: &[AdapterFiles], b
                 a.tensors.tensors.get(k).ok_or_else(|| Error::tensor(&a.tensors.origin, k, "missing"))?.data.as_slice(),
             );
         }
-        let merged = merge_host(&r3, dev, k, &xs, &t.shape, None).await?;
+        let merged = merge_host(&r3, dev, k, &xs, &t.shape, None, None).await?;
         body.insert(k.clone(), HostTensor::new(t.shape.clone(), merged));
     }
     Ok(())
