@@ -56,6 +56,10 @@ merge model-stock --method model-stock
 merge delta-guided --method delta-guided
 merge delta-guided@T=0.5 --method delta-guided --temperature 0.5
 merge delta-guided@T=2 --method delta-guided --temperature 2
+for d in yelp amazon imdb; do
+  $lt fisher --adapter adapters/$d --data $d-valid.jsonl --examples 100 --out fisher-$d.safetensors --device cpu 2>/dev/null
+done
+merge fisher --method fisher --fishers fisher-yelp.safetensors fisher-amazon.safetensors fisher-imdb.safetensors
 for m in ties dare-ties; do merge $m-mergekit --method $m --density 0.5 --semantics mergekit; done
 python3 - <<'PY'
 import json, collections

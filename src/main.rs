@@ -281,6 +281,17 @@ mod cli {
             #[arg(long)]
             cpu_only: bool,
         },
+        /// GB/s of parameters merged (whole model folders, 2 and 4 inputs, linear and TIES) per device,
+        /// and the peak host memory of each merge.
+        Merge {
+            #[command(flatten)]
+            model: ModelArgs,
+            #[arg(long)]
+            json: bool,
+            /// Only the CPU device.
+            #[arg(long)]
+            cpu_only: bool,
+        },
         /// Examples/s and peak bytes of training steps (batch 16 × 64 tokens) for each method, per device.
         Train {
             #[command(flatten)]
@@ -341,6 +352,7 @@ mod cli {
             Command::Predict { model, input, adapter, device } => train::predict(&model, &input, &adapter, device),
             Command::Bench { what } => match what {
                 BenchWhat::Matmul { json, budget, cpu_only } => bench_matmul(json, budget, cpu_only),
+                BenchWhat::Merge { model, json, cpu_only } => merge::bench(&model.model, json, cpu_only),
                 BenchWhat::Forward { model, json, budget, cpu_only } => bench_forward(&model, json, budget, cpu_only),
                 BenchWhat::Train { model, json, budget, cpu_only, methods, batch, tokens } => {
                     bench_train(&model, json, budget, cpu_only, methods, batch, tokens)

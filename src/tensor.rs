@@ -54,6 +54,28 @@ impl Device {
         self.upload(data, shape, true)
     }
 
+    /// An f32 tensor taking `data` (moved, not copied, on the CPU device).
+    pub fn tensor_owned(&self, data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+        match self {
+            Device::Cpu => {
+                check_len("tensor", data.len(), shape)?;
+                Ok(Tensor { shape: shape.to_vec(), dtype: DType::F32, storage: Storage::F32(Arc::new(data)) })
+            }
+            Device::Gpu(_) => self.upload(&data, shape, true),
+        }
+    }
+
+    /// Whether an f32 tensor of `values` fits in one buffer a kernel can bind on this device.
+    pub fn fits(&self, values: usize) -> bool {
+        match self {
+            Device::Cpu => true,
+            Device::Gpu(g) => {
+                let l = g.limits();
+                (values as u64) * 4 <= l.max_buffer_size.min(l.max_storage_buffer_binding_size)
+            }
+        }
+    }
+
     /// An f32 tensor for long-lived data such as weights (exact-size buffer on the GPU).
     pub fn weight(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         self.upload(data, shape, false)

@@ -621,3 +621,68 @@ pub fn fisher(a: &FisherArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `localtune bench merge`: GB/s of input parameters merged (whole model folders, from disk to disk)
+/// with 2 and 4 inputs for linear and TIES on each device, and the peak host heap of each run beside
+/// the size of one model and of its largest tensor times the inputs.
+pub fn bench(model: &Option<PathBuf>, json: bool, cpu_only: bool) -> Result<()> {
+    use localtune::bench::MemoryProbe;
+    eprintln!("cpu: {}", localtune::bench::cpu_description());
+    let dir = model_dir(model)?;
+    let idx = Index::open(&dir.join("model.safetensors"))?;
+    let values: usize = idx.floats().map(|e| e.numel()).sum();
+    let largest: usize = idx.floats().map(|e| e.numel()).max().unwrap_or(0);
+    let mut devices = vec![("cpu", localtune::Device::Cpu)];
+    if !cpu_only {
+        match futures::executor::block_on(localtune::Device::gpu()) {
+            Ok(g) => devices.push(("gpu", g)),
+            Err(e) => eprintln!("warning: {e}\nwarning: measuring the CPU device only"),
+        }
+    }
+    let out = std::env::temp_dir().join(format!("localtune-bench-merge-{}", std::process::id()));
+    if !json {
+        println!(
+            "model {}: {:.1} M values ({:.0} MB f32), largest tensor {:.1} M values",
+            dir.display(),
+            values as f64 / 1e6,
+            values as f64 * 4e-6,
+            largest as f64 / 1e6
+        );
+        println!(
+            "{:>6} {:>7} {:>6}  {:>8}  {:>8}  {:>12}  {:>16}",
+            "device", "method", "inputs", "seconds", "GB/s", "peak heap MB", "largest x inputs"
+        );
+    }
+    for (name, dev) in &devices {
+        for method in [Method::Linear, Method::Ties] {
+            for n in [2usize, 4] {
+                let inputs = vec![dir.clone(); n];
+                let mut recipe = Recipe::new(method, n, Semantics::Peft);
+                recipe.global.insert("density".into(), Setting::Number(0.5));
+                let base = (method == Method::Ties).then_some(dir.as_path());
+                let heap = super::HeapProbe(std::sync::atomic::AtomicUsize::new(0));
+                heap.reset();
+                let start = std::time::Instant::now();
+                merge_model_folders(&recipe, dev, base, &inputs, &[], &out, safetensors::Dtype::F32, true)?;
+                let secs = start.elapsed().as_secs_f64();
+                let peak = heap.peak();
+                let gbs = (n * values * 4) as f64 / secs / 1e9;
+                let per_inputs = (largest * 4 * (n + base.is_some() as usize)) as f64 / 1e6;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"device": name, "method": method.name(), "inputs": n, "seconds": secs, "gb_per_s": gbs, "peak_heap_bytes": peak, "model_bytes": values * 4, "largest_tensor_bytes_times_inputs": per_inputs * 1e6})
+                    );
+                } else {
+                    println!(
+                        "{name:>6} {:>7} {n:>6}  {secs:>8.2}  {gbs:>8.2}  {:>12.1}  {per_inputs:>16.1}",
+                        method.name(),
+                        peak as f64 / 1e6
+                    );
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}

@@ -170,8 +170,8 @@ impl Recipe {
 pub struct Report {
     pub tensors: usize,
     pub values: usize,
-    /// Tensors only the base has (kept from it) or that are not floating point (left out).
-    pub skipped: Vec<String>,
+    /// Tensors whose stack was too large for the GPU's bindings, merged on the CPU device instead.
+    pub on_cpu: Vec<String>,
 }
 
 /// The tensor names merged, with their shapes, checked across every source: the floating-point
@@ -232,7 +232,7 @@ fn stack(dev: &Device, srcs: &mut [&mut dyn TensorSource], name: &str, shape: &[
     }
     let mut full = vec![srcs.len()];
     full.extend_from_slice(shape);
-    dev.tensor(&data, &full)
+    dev.tensor_owned(data, &full)
 }
 
 /// Merges every tensor of `names` (from `plan`), handing each result to `sink` in order and calling
@@ -262,6 +262,16 @@ pub async fn merge_all(
     let mut report = Report::default();
     for (done, (name, shape)) in names.iter().enumerate() {
         let s = recipe.settings_for(name);
+        // A stack larger than the GPU can bind at once (4 inputs of a big embedding matrix on a
+        // 128 MiB-binding adapter) is merged on the CPU device, the same ops in the same order.
+        let stacked = (inputs.len() + 1) * shape.iter().product::<usize>();
+        let cpu = Device::Cpu;
+        let dev = if dev.fits(stacked) {
+            dev
+        } else {
+            report.on_cpu.push(name.clone());
+            &cpu
+        };
         let (x, b, s) = if recipe.method == Method::Slerp {
             // v0 is the base (t = 0 gives it), v1 the one input; or the first of two inputs.
             let mut all: Vec<&mut dyn TensorSource> = Vec::new();
@@ -276,7 +286,7 @@ pub async fn merge_all(
             (stack(dev, &mut all, name, shape)?, None, s2)
         } else {
             let b = match base.as_deref_mut() {
-                Some(b) => Some(dev.tensor(&b.read(name)?.data, shape)?),
+                Some(b) => Some(dev.tensor_owned(b.read(name)?.data, shape)?),
                 None => None,
             };
             (stack(dev, inputs, name, shape)?, b, s)
@@ -294,7 +304,7 @@ pub async fn merge_all(
             }
             let mut full = vec![fishers.len()];
             full.extend_from_slice(shape);
-            Some(dev.tensor(&data, &full)?)
+            Some(dev.tensor_owned(data, &full)?)
         } else {
             None
         };
