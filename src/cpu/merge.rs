@@ -1,5 +1,6 @@
 //! Model merging on the CPU device: the twins of `shaders/merge.wgsl`, entry for entry, in f32 and in
 //! the same order of operations. `x` is always a stack (N, n) of the N inputs of one tensor.
+#![allow(clippy::needless_range_loop)] // i indexes both the stack and the weights, as in the kernel
 
 use super::{hash32, par_rows};
 

@@ -88,7 +88,7 @@ pub fn truncated_svd(a: &[f64], m: usize, n: usize, k: usize, seed: u64) -> (Vec
             })
             .collect()
     };
-    let omega: Vec<Vec<f64>> = (0..p).map(|_| (0..n).map(|_| rng.normal() as f64).collect()).collect();
+    let omega: Vec<Vec<f64>> = (0..p).map(|_| (0..n).map(|_| rng.normal()).collect()).collect();
     let mut q = mul_a(&omega);
     orthonormalize(&mut q);
     for _ in 0..6 {

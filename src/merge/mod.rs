@@ -230,7 +230,7 @@ impl TensorSettings {
         if method == Method::ModelStock && inputs < 2 {
             return Err(bad(format!("model stock needs a base and at least two models, got {inputs}")));
         }
-        if method == Method::DeltaGuided && !(self.temperature > 0.0) {
+        if method == Method::DeltaGuided && self.temperature.is_nan() || self.temperature <= 0.0 {
             return Err(bad(format!("temperature {} must be positive", self.temperature)));
         }
         if method.normalizes_by_sum() && self.normalize && self.weights.iter().sum::<f32>() == 0.0 {

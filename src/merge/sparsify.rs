@@ -59,7 +59,8 @@ pub async fn apply(kind: Kind, x: &mut Tensor, s: &TensorSettings) -> Result<()>
             let mut keep = Vec::new();
             for &d in &s.density {
                 if d >= 1.0 {
-                    (top.push(0), keep.push(n));
+                    top.push(0);
+                    keep.push(n);
                     continue;
                 }
                 let target = (d as f64 * n as f64) as usize;
@@ -67,7 +68,8 @@ pub async fn apply(kind: Kind, x: &mut Tensor, s: &TensorSettings) -> Result<()>
                 if target + n_top > n {
                     n_top = n - target;
                 }
-                (top.push(n_top), keep.push(target));
+                top.push(n_top);
+                keep.push(target);
             }
             // Keep ranks n_top+1 ..= n_top+target (from the largest): |τ| below the n_top-th largest
             // and at least the (n_top+target)-th.

@@ -36,9 +36,9 @@ pub fn combine_deltas(method: Method, tau: &Tensor, s: &TensorSettings) -> Resul
                 CombineFlags { frequency, sign_weighted: true, div_weight_mask: s.normalize, ..Default::default() };
             combine(tau, &s.weights, None, None, CombineMode::Ties, flags)
         }
-        (semantics, false) => {
+        (_, false) => {
             let sum: f32 = s.weights.iter().sum();
-            let div = if semantics == Semantics::Mergekit && s.normalize && sum.abs() >= 1e-8 { sum } else { 1.0 };
+            let div = if s.normalize && sum.abs() >= 1e-8 { sum } else { 1.0 };
             let coef: Vec<f32> = s.weights.iter().map(|w| w / div).collect();
             combine(tau, &coef, None, None, CombineMode::Sum, CombineFlags::default())
         }

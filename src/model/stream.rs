@@ -216,7 +216,7 @@ impl Layout {
             at += bytes;
         }
         let mut json = serde_json::to_vec(&obj).unwrap();
-        while (json.len() + 8) % 8 != 0 {
+        while !(json.len() + 8).is_multiple_of(8) {
             json.push(b' ');
         }
         let mut out = (json.len() as u64).to_le_bytes().to_vec();
