@@ -2,7 +2,7 @@
 //! adapters merged in memory (they are small), outputs written beside the old ones and swapped in.
 
 use super::{model_dir, open_device, DeviceArg};
-use localtune::merge::adapters::{merge_adapters, LoraOutput};
+use localtune::merge::adapters::{delta_w, merge_adapters, LoraOutput};
 use localtune::merge::folder::{merge_all, plan, FileSource, Recipe, TensorSource};
 use localtune::merge::params::Setting;
 use localtune::merge::{Method, Semantics, SignRule};
@@ -144,7 +144,8 @@ fn copy_side_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn layers_of(dir: &Path) -> usize {
+/// `num_hidden_layers` (or DistilBERT's `n_layers`) of a model folder's config.json.
+pub fn layers_of(dir: &Path) -> usize {
     std::fs::read_to_string(dir.join("config.json"))
         .ok()
         .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
@@ -413,17 +414,11 @@ pub fn fold(a: &FoldArgs) -> Result<()> {
                 .tensors
                 .get(&format!("{m}.lora_B.weight"))
                 .ok_or_else(|| Error::tensor(&files.tensors.origin, k, "has no lora_B"))?;
-            let (out_d, in_d, r) = (bt.shape[0], at.shape[1], at.shape[0]);
-            let mut d = vec![0.0f32; out_d * in_d];
-            for o in 0..out_d {
-                for q in 0..r {
-                    let b = bt.data[o * r + q] as f64 * c.scaling() as f64;
-                    for (x, &av) in d[o * in_d..(o + 1) * in_d].iter_mut().zip(&at.data[q * in_d..(q + 1) * in_d]) {
-                        *x += (b * av as f64) as f32;
-                    }
-                }
-            }
-            deltas.push((m.to_string(), HostTensor::new(vec![out_d, in_d], d)));
+            let (out_d, in_d) = (bt.shape[0], at.shape[1]);
+            deltas.push((
+                m.to_string(),
+                HostTensor::new(vec![out_d, in_d], delta_w(&files, m, c.scaling(), out_d, in_d)?),
+            ));
         }
     }
     let base = model_dir(&a.model)?;

@@ -2,21 +2,13 @@
 //! mergekit's semantics: `merge_method`, `base_model`, `models` (each `model` with `parameters`),
 //! global `parameters`, `dtype` / `out_dtype`. Model paths are local folders, relative to the recipe.
 
-use super::merge::{merge_model_folders, MergeArgs};
+use super::merge::{layers_of, merge_model_folders, MergeArgs};
 use super::open_device;
 use localtune::merge::folder::Recipe;
 use localtune::merge::params::Setting;
 use localtune::merge::{Method, Semantics};
 use localtune::{Error, Result};
 use std::path::{Path, PathBuf};
-
-fn layers_of(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|c| c.get("num_hidden_layers").or(c.get("n_layers")).and_then(|v| v.as_u64()))
-        .unwrap_or(1) as usize
-}
 
 pub fn run(file: &Path, a: &MergeArgs) -> Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| Error::file(file, e))?;

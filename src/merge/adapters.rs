@@ -313,7 +313,7 @@ pub async fn merge_adapters(
 }
 
 /// ΔW = s·B·A (out × in) of module `m` in adapter `a`, zero where it has none.
-fn delta_w(a: &AdapterFiles, m: &str, scaling: f32, out_d: usize, in_d: usize) -> Result<Vec<f32>> {
+pub fn delta_w(a: &AdapterFiles, m: &str, scaling: f32, out_d: usize, in_d: usize) -> Result<Vec<f32>> {
     let mut d = vec![0.0f32; out_d * in_d];
     let (Some(at), Some(bt)) =
         (a.tensors.tensors.get(&format!("{m}.lora_A.weight")), a.tensors.tensors.get(&format!("{m}.lora_B.weight")))
