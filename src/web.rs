@@ -311,14 +311,7 @@ pub async fn export_adapter() -> std::result::Result<js_sys::Array, JsError> {
         (s, r)
     })
     .await?;
-    let out = js_sys::Array::new();
-    for (name, bytes) in files {
-        let pair = js_sys::Array::new();
-        pair.push(&JsValue::from_str(name));
-        pair.push(&js_sys::Uint8Array::from(bytes.as_slice()).into());
-        out.push(&pair);
-    }
-    Ok(out)
+    Ok(files_to_js(&files))
 }
 
 /// Loads a saved adapter for evaluation and prediction. Returns {method, labels, head}.
@@ -341,6 +334,130 @@ pub fn load_adapter(
     })();
     put(s);
     r.map_err(|e| JsError::new(&e.to_string()))
+}
+
+/// Settings of `mergeAdapters`; absent values take the method's defaults.
+#[derive(Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct MergeSettings {
+    /// One per input, in input order.
+    weights: Option<Vec<f64>>,
+    density: Option<f64>,
+    lambda: Option<f64>,
+    temperature: Option<f64>,
+    /// The merged LoRA's rank (default: the largest input rank).
+    rank: Option<usize>,
+    seed: Option<u32>,
+}
+
+/// A string property of a JS object, if it has one.
+fn js_string(o: &JsValue, key: &str) -> Option<String> {
+    js_sys::Reflect::get(o, &JsValue::from_str(key)).ok().and_then(|v| v.as_string())
+}
+
+/// Files as an array of [name, Uint8Array] pairs.
+fn files_to_js(files: &[(&str, Vec<u8>)]) -> js_sys::Array {
+    let out = js_sys::Array::new();
+    for (name, bytes) in files {
+        let pair = js_sys::Array::new();
+        pair.push(&JsValue::from_str(name));
+        pair.push(&js_sys::Uint8Array::from(bytes.as_slice()).into());
+        out.push(&pair);
+    }
+    out
+}
+
+/// Merges saved adapters (of one method, for the loaded model) on the session's device. `adapters`:
+/// an array of {name, config, weights: Uint8Array, meta?} (a saved adapter's adapter_config.json,
+/// adapter_model.safetensors and localtune.json); `method`: a name of `merge::METHODS`; `settings`:
+/// JSON {weights?: […], density?, lambda?, temperature?, rank?, seed?}. LoRA updates are merged as
+/// ΔW and written back by truncated SVD. Returns {report: JSON {method, inputs, heads, adapters,
+/// labels, svd_relative_error_max, svd_relative_error_mean}, adapters: [files…]}, one array of
+/// [name, Uint8Array] pairs per merged adapter (one per task when the label sets differ).
+#[wasm_bindgen(js_name = mergeAdapters)]
+pub async fn merge_adapters(
+    adapters: js_sys::Array,
+    method: String,
+    settings: String,
+) -> std::result::Result<JsValue, JsError> {
+    use crate::merge::adapters::{merge_adapters, LoraOutput};
+    use crate::merge::folder::Recipe;
+    use crate::merge::params::Setting;
+    use crate::merge::{Method as MergeMethod, Semantics};
+    let names: Vec<String> = adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| js_string(&a, "name").unwrap_or_else(|| format!("adapter {}", i + 1)))
+        .collect();
+    let inputs = adapters
+        .iter()
+        .zip(&names)
+        .map(|(a, name)| {
+            let config =
+                js_string(&a, "config").ok_or_else(|| Error::invalid(format!("{name}: no adapter_config.json")))?;
+            let weights = js_sys::Reflect::get(&a, &JsValue::from_str("weights"))
+                .ok()
+                .filter(|w| w.is_instance_of::<js_sys::Uint8Array>())
+                .map(|w| js_sys::Uint8Array::new(&w).to_vec())
+                .ok_or_else(|| Error::invalid(format!("{name}: no adapter_model.safetensors")))?;
+            AdapterFiles::from_files(&config, &weights, js_string(&a, "meta").as_deref(), name)
+        })
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| JsError::new(&e.to_string()))?;
+    let (report, merged) = with_state(|s| async move {
+        let r = async {
+            let model = s.model.clone().ok_or_else(|| Error::invalid("load the model the adapters were trained on first"))?;
+            if inputs.len() < 2 {
+                return Err(Error::invalid("choose at least two adapters to merge"));
+            }
+            let st: MergeSettings =
+                serde_json::from_str(&settings).map_err(|e| Error::invalid(format!("merge settings: {e}")))?;
+            let method = MergeMethod::parse(&method)?;
+            let mut recipe = Recipe::new(method, inputs.len(), Semantics::Peft);
+            recipe.layers = model.encoder.config.num_hidden_layers;
+            recipe.seed = st.seed.unwrap_or(0);
+            if let Some(ws) = &st.weights {
+                if ws.len() != inputs.len() {
+                    return Err(Error::invalid(format!("{} weights for {} adapters", ws.len(), inputs.len())));
+                }
+                for (m, &w) in recipe.models.iter_mut().zip(ws) {
+                    m.insert("weight".into(), Setting::Number(w));
+                }
+            }
+            for (k, v) in [("density", st.density), ("lambda", st.lambda), ("temperature", st.temperature)] {
+                if let Some(v) = v {
+                    recipe.global.insert(k.into(), Setting::Number(v));
+                }
+            }
+            let dev = model.encoder.device.clone();
+            let m = merge_adapters(&recipe, &dev, &inputs, LoraOutput::Svd(st.rank), false, &[]).await?;
+            let files = m.adapters.iter().map(|a| a.to_files(&model.encoder.desc)).collect::<Result<Vec<_>>>()?;
+            let errs: Vec<f64> = m.svd_errors.iter().map(|e| e.1).collect();
+            let report = serde_json::json!({
+                "method": method.name(),
+                "inputs": names,
+                "heads": m.heads,
+                "adapters": m.adapters.len(),
+                "labels": m.adapters.iter().map(|a| a.labels.clone()).collect::<Vec<_>>(),
+                "svd_relative_error_max": errs.iter().copied().fold(0.0f64, f64::max),
+                "svd_relative_error_mean": if errs.is_empty() { 0.0 } else { errs.iter().sum::<f64>() / errs.len() as f64 },
+            });
+            Ok((json(report), files))
+        }
+        .await;
+        (s, r)
+    })
+    .await?;
+    let out = js_sys::Object::new();
+    let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&out, &JsValue::from_str(k), v);
+    let list = js_sys::Array::new();
+    for files in &merged {
+        list.push(&files_to_js(files));
+    }
+    set("report", &JsValue::from_str(&report))
+        .and(set("adapters", &list))
+        .map_err(|_| JsError::new("merge: could not build the result"))?;
+    Ok(out.into())
 }
 
 /// Sentence embeddings of `texts` (a JSON array of strings) under the model's own pooling:

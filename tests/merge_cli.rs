@@ -388,3 +388,119 @@ fn the_expected_fisher_of_the_head_bias_is_p_times_one_minus_p() {
         assert_close(k, &m.tensors[k].data, &t.data, 1e-6, 1e-5);
     }
 }
+
+/// Solves A x = b (n × n, dense, f64) by Gaussian elimination with partial pivoting.
+fn gauss(mut a: Vec<f64>, mut b: Vec<f64>, n: usize, m: usize) -> Vec<f64> {
+    for col in 0..n {
+        let piv = (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs())).unwrap();
+        for k in 0..n {
+            a.swap(col * n + k, piv * n + k);
+        }
+        for k in 0..m {
+            b.swap(col * m + k, piv * m + k);
+        }
+        for row in 0..n {
+            if row != col {
+                let f = a[row * n + col] / a[col * n + col];
+                for k in 0..n {
+                    a[row * n + k] -= f * a[col * n + k];
+                }
+                for k in 0..m {
+                    b[row * m + k] -= f * b[col * m + k];
+                }
+            }
+        }
+    }
+    (0..n * m).map(|i| b[i] / a[(i / m) * n + i / m]).collect()
+}
+
+#[test]
+fn regmean_solves_for_the_linear_weights_and_averages_the_rest() {
+    let root = tmp("regmean");
+    let dirs = tiny_family(&root);
+    let texts = [
+        ["the cat sat on the mat", "a dog ran", "hello world again"],
+        ["quick brown fox", "lazy dog sleeps all day", "one two three"],
+    ];
+    let mut data = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        let p = root.join(format!("data{i}.jsonl"));
+        std::fs::write(&p, t.iter().map(|x| format!("{{\"text\": \"{x}\", \"label\": \"a\"}}\n")).collect::<String>())
+            .unwrap();
+        data.push(p);
+    }
+    let out = root.join("merged");
+    let (ok, _, err) = lt(&[
+        "merge",
+        "--method",
+        "regmean",
+        s(&dirs[1]),
+        s(&dirs[2]),
+        "--regmean-data",
+        s(&data[0]),
+        s(&data[1]),
+        "--alpha",
+        "0.5",
+        "--out",
+        s(&out),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let merged = NamedTensors::load(&out.join("model.safetensors")).unwrap();
+    // The reference: Gram matrices of layer 1's input (hidden_states[1]) for its query weight.
+    let name = "encoder.layer.1.attention.self.query.weight";
+    let mut g_sum: Option<Vec<f64>> = None;
+    let mut r: Option<Vec<f64>> = None;
+    for (i, dir) in dirs[1..].iter().enumerate() {
+        let m = Model::load(dir, &localtune::Device::Cpu).unwrap();
+        let c = m.encoder.config.hidden_size;
+        let mut g = vec![0.0f64; c * c];
+        for t in texts[i] {
+            let enc = m.encode(&[t], 64).unwrap();
+            let (_, _, states) =
+                localtune::model::encoder::Hooks::none(|h| m.encoder.encode(&enc.inputs, h, None, false, true))
+                    .unwrap();
+            let x = host(&states[1]);
+            for row in x.chunks(c) {
+                for a in 0..c {
+                    for b in 0..c {
+                        g[a * c + b] += row[a] as f64 * row[b] as f64;
+                    }
+                }
+            }
+        }
+        for a in 0..c {
+            for b in 0..c {
+                if a != b {
+                    g[a * c + b] *= 0.5;
+                }
+            }
+        }
+        let w = &NamedTensors::load(&dir.join("model.safetensors")).unwrap().tensors[name];
+        let out_d = w.shape[0];
+        let gs = g_sum.get_or_insert(vec![0.0; c * c]);
+        gs.iter_mut().zip(&g).for_each(|(s, v)| *s += v);
+        let rr = r.get_or_insert(vec![0.0; c * out_d]);
+        for a in 0..c {
+            for o in 0..out_d {
+                rr[a * out_d + o] += (0..c).map(|b| g[a * c + b] * w.data[o * c + b] as f64).sum::<f64>();
+            }
+        }
+    }
+    let c = merged.tensors[name].shape[1];
+    let out_d = merged.tensors[name].shape[0];
+    let x = gauss(g_sum.unwrap(), r.unwrap(), c, out_d);
+    let want: Vec<f32> = (0..out_d * c).map(|i| x[(i % c) * out_d + i / c] as f32).collect();
+    assert_close("RegMean query weight", &merged.tensors[name].data, &want, 1e-4, 1e-3);
+    // A LayerNorm weight is the plain average.
+    let ln = "encoder.layer.1.output.LayerNorm.weight";
+    let a = NamedTensors::load(&dirs[1].join("model.safetensors")).unwrap();
+    let b = NamedTensors::load(&dirs[2].join("model.safetensors")).unwrap();
+    let avg: Vec<f32> = a.tensors[ln].data.iter().zip(&b.tensors[ln].data).map(|(x, y)| (x + y) / 2.0).collect();
+    assert_close(ln, &merged.tensors[ln].data, &avg, 1e-6, 1e-6);
+    // And it differs from the average where the data says so.
+    let q_avg: Vec<f32> = a.tensors[name].data.iter().zip(&b.tensors[name].data).map(|(x, y)| (x + y) / 2.0).collect();
+    let diff = merged.tensors[name].data.iter().zip(&q_avg).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(diff > 1e-3, "RegMean gave the plain average (max diff {diff})");
+}

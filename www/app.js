@@ -45,6 +45,8 @@ const state = {
   epochs: [],
   totalSteps: 0,
   lastAutosave: null,
+  merging: false,
+  merge: null, // {method, inputs, report, adapters, results}
 };
 window.__localtune = state; // for tests and the curious
 window.__localtuneCall = (cmd, args) => call(cmd, args); // the worker API, for tests
@@ -90,9 +92,13 @@ function refreshButtons() {
   $('try-run').disabled = !(ready && state.trained);
   $('sim-run').disabled = !ready;
   $('save-run').disabled = !(ready && state.trained);
+  const picked = document.querySelectorAll('#merge-list input:checked').length;
+  $('merge-run').disabled = !(ready && !state.merging && picked >= 2);
+  $('merge-save').disabled = !(state.merge && !state.merging);
+  $('merge-download').disabled = !(state.merge && !state.merging);
   // Nothing may change the model, the data or the settings under a running training.
   for (const id of ['model-load', 'model-files', 'model-folder', 'data-file', 'skip-bad']) $(id).disabled = state.training;
-  document.querySelectorAll('#examples button, #saved button, #step-settings input, #step-settings select').forEach((b) => {
+  document.querySelectorAll('#examples button, #saved button, #merge-list input, #step-settings input, #step-settings select').forEach((b) => {
     b.disabled = state.training;
   });
   $('drop').classList.toggle('disabled', state.training);
@@ -530,6 +536,7 @@ async function showSaved() {
       ),
     ),
   );
+  showMergeList(items);
   refreshButtons();
 }
 
@@ -545,21 +552,22 @@ async function readStored(name) {
   }
 }
 
+// A stored adapter's files as the worker's loadAdapter and merge take them.
+function adapterArgs(name, files) {
+  const file = (n) => files.find((f) => f.name === n)?.bytes;
+  const dec = new TextDecoder();
+  const meta = file('localtune.json');
+  if (!file('adapter_config.json') || !file('adapter_model.safetensors')) throw new Error(`“${name}” lacks adapter_config.json or adapter_model.safetensors`);
+  return { name, config: dec.decode(file('adapter_config.json')), weights: file('adapter_model.safetensors'), meta: meta ? dec.decode(meta) : null };
+}
+
 async function useAdapter(name) {
   clearError();
   if (!state.model) return showError('Load the model the adapter was trained on first.');
   const it = await readStored(name);
   if (!it) return;
-  const file = (n) => it.files.find((f) => f.name === n)?.bytes;
   try {
-    const dec = new TextDecoder();
-    const meta = file('localtune.json');
-    const info = await call('loadAdapter', {
-      name,
-      config: dec.decode(file('adapter_config.json')),
-      weights: file('adapter_model.safetensors'),
-      meta: meta ? dec.decode(meta) : null,
-    });
+    const info = await call('loadAdapter', adapterArgs(name, it.files));
     state.trained = true;
     refreshButtons();
     $('try-result').textContent = `Loaded “${name}” (${info.method}, labels ${info.labels.join(', ')}).`;
@@ -578,6 +586,168 @@ async function downloadAdapter(name) {
 async function deleteAdapter(name) {
   await storeDelete(name);
   await showSaved();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. merging saved adapters (in the worker, on this device)
+
+const MERGE_HELP = {
+  linear: 'A weighted average of the adapters’ updates (the weights are normalised to sum to 1).',
+  'task-arithmetic': 'Adds the adapters’ updates as task vectors, each times its weight, all times lambda.',
+  ties: 'Keeps each update’s largest entries (density), elects a sign per entry and averages the entries that agree with it.',
+  'dare-ties': 'Drops entries of each update at random (keeping density, rescaled), then elects signs and averages as TIES does.',
+  'dare-linear': 'Drops entries of each update at random (keeping density, rescaled) and adds what remains.',
+  'magnitude-prune': 'Keeps each update’s largest entries (density) and adds what remains.',
+  breadcrumbs: 'Drops both the few largest outliers and the smallest entries of each update (keeping density), then adds them.',
+  della: 'Drops entries at random with probabilities by magnitude (around density), rescales, then elects signs as TIES does.',
+  'model-stock': 'Averages the updates and scales the average by how well they agree (the angle between them); no settings.',
+  'delta-guided': 'Weights each entry of each update by its size, |Δ|^(1/temperature), so the adapter that moved it most counts most.',
+};
+
+function showMergeHelp() {
+  $('merge-help').textContent = MERGE_HELP[$('merge-method').value] || '';
+}
+
+function showMergeList(items) {
+  const was = new Set([...document.querySelectorAll('#merge-list input:checked')].map((x) => x.value));
+  const boxes = items
+    .filter((it) => it.name !== 'autosave')
+    .map((it) => {
+      const box = el('input', { type: 'checkbox', name: 'merge-input', value: it.name, onchange: refreshButtons });
+      box.checked = was.has(it.name);
+      return el('label', {}, box, ` ${it.name}`);
+    });
+  $('merge-list').replaceChildren(...(boxes.length ? boxes : [el('span', { class: 'hint' }, 'Save two or more adapters (step 6) to merge them.')]));
+}
+
+function mergeSettings() {
+  const num = (id) => ($(id).value.trim() === '' ? null : Number($(id).value));
+  const w = $('merge-weights').value.trim();
+  return {
+    weights: w === '' ? null : w.split(',').map((x) => Number(x.trim())),
+    density: num('merge-density'),
+    lambda: num('merge-lambda'),
+    temperature: num('merge-temperature'),
+    rank: num('merge-rank'),
+  };
+}
+
+// Loads one adapter's files as the active adapter and evaluates it on the loaded data.
+async function evaluateFiles(name, files) {
+  await call('loadAdapter', adapterArgs(name, files));
+  return call('evaluate');
+}
+
+function showMergeResults() {
+  const m = state.merge;
+  const dataName = state.data?.name || 'the loaded data';
+  const t = el('table', { class: 'merge-results' }, el('tr', {}, el('th', {}, 'adapter'), el('th', {}, `accuracy on ${dataName}`), el('th', {}, '')));
+  for (const r of m.results) {
+    const fill = el('span');
+    fill.style.width = `${((r.accuracy ?? 0) * 100).toFixed(1)}%`; // CSSOM: allowed under the page's CSP
+    t.append(
+      el(
+        'tr',
+        { class: r.merged ? 'merged' : '', 'data-name': r.name },
+        el('td', {}, r.merged ? el('strong', {}, r.name) : r.name),
+        el('td', {}, r.accuracy == null ? `– (${r.error})` : `${(r.accuracy * 100).toFixed(1)}%`),
+        el('td', {}, el('div', { class: 'bar' }, fill)),
+      ),
+    );
+  }
+  const rep = m.report;
+  const parts = [`${rep.method} merge of ${rep.inputs.join(', ')}; classifier heads ${rep.heads}`];
+  if (rep.svd_relative_error_max > 0) parts.push(`SVD truncation error mean ${rep.svd_relative_error_mean.toExponential(2)}, max ${rep.svd_relative_error_max.toExponential(2)}`);
+  $('merge-result').replaceChildren(el('div', { class: 'hint' }, parts.join(' · ')), state.data ? t : el('div', { class: 'hint' }, 'Load a data file (step 2) to compare accuracies.'));
+}
+
+async function mergeRun() {
+  if (state.merging) return;
+  clearError();
+  const names = [...document.querySelectorAll('#merge-list input:checked')].map((x) => x.value);
+  const method = $('merge-method').value;
+  state.merging = true;
+  state.merge = null;
+  refreshButtons();
+  const status = $('merge-status');
+  $('merge-result').textContent = '';
+  try {
+    const stored = [];
+    for (const n of names) {
+      const it = await readStored(n);
+      if (!it) return;
+      stored.push(it);
+    }
+    status.textContent = `merging ${names.length} adapters with ${method}…`;
+    const t0 = performance.now();
+    const r = await call('merge', { adapters: stored.map((it) => adapterArgs(it.name, it.files)), method, settings: mergeSettings() });
+    const secs = ((performance.now() - t0) / 1000).toFixed(1);
+    const mergedName = (i) => (r.adapters.length > 1 ? `merged (task ${i + 1})` : 'merged');
+    const results = [];
+    if (state.data) {
+      const todo = [...stored.map((it) => ({ name: it.name, files: it.files, merged: false })), ...r.adapters.map((files, i) => ({ name: mergedName(i), files, merged: true }))];
+      for (const [i, a] of todo.entries()) {
+        status.textContent = `merged in ${secs} s; evaluating ${i + 1}/${todo.length}: ${a.name}…`;
+        try {
+          const e = await evaluateFiles(a.name, a.files);
+          results.push({ name: a.name, merged: a.merged, accuracy: e.accuracy, macro_f1: e.macro_f1, n: e.n });
+        } catch (e) {
+          results.push({ name: a.name, merged: a.merged, accuracy: null, error: e.message });
+        }
+      }
+    }
+    // The merged adapter stays the active one: step 5 evaluates and classifies with it.
+    await call('loadAdapter', adapterArgs(mergedName(0), r.adapters[0]));
+    state.trained = true;
+    state.merge = { method, inputs: names, report: r.report, adapters: r.adapters, results };
+    showMergeResults();
+    status.textContent = `merged in ${secs} s${state.data ? '; evaluated' : ''}`;
+    document.body.dataset.merged = 'yes';
+  } catch (e) {
+    status.textContent = '';
+    showError(`Merging failed: ${e.message}`);
+  } finally {
+    state.merging = false;
+    refreshButtons();
+  }
+}
+
+function mergedName() {
+  return $('merge-name').value.trim() || `${state.merge.method}-merge-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-')}`;
+}
+
+async function mergeSave() {
+  clearError();
+  const m = state.merge;
+  if (!m) return;
+  const name = mergedName();
+  const merged = m.results.filter((r) => r.merged);
+  try {
+    for (const [i, files] of m.adapters.entries()) {
+      await storePut({
+        name: m.adapters.length > 1 ? `${name}-task-${i + 1}` : name,
+        created: Date.now(),
+        method: `${m.method} merge of ${m.inputs.join(' + ')}`,
+        labels: m.report.labels[i],
+        accuracy: merged[i]?.accuracy ?? null,
+        files: files.map(asStored),
+      });
+    }
+    $('merge-name').value = '';
+    await showSaved();
+  } catch (e) {
+    showError(`Could not save the merged adapter: ${e.message}`);
+  }
+}
+
+function mergeDownload() {
+  const m = state.merge;
+  if (!m) return;
+  const name = mergedName();
+  const entries = m.adapters.flatMap((files, i) =>
+    files.map((f) => ({ name: m.adapters.length > 1 ? `${name}/task-${i + 1}/${f.name}` : `${name}/${f.name}`, data: new Uint8Array(f.bytes) })),
+  );
+  download(`${name}.zip`, makeZip(entries), 'application/zip');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,6 +777,10 @@ $('eval-run').addEventListener('click', evaluate);
 $('try-run').addEventListener('click', tryText);
 $('try-text').addEventListener('keydown', (e) => e.key === 'Enter' && !$('try-run').disabled && tryText());
 $('save-run').addEventListener('click', saveAdapter);
+$('merge-method').addEventListener('change', showMergeHelp);
+$('merge-run').addEventListener('click', mergeRun);
+$('merge-save').addEventListener('click', mergeSave);
+$('merge-download').addEventListener('click', mergeDownload);
 
 // Offline use: the service worker keeps the last good copy of the app and the model.
 if ('serviceWorker' in navigator) {
@@ -614,6 +788,7 @@ if ('serviceWorker' in navigator) {
 }
 
 showMethodOptions();
+showMergeHelp();
 drawChart();
 refreshButtons();
 await startDevice();

@@ -87,13 +87,22 @@ const commands = {
   async loadAdapter({ config, weights, meta, name }) {
     return JSON.parse(lt.loadAdapter(config, new Uint8Array(weights), meta ?? undefined, name));
   },
+  // adapters: [{name, config, weights, meta}] (a saved adapter's three files); settings: {weights,
+  // density, lambda, temperature, rank}. Returns {report, adapters: [[{name, bytes}…]…]}, one file
+  // list per merged adapter (one per task when the label sets differ). Nothing is loaded: evaluate
+  // a merged adapter with loadAdapter + evaluate.
+  async merge({ adapters, method, settings }) {
+    const inputs = adapters.map((a) => ({ ...a, weights: new Uint8Array(a.weights), meta: a.meta ?? undefined }));
+    const r = await lt.mergeAdapters(inputs, method, JSON.stringify(settings || {}));
+    return { report: JSON.parse(r.report), adapters: r.adapters.map((files) => files.map(([name, bytes]) => ({ name, bytes }))) };
+  },
   async benchmark({ reps, trainBatch }) {
     return JSON.parse(await lt.benchmark(reps ?? 3, trainBatch ?? 16));
   },
 };
 
 // Commands that would change the model, the data or the run underneath a running training loop.
-const refusedWhileTraining = new Set(['init', 'loadModel', 'loadData', 'startTraining', 'train', 'loadAdapter', 'benchmark']);
+const refusedWhileTraining = new Set(['init', 'loadModel', 'loadData', 'startTraining', 'train', 'loadAdapter', 'merge', 'benchmark']);
 let broken = null;
 
 onmessage = async (e) => {

@@ -68,6 +68,15 @@ pub struct MergeArgs {
     /// Fisher merging: one Fisher file (from `localtune fisher`) per input, in input order.
     #[arg(long, num_args = 1..)]
     pub fishers: Vec<PathBuf>,
+    /// RegMean: one local data file per input (texts; CSV or JSONL), in input order.
+    #[arg(long, num_args = 1..)]
+    pub regmean_data: Vec<PathBuf>,
+    /// RegMean: texts used per input (the first N of each file).
+    #[arg(long, default_value_t = 100)]
+    pub regmean_examples: usize,
+    /// RegMean: scale of the Gram matrices' off-diagonal entries (default 0.1).
+    #[arg(long)]
+    pub alpha: Option<String>,
     /// A mergekit recipe (YAML or JSON): merge_method, base_model, models with parameters, parameters, dtype.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
@@ -190,6 +199,7 @@ fn recipe_of(a: &MergeArgs, method: Method, inputs: usize, layers: usize) -> Res
         ("epsilon", &a.epsilon, "--epsilon"),
         ("temperature", &a.temperature, "--temperature"),
         ("fisher_floor", &a.fisher_floor, "--fisher-floor"),
+        ("alpha", &a.alpha, "--alpha"),
     ] {
         if let Some(s) = setting(v, flag)? {
             r.global.insert(key.into(), s);
@@ -229,12 +239,14 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
     }
     let layers = layers_of(&a.inputs[0]);
     let recipe = recipe_of(a, method, a.inputs.len(), layers)?;
+    let grams = regmean_grams(a, &dev)?;
     let report = merge_model_folders(
         &recipe,
         &dev,
         a.base.as_deref(),
         &a.inputs,
         &a.fishers,
+        &grams,
         &a.out,
         dtype_of(&a.dtype)?,
         a.json,
@@ -258,6 +270,33 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
     Ok(())
 }
 
+/// RegMean's Gram matrices: each input model run on its own local texts.
+fn regmean_grams(
+    a: &MergeArgs,
+    dev: &localtune::Device,
+) -> Result<Vec<std::collections::BTreeMap<String, HostTensor>>> {
+    if a.regmean_data.is_empty() {
+        return Ok(vec![]);
+    }
+    if a.regmean_data.len() != a.inputs.len() {
+        return Err(Error::invalid(format!(
+            "--regmean-data has {} files for {} inputs",
+            a.regmean_data.len(),
+            a.inputs.len()
+        )));
+    }
+    a.inputs
+        .iter()
+        .zip(&a.regmean_data)
+        .map(|(dir, data)| {
+            let model = localtune::model::Model::load(dir, dev)?;
+            let ds = localtune::train::Dataset::load(data, false)?;
+            let texts: Vec<&str> = ds.examples.iter().take(a.regmean_examples).map(|e| e.text.as_str()).collect();
+            futures::executor::block_on(localtune::merge::regmean::grams(&model, &texts, 64))
+        })
+        .collect()
+}
+
 /// Streams a merge of model folders into `out` (atomically).
 #[allow(clippy::too_many_arguments)]
 pub fn merge_model_folders(
@@ -266,6 +305,7 @@ pub fn merge_model_folders(
     base: Option<&Path>,
     inputs: &[PathBuf],
     fishers: &[PathBuf],
+    grams: &[std::collections::BTreeMap<String, HostTensor>],
     out: &Path,
     dtype: safetensors::Dtype,
     quiet: bool,
@@ -298,6 +338,7 @@ pub fn merge_model_folders(
             base_src.as_mut().map(|b| b as &mut dyn TensorSource),
             &mut ins,
             &mut fs,
+            grams,
             |name, _shape, values| w.write(name, &values),
             |done, total| {
                 if tty {
@@ -658,7 +699,7 @@ pub fn bench(model: &Option<PathBuf>, json: bool, cpu_only: bool) -> Result<()> 
                 let heap = super::HeapProbe(std::sync::atomic::AtomicUsize::new(0));
                 heap.reset();
                 let start = std::time::Instant::now();
-                merge_model_folders(&recipe, dev, base, &inputs, &[], &out, safetensors::Dtype::F32, true)?;
+                merge_model_folders(&recipe, dev, base, &inputs, &[], &[], &out, safetensors::Dtype::F32, true)?;
                 let secs = start.elapsed().as_secs_f64();
                 let peak = heap.peak();
                 let gbs = (n * values * 4) as f64 / secs / 1e9;

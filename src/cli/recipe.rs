@@ -78,7 +78,7 @@ pub fn run(file: &Path, a: &MergeArgs) -> Result<()> {
     };
     let dev = open_device(a.device)?;
     let start = std::time::Instant::now();
-    let report = merge_model_folders(&recipe, &dev, base.as_deref(), &inputs, &a.fishers, &a.out, dtype, a.json)?;
+    let report = merge_model_folders(&recipe, &dev, base.as_deref(), &inputs, &a.fishers, &[], &a.out, dtype, a.json)?;
     let secs = start.elapsed().as_secs_f64();
     if a.json {
         println!(

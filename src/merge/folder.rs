@@ -86,7 +86,7 @@ pub struct Recipe {
 
 const PER_MODEL: &[&str] = &["weight", "density", "gamma", "epsilon"];
 const GLOBAL: &[&str] =
-    &["lambda", "t", "normalize", "rescale", "fisher_floor", "temperature", "int8_mask", "filter_wise"];
+    &["alpha", "lambda", "t", "normalize", "rescale", "fisher_floor", "temperature", "int8_mask", "filter_wise"];
 
 impl Recipe {
     pub fn new(method: Method, inputs: usize, semantics: Semantics) -> Recipe {
@@ -245,6 +245,7 @@ pub async fn merge_all(
     mut base: Option<&mut dyn TensorSource>,
     inputs: &mut [&mut dyn TensorSource],
     fishers: &mut [&mut dyn TensorSource],
+    grams: &[BTreeMap<String, HostTensor>],
     mut sink: impl FnMut(&str, &[usize], Vec<f32>) -> Result<()>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Report> {
@@ -259,8 +260,32 @@ pub async fn merge_all(
             inputs.len()
         )));
     }
+    if recipe.method == Method::RegMean && grams.len() != inputs.len() {
+        return Err(Error::invalid(format!(
+            "RegMean needs local data for each input: {} for {} inputs",
+            grams.len(),
+            inputs.len()
+        )));
+    }
     let mut report = Report::default();
     for (done, (name, shape)) in names.iter().enumerate() {
+        // RegMean: linear weights by the least-squares solve, the rest averaged below.
+        if recipe.method == Method::RegMean && shape.len() == 2 {
+            let gs: Option<Vec<&HostTensor>> = grams.iter().map(|g| super::regmean::gram_for(g, name)).collect();
+            if let Some(gs) = gs {
+                let ws: Vec<Vec<f32>> =
+                    inputs.iter_mut().map(|s| s.read(name).map(|t| t.data)).collect::<Result<_>>()?;
+                let refs: Vec<&[f32]> = ws.iter().map(|w| w.as_slice()).collect();
+                let alpha =
+                    recipe.global.get("alpha").and_then(|v| v.eval(name, position(name, recipe.layers))).unwrap_or(0.1);
+                let values = super::regmean::solve(name, &refs, &gs, shape[0], shape[1], alpha)?;
+                report.tensors += 1;
+                report.values += values.len();
+                sink(name, shape, values)?;
+                progress(done + 1, names.len());
+                continue;
+            }
+        }
         let s = recipe.settings_for(name);
         // A stack larger than the GPU can bind at once (4 inputs of a big embedding matrix on a
         // 128 MiB-binding adapter) is merged on the CPU device, the same ops in the same order.

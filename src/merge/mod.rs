@@ -14,6 +14,7 @@ pub mod linalg;
 pub mod linear;
 pub mod model_stock;
 pub mod params;
+pub mod regmean;
 pub mod slerp;
 pub mod sparsify;
 pub mod task_arithmetic;
@@ -100,7 +101,7 @@ impl Method {
         match self {
             Method::Ties | Method::Della => (true, self == Method::Della),
             Method::DareTies | Method::DareLinear | Method::DellaLinear => (false, true),
-            Method::Linear => (true, false),
+            Method::Linear | Method::RegMean => (true, false),
             _ => (false, false),
         }
     }
@@ -181,7 +182,7 @@ impl TensorSettings {
     pub fn new(method: Method, inputs: usize, semantics: Semantics) -> TensorSettings {
         let (normalize, rescale) = match semantics {
             Semantics::Mergekit => method.mergekit_defaults(),
-            Semantics::Peft => (method == Method::Linear, true),
+            Semantics::Peft => (matches!(method, Method::Linear | Method::RegMean), true),
         };
         TensorSettings {
             weights: vec![1.0; inputs],

@@ -1,8 +1,9 @@
 // End-to-end test of the web app in headless Chromium (Debian's package, driven by playwright-core):
 // load a tiny model, load data (a bad file first), train a few steps and check the loss falls,
-// evaluate, save an adapter, reload and find it, download it and parse its files — and fail on any
-// request that leaves the origin or on any request at all while data is loaded, training, evaluating
-// or saving. Screenshots go to test-output/browser/.
+// evaluate, save an adapter, train and save a second, merge the two (each input and the merged one
+// evaluated), reload and find them, download them and parse their files — and fail on any request
+// that leaves the origin or on any request at all while data is loaded, training, evaluating, saving
+// or merging. Screenshots go to test-output/browser/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -179,9 +180,97 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   await page.click('#save-run');
   await page.waitForSelector('#saved li[data-name="tiny-lora"]');
 
-  // No request at all while loading data, training, evaluating or saving.
-  const during = requests.filter((r) => ['embed', 'data', 'train', 'eval', 'save'].includes(r.phase));
-  assert.deepEqual(during, [], 'requests during embed/data/train/eval/save');
+  // A second, shorter run with another seed, saved too: two adapters to merge.
+  phase = 'train2';
+  await page.fill('#epochs', '2');
+  await page.fill('#seed', '1');
+  await page.click('#train-start');
+  await page.waitForFunction(() => /done: 12 steps/.test(document.querySelector('#train-status').textContent), null, { timeout: 15 * 60 * 1000 });
+  await page.fill('#save-name', 'tiny-lora-2');
+  await page.click('#save-run');
+  await page.waitForSelector('#saved li[data-name="tiny-lora-2"]');
+
+  // 7. merge the two in the page (TIES), on the device: each input and the merged adapter are
+  // evaluated on the loaded data, and the merged one stays loaded for step 5.
+  phase = 'merge';
+  await page.check('#merge-list input[value="tiny-lora"]');
+  await page.check('#merge-list input[value="tiny-lora-2"]');
+  await page.selectOption('#merge-method', 'ties');
+  assert.match(await page.textContent('#merge-help'), /sign/);
+  await page.fill('#merge-density', '0.5');
+  await page.click('#merge-run');
+  await page.waitForSelector('body[data-merged=yes]', { timeout: 10 * 60 * 1000 });
+  assert.equal(await page.isHidden('#error'), true, await page.textContent('#error'));
+  await shot('4b-merged');
+  const merged = await page.evaluate(() => {
+    const m = window.__localtune.merge;
+    const st = m.adapters[0].find((f) => f.name === 'adapter_model.safetensors').bytes;
+    const len = Number(new DataView(st.buffer, st.byteOffset, 8).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(st.subarray(8, 8 + len)));
+    return { report: m.report, results: m.results, files: m.adapters[0].map((f) => f.name), header };
+  });
+  console.log(`merge: ${JSON.stringify(merged.report)}; accuracy ${merged.results.map((r) => `${r.name} ${r.accuracy}`).join(', ')}`);
+  assert.equal(merged.report.method, 'ties');
+  assert.equal(merged.report.heads, 'merged');
+  assert.deepEqual([...merged.report.inputs].sort(), ['tiny-lora', 'tiny-lora-2']);
+  assert.ok(merged.report.svd_relative_error_max >= 0 && merged.report.svd_relative_error_max < 1, `SVD error ${merged.report.svd_relative_error_max}`);
+  assert.deepEqual(merged.files.sort(), ['adapter_config.json', 'adapter_model.safetensors', 'localtune.json']);
+  assert.deepEqual(merged.header['base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight'].shape, [8, 16]);
+  assert.deepEqual(merged.results.map((r) => [r.name, r.merged]), [...merged.report.inputs.map((n) => [n, false]), ['merged', true]]);
+  for (const r of merged.results) assert.ok(r.accuracy >= 0 && r.accuracy <= 1 && r.n === 60, `${r.name}: ${JSON.stringify(r)}`);
+  assert.equal(await page.locator('#merge-result tr.merged .bar > span').count(), 1);
+  // The existing evaluation path evaluates the merged adapter (now the active one).
+  await page.click('#eval-run');
+  await page.waitForFunction(() => /accuracy/.test(document.querySelector('#eval-result').textContent), null, { timeout: 120000 });
+  const evalAcc = await page.evaluate(() => window.__localtune.lastEval.accuracy);
+  assert.ok(Math.abs(evalAcc - merged.results[2].accuracy) < 1e-9, `step 5 on the merged adapter: ${evalAcc}`);
+  // The worker API merges too (task arithmetic, rank 4), and refuses a single adapter with a clear message.
+  const direct = await page.evaluate(async () => {
+    const dec = (b) => new TextDecoder().decode(b);
+    const read = (name) => new Promise((resolve, reject) => {
+      const r = indexedDB.open('localtune', 1);
+      r.onsuccess = () => {
+        const g = r.result.transaction('adapters').objectStore('adapters').get(name);
+        g.onsuccess = () => resolve(g.result);
+        g.onerror = () => reject(g.error);
+      };
+    });
+    const args = async (name) => {
+      const it = await read(name);
+      const f = (n) => it.files.find((x) => x.name === n).bytes;
+      return { name, config: dec(f('adapter_config.json')), weights: f('adapter_model.safetensors'), meta: dec(f('localtune.json')) };
+    };
+    const adapters = [await args('tiny-lora'), await args('tiny-lora-2')];
+    const r = await window.__localtuneCall('merge', { adapters, method: 'task-arithmetic', settings: { weights: [0.5, 0.5], lambda: 1, rank: 4 } });
+    const config = JSON.parse(dec(r.adapters[0].find((f) => f.name === 'adapter_config.json').bytes));
+    let refused = null;
+    try {
+      await window.__localtuneCall('merge', { adapters: adapters.slice(0, 1), method: 'ties', settings: {} });
+    } catch (e) {
+      refused = e.message;
+    }
+    return { report: r.report, r: config.r, refused };
+  });
+  assert.equal(direct.report.method, 'task-arithmetic');
+  assert.equal(direct.r, 4);
+  assert.match(direct.refused, /at least two/);
+  await page.fill('#merge-name', 'tiny-merged');
+  await page.click('#merge-save');
+  await page.waitForSelector('#saved li[data-name="tiny-merged"]');
+
+  // No request at all while loading data, training, evaluating, saving or merging.
+  const during = requests.filter((r) => ['embed', 'data', 'train', 'eval', 'save', 'train2', 'merge'].includes(r.phase));
+  assert.deepEqual(during, [], 'requests during embed/data/train/eval/save/merge');
+
+  // The merged adapter downloads as PEFT files.
+  phase = 'merge-download';
+  await page.fill('#merge-name', 'tiny-merged');
+  const [mergedDownload] = await Promise.all([page.waitForEvent('download'), page.click('#merge-download')]);
+  const mergedZip = path.join(out, 'tiny-merged.zip');
+  await mergedDownload.saveAs(mergedZip);
+  const mergedFiles = unzip(fs.readFileSync(mergedZip));
+  assert.equal(JSON.parse(mergedFiles['tiny-merged/adapter_config.json'].toString()).peft_type, 'LORA');
+  assert.ok(mergedFiles['tiny-merged/adapter_model.safetensors'].length > 0);
 
   // Reload: the adapter is still there, and downloads as PEFT files.
   phase = 'reload';
