@@ -2,7 +2,9 @@
 //!
 //! Layout: `gpu` and `cpu` are the two devices; `ops` are the operations both share (shape checks,
 //! then dispatch); `tensor` holds tensors and the `Device` enum; `model` loads and runs BERT-family
-//! encoders.
+//! encoders;
+//! `peft` the fine-tuning methods; `train` the loop; `merge` model and adapter merging; `transfer`
+//! ranking sources and distilling from them; `linalg` small host linear algebra both share.
 
 // Natively the GPU handles are Send + Sync and Arc shares them across threads; in the browser they are
 // single-threaded JS objects and the Arc is only shared ownership.
@@ -14,6 +16,7 @@ pub mod cpu;
 pub mod desc;
 pub mod error;
 pub mod gpu;
+pub mod linalg;
 pub mod merge;
 pub mod model;
 pub mod ops;
@@ -23,6 +26,7 @@ pub mod rng;
 pub mod serve;
 pub mod tensor;
 pub mod train;
+pub mod transfer;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -16,6 +16,7 @@ fn main() {
 mod cli {
     mod merge;
     mod recipe;
+    mod transfer;
 
     use clap::{Parser, Subcommand, ValueEnum};
     use localtune::bench;
@@ -111,6 +112,14 @@ mod cli {
         Fisher(merge::FisherArgs),
         /// Fold a LoRA adapter into its base model: a standalone BertForSequenceClassification folder.
         Fold(merge::FoldArgs),
+        /// Rank source adapters by how well they should transfer to labelled target data, before
+        /// training on them: LogME on each source-adapted model's features, LEEP and NCE on its
+        /// predictions (label spaces may differ); best first, with a greedy ensemble of k sources.
+        RankSources(Box<transfer::RankArgs>),
+        /// Train a student (any --method) on the target's few labels and unlabelled texts against the
+        /// soft predictions of source adapters: the best-ranked one (nearest) or all weighted by their
+        /// scores (weighted).
+        Distill(Box<transfer::DistillArgs>),
         /// Serve the web app on 127.0.0.1 with the default model and the example data.
         Serve {
             /// Port on 127.0.0.1 (0 picks a free one).
@@ -165,8 +174,16 @@ mod cli {
         #[arg(long)]
         data: PathBuf,
         /// lora | ia3 | adapter | parallel-adapter | prefix | mam (prefix + parallel adapter) | bitfit | head
+        /// | scalearn | scalearn-uniform | scalearn++ | scalearn-uniform++ (over --sources)
         #[arg(long, default_value = "lora")]
         method: String,
+        /// ScaLearn: the frozen source adapters (folders) whose outputs it learns to scale; distill:
+        /// the teachers.
+        #[arg(long, num_args = 1..)]
+        sources: Vec<PathBuf>,
+        /// ScaLearn: dropout on the scales while training.
+        #[arg(long, default_value_t = 0.3)]
+        scalearn_dropout: f32,
         /// Where the adapter is written (adapter_config.json, adapter_model.safetensors, localtune.json).
         #[arg(long)]
         out: PathBuf,
@@ -342,6 +359,8 @@ mod cli {
             Command::Merge(a) => merge::merge(&a),
             Command::Fold(a) => merge::fold(&a),
             Command::Fisher(a) => merge::fisher(&a),
+            Command::RankSources(a) => transfer::rank_sources(&a),
+            Command::Distill(a) => transfer::distill(&a),
             Command::Serve { port, www, model, data, tiny, no_default_model } => {
                 serve(port, www, model, data, tiny, no_default_model)
             }
@@ -843,6 +862,7 @@ mod cli {
                     adapter_scaling: a.adapter_scaling,
                     adapter_placement: a.adapter_placement.clone(),
                     prefix_length: a.prefix_length,
+                    scalearn_dropout: a.scalearn_dropout,
                 },
                 epochs: a.epochs,
                 batch: a.batch,
@@ -863,7 +883,7 @@ mod cli {
             settings_of(a).method.build()
         }
 
-        fn load_data(path: &Path, skip: bool) -> Result<Dataset> {
+        pub fn load_data(path: &Path, skip: bool) -> Result<Dataset> {
             let ds = Dataset::load(path, skip)?;
             if !ds.skipped.is_empty() {
                 eprintln!(
@@ -883,9 +903,23 @@ mod cli {
         }
 
         pub fn train(a: &TrainArgs) -> Result<()> {
+            train_with(a, None)
+        }
+
+        /// Extra training texts and a target distribution (n × K) for every training example, given
+        /// the model, the labelled training examples and the labels: distillation's teachers.
+        pub type SoftTargets<'a> = &'a dyn Fn(&Model, &Examples, &[String]) -> Result<(Vec<String>, Vec<f32>)>;
+
+        /// `train`, with the labels replaced by soft targets when `soft` is given.
+        pub fn train_with(a: &TrainArgs, soft: Option<SoftTargets>) -> Result<()> {
             check_max_len(a.model.max_len)?;
-            let config = settings_of(a).train_config()?;
+            let mut config = settings_of(a).train_config()?;
             let dir = model_dir(&a.model.model)?;
+            if let Some(c) = config.method.scalearn_mut() {
+                if a.resume.is_none() {
+                    *c = super::transfer::with_sources(c.clone(), &a.sources, &dir)?;
+                }
+            }
             let dev = open_device(a.device)?;
             let model = std::rc::Rc::new(Model::load(&dir, &dev)?);
             let data = load_data(&a.data, a.skip_bad_rows)?;
@@ -894,8 +928,23 @@ mod cli {
             if labels.len() < 2 {
                 return Err(Error::file(&a.data, format!("needs at least 2 distinct labels, found {labels:?}")));
             }
-            let train = Examples::from_dataset(&train_ds, &labels)?;
+            let mut train = Examples::from_dataset(&train_ds, &labels)?;
             let valid = Examples::from_dataset(&valid_ds, &labels)?;
+            let targets = match soft {
+                Some(f) => {
+                    let (extra, targets) = f(&model, &train, &labels)?;
+                    let k = labels.len();
+                    let n_labelled = train.len();
+                    train.texts.extend(extra);
+                    // An unlabelled text's label is its target's argmax (only the targets train).
+                    for i in n_labelled..train.texts.len() {
+                        let row = &targets[i * k..(i + 1) * k];
+                        train.labels.push(localtune::train::metrics::argmax_rows(row, k)[0]);
+                    }
+                    Some(targets)
+                }
+                None => None,
+            };
             let mut trainer = match &a.resume {
                 Some(ck) => {
                     let t = Trainer::resume(model.clone(), &CheckpointFiles::load(ck)?, train, valid)?;
@@ -910,6 +959,9 @@ mod cli {
                 }
                 None => Trainer::new(model.clone(), config, labels, train, valid)?,
             };
+            if let Some(t) = targets {
+                trainer.set_soft_targets(t)?;
+            }
             let base_name = dir.display().to_string();
             eprintln!(
                 "{} on {}: {} trainable values, {} training / {} validation examples, labels {:?}",

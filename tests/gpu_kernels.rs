@@ -394,3 +394,93 @@ fn relu_dropout_and_prefix() {
         compare(&format!("{what} dprefix"), &gg, &gc, 1e-5, 1e-5);
     }
 }
+
+#[test]
+fn scalearn_combination_and_gradient() {
+    use localtune::ops::scalearn;
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(21);
+    // Odd shapes; vector ω (S, cols) and scalar ω (S, 1); more than one workgroup of rows and columns.
+    for &(rows, cols, sources) in &[(1, 1, 1), (3, 5, 2), (37, 300, 3), (130, 7, 4), (5, 257, 1)] {
+        for scalar in [false, true] {
+            let wcols = if scalar { 1 } else { cols };
+            let w = r.vec(sources * wcols, 1.0);
+            let (wc, wg) = pair(&w, &[sources, wcols], &gpu);
+            let y0 = r.vec(rows * cols, 1.0);
+            let (mut yc, mut yg) = pair(&y0, &[rows, cols], &gpu);
+            let mut ac = vec![];
+            let mut ag = vec![];
+            for s in 0..sources {
+                let (a_c, a_g) = pair(&r.vec(rows * cols, 1.0), &[rows, cols], &gpu);
+                scalearn::scale(Some(&mut yc), &a_c, &wc, s).unwrap();
+                scalearn::scale(Some(&mut yg), &a_g, &wg, s).unwrap();
+                ac.push(a_c);
+                ag.push(a_g);
+            }
+            let what = format!("{rows}x{cols}, {sources} sources, scalar {scalar}");
+            compare(&format!("combination {what}"), &yg, &yc, 1e-5, 1e-5);
+            // The CPU twin against the definition y0 + Σ_s ω_s ⊙ a_s.
+            let want: Vec<f32> = (0..rows * cols)
+                .map(|i| {
+                    let c = i % cols;
+                    y0[i]
+                        + (0..sources).map(|s| w[s * wcols + if scalar { 0 } else { c }] * host(&ac[s])[i]).sum::<f32>()
+                })
+                .collect();
+            assert_close(&format!("definition {what}"), &host(&yc), &want, 1e-5, 1e-5);
+            let dout = r.vec(rows * cols, 1.0);
+            let (dc, dg) = pair(&dout, &[rows, cols], &gpu);
+            let da_c = scalearn::scale(None, &dc, &wc, sources - 1).unwrap().unwrap();
+            let da_g = scalearn::scale(None, &dg, &wg, sources - 1).unwrap().unwrap();
+            compare(&format!("source gradient {what}"), &da_g, &da_c, 1e-6, 1e-6);
+            let (mut gwc, mut gwg) = pair(&r.vec(sources * wcols, 1.0), &[sources, wcols], &gpu);
+            let before = host(&gwc);
+            for s in 0..sources {
+                scalearn::grad(&mut gwc, &dc, &ac[s], s).unwrap();
+                scalearn::grad(&mut gwg, &dg, &ag[s], s).unwrap();
+            }
+            compare(&format!("omega gradient {what}"), &gwg, &gwc, 1e-4, 1e-4);
+            let want: Vec<f32> = (0..sources * wcols)
+                .map(|j| {
+                    let (s, c) = (j / wcols, j % wcols);
+                    let a = host(&ac[s]);
+                    before[j]
+                        + (0..rows * cols)
+                            .filter(|i| scalar || i % cols == c)
+                            .map(|i| (dout[i] as f64 * a[i] as f64) as f32)
+                            .sum::<f32>()
+                })
+                .collect();
+            assert_close(&format!("omega gradient definition {what}"), &host(&gwc), &want, 1e-4, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn soft_cross_entropy_loss_and_gradient() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(23);
+    for &(b, k) in &[(1, 2), (7, 3), (65, 5)] {
+        let logits = r.vec(b * k, 4.0);
+        let mut q: Vec<f32> = (0..b * k).map(|_| r.uniform() as f32).collect();
+        for row in q.chunks_mut(k) {
+            let s: f32 = row.iter().sum();
+            row.iter_mut().for_each(|v| *v /= s);
+        }
+        let (lc, lg) = pair(&logits, &[b, k], &gpu);
+        let (qc, qg) = pair(&q, &[b, k], &gpu);
+        let (losc, dc) = ops::soft_cross_entropy(&lc, &qc, 0.5).unwrap();
+        let (losg, dg) = ops::soft_cross_entropy(&lg, &qg, 0.5).unwrap();
+        compare(&format!("soft ce loss {b}x{k}"), &losg, &losc, 1e-5, 1e-5);
+        compare(&format!("soft ce dlogits {b}x{k}"), &dg, &dc, 1e-6, 1e-5);
+        // A one-hot target is the ordinary cross-entropy.
+        let labels: Vec<u32> = (0..b).map(|_| r.below(k as u32)).collect();
+        let hot: Vec<f32> = (0..b * k).map(|i| (labels[i / k] as usize == i % k) as u8 as f32).collect();
+        let hc = Device::Cpu.tensor(&hot, &[b, k]).unwrap();
+        let yc = Device::Cpu.tensor_u32(&labels, &[b]).unwrap();
+        let (l1, d1) = ops::soft_cross_entropy(&lc, &hc, 0.5).unwrap();
+        let (l2, d2) = ops::cross_entropy(&lc, &yc, &labels, 0.5).unwrap();
+        assert_close("one-hot loss", &host(&l1), &host(&l2), 1e-5, 1e-5);
+        assert_close("one-hot dlogits", &host(&d1), &host(&d2), 1e-6, 1e-5);
+    }
+}

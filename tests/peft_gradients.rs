@@ -8,10 +8,11 @@ use localtune::model::hooks::Dropout;
 use localtune::model::tiny::tiny_model;
 use localtune::model::Model;
 use localtune::ops;
+use localtune::peft::scalearn::SourceFiles;
 use localtune::peft::Classifier;
 use localtune::peft::{
     Activation, Adapted, AdapterConfig, BitfitConfig, HeadKind, HeadOnly, Ia3Config, LoraConfig, MamConfig, Method,
-    ParallelConfig, Placement, PrefixConfig, Target,
+    MethodOptions, ParallelConfig, Placement, PrefixConfig, Target,
 };
 use localtune::rng::Rng as LRng;
 use localtune::Device;
@@ -19,7 +20,7 @@ use localtune::Device;
 /// The methods for the finite-difference checks: smooth activations only (a ReLU kink within the
 /// step would spoil the difference quotient; ReLU adapters are covered by the GPU-vs-CPU test).
 fn smooth_methods() -> Vec<(&'static str, Method)> {
-    methods().into_iter().filter(|(n, _)| *n != "adapter").collect()
+    methods().into_iter().filter(|(n, _)| *n != "adapter" && !n.contains("relu")).collect()
 }
 
 fn methods() -> Vec<(&'static str, Method)> {
@@ -29,6 +30,11 @@ fn methods() -> Vec<(&'static str, Method)> {
         scaling: 1.0,
         placement: Placement::Houlsby,
     };
+    let gelu = AdapterConfig { activation: Activation::Gelu, ..adapter.clone() };
+    let pfeiffer = Method::Adapter(AdapterConfig { placement: Placement::Pfeiffer, ..gelu.clone() });
+    let houlsby = Method::Adapter(AdapterConfig { scaling: 2.0, ..gelu.clone() });
+    let relu = Method::Adapter(AdapterConfig { placement: Placement::Pfeiffer, ..adapter.clone() });
+    let lora = Method::Lora(LoraConfig::new(2, 4.0, &[Target::Query, Target::Value, Target::Output]));
     vec![
         ("lora q,v", Method::Lora(LoraConfig::new(2, 4.0, &[Target::Query, Target::Value]))),
         (
@@ -60,7 +66,32 @@ fn methods() -> Vec<(&'static str, Method)> {
         ),
         ("bitfit", Method::Bitfit(BitfitConfig {})),
         ("head", Method::Head(HeadOnly {})),
+        ("scalearn over 2 pfeiffer gelu adapters", scalearn("scalearn", &[pfeiffer.clone(), pfeiffer.clone()])),
+        ("scalearn-uniform over 3 LoRAs", scalearn("scalearn-uniform", &[lora.clone(), lora.clone(), lora.clone()])),
+        ("scalearn++ over 2 houlsby gelu adapters", scalearn("scalearn++", &[houlsby.clone(), houlsby])),
+        ("scalearn-uniform++ over 2 LoRAs", scalearn("scalearn-uniform++", &[lora.clone(), lora])),
+        ("scalearn++ over 2 pfeiffer relu adapters", scalearn("scalearn++", &[relu.clone(), relu])),
     ]
+}
+
+/// A source adapter for ScaLearn: `method` on the tiny model with random (non-zero) tensors.
+fn source(method: &Method, seed: u64) -> SourceFiles {
+    let cpu = Device::Cpu;
+    let model = tiny_model(&cpu, 7).unwrap();
+    let mut a = Adapted::init(&model.encoder, method, 2, seed).unwrap();
+    randomise(&mut a, &cpu, seed);
+    let t = futures::executor::block_on(a.params.to_host("source")).unwrap();
+    let labels = vec!["neg".to_string(), "pos".to_string()];
+    (format!("source {seed}"), method.clone(), labels, model.encoder.desc.arch.to_string(), t)
+}
+
+/// The ScaLearn variant `name` over `sources`.
+fn scalearn(name: &str, sources: &[Method]) -> Method {
+    let mut m = MethodOptions { method: name.into(), ..Default::default() }.build().unwrap();
+    let files = sources.iter().enumerate().map(|(i, s)| source(s, 20 + i as u64)).collect();
+    let c = m.scalearn().unwrap().clone().with_sources(files).unwrap();
+    *m.scalearn_mut().unwrap() = c;
+    m
 }
 
 const TEXTS: [&str; 3] = ["the movie was great!", "awful food", "i really love this place, it is the best"];
@@ -163,6 +194,10 @@ fn gradients_with_dropout_match_finite_differences() {
     check_method("lora with dropout", &lora, HeadKind::Pooler, Some(&d));
     check_method("prefix with dropout", &Method::Prefix(PrefixConfig { length: 2 }), HeadKind::Mean, Some(&d));
     check_method("bitfit with dropout", &Method::Bitfit(BitfitConfig {}), HeadKind::Pooler, Some(&d));
+    // ScaLearn's dropout on ω (0.3 by default) is on whenever a step has dropout.
+    for (name, m) in smooth_methods().into_iter().filter(|(n, _)| n.starts_with("scalearn")) {
+        check_method(&format!("{name} with dropout on ω"), &m, HeadKind::Mean, Some(&d));
+    }
 }
 
 #[test]
@@ -197,8 +232,8 @@ fn fresh_adapters_leave_the_model_unchanged() {
     let head_only = Adapted::init(&model.encoder, &Method::Head(HeadOnly {}), 2, 1).unwrap();
     let base = run(&model, &Method::Head(HeadOnly {}), HeadKind::Pooler, &head_only, None).logits;
     for (name, m) in methods() {
-        if matches!(m, Method::Prefix(_) | Method::Mam(_)) {
-            continue; // prefix rows change attention from the start
+        if matches!(m, Method::Prefix(_) | Method::Mam(_)) || m.scalearn().is_some() {
+            continue; // prefix rows change attention from the start; ScaLearn starts from its sources
         }
         let p = Adapted::init(&model.encoder, &m, 2, 1).unwrap();
         let got = run(&model, &m, HeadKind::Pooler, &p, None).logits;

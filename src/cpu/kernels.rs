@@ -455,6 +455,37 @@ pub fn crossentropy<T: Real>(
     }
 }
 
+/// Cross-entropy against target distributions `q` (B, K): the twin of `crossentropy_soft`.
+pub fn crossentropy_soft<T: Real>(
+    loss: &mut [T],
+    dlogits: &mut [T],
+    logits: &[T],
+    q: &[T],
+    classes: usize,
+    grad_scale: f32,
+) {
+    let gs = T::from_f64(grad_scale as f64);
+    for (b, ((lr, dr), qr)) in
+        logits.chunks_exact(classes).zip(dlogits.chunks_exact_mut(classes)).zip(q.chunks_exact(classes)).enumerate()
+    {
+        let mut mx = lr[0];
+        for &v in lr {
+            mx = mx.max(v);
+        }
+        let mut s = T::zero();
+        for &v in lr {
+            s += (v - mx).exp();
+        }
+        let lse = mx + s.ln();
+        let mut l = T::zero();
+        for k in 0..classes {
+            l += qr[k] * (lse - lr[k]);
+            dr[k] = gs * ((lr[k] - lse).exp() - qr[k]);
+        }
+        loss[b] = l;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // optimiser and reductions
 

@@ -34,6 +34,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("pool", include_str!("../../shaders/pool.wgsl")),
     ("prefix", include_str!("../../shaders/prefix.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
+    ("scalearn", include_str!("../../shaders/scalearn.wgsl")),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
 ];
 

@@ -11,8 +11,9 @@
 use std::collections::BTreeMap;
 
 use super::folder::Recipe;
-use super::{linalg, merge_tensor, Method, Semantics, TensorInputs};
+use super::{merge_tensor, Method, Semantics, TensorInputs};
 use crate::error::{Error, Result};
+use crate::linalg;
 use crate::model::weights::{HostTensor, NamedTensors};
 use crate::peft::format::AdapterFiles;
 use crate::peft::{LoraConfig, Method as PeftMethod};

@@ -10,7 +10,6 @@ pub mod adapters;
 pub mod delta_guided;
 pub mod fisher;
 pub mod folder;
-pub mod linalg;
 pub mod linear;
 pub mod model_stock;
 pub mod params;

@@ -104,7 +104,7 @@ pub fn solve(
             }
         }
     }
-    let x = super::linalg::spd_solve(&g_sum, in_d, &r, out_d).ok_or_else(|| {
+    let x = crate::linalg::spd_solve(&g_sum, in_d, &r, out_d).ok_or_else(|| {
         Error::invalid(format!("{name}: the summed Gram matrix is not positive definite (too little data?)"))
     })?;
     // W* = Xᵀ.

@@ -5,6 +5,7 @@
 mod attention;
 pub mod merge;
 pub mod params;
+pub mod scalearn;
 
 pub use attention::{attention, attention_backward, attention_masked, AttnMask};
 
@@ -932,6 +933,37 @@ pub fn cross_entropy(
                 &[&loss, &dlogits],
                 Grid::Fixed([groups(b, 64) as u32, 1, 1]),
             )?;
+        }
+    }
+    Ok((loss, dlogits))
+}
+
+/// Cross-entropy against target distributions: logits (B, K), targets (B, K) with rows summing to 1
+/// → (per-row loss (B), dlogits (B, K) scaled by `grad_scale`). Distillation's loss.
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor, grad_scale: f32) -> Result<(Tensor, Tensor)> {
+    let op = "soft_cross_entropy";
+    let (b, k) = rows_cols(op, logits)?;
+    want_f32(op, "logits", logits)?;
+    want_f32(op, "targets", targets)?;
+    if targets.shape() != logits.shape() {
+        return Err(Error::shape(
+            op,
+            format!("targets {:?} do not match logits {:?}", targets.shape(), logits.shape()),
+        ));
+    }
+    let dev = device_of(op, &[logits, targets])?;
+    let mut loss = dev.uninit(op, &[b])?;
+    let mut dlogits = dev.uninit(op, &[b, k])?;
+    match &dev {
+        Device::Cpu => {
+            let mut lv = vec![0.0; b];
+            cpu::crossentropy_soft(&mut lv, dlogits.cpu_f32_mut(), logits.cpu_f32(), targets.cpu_f32(), k, grad_scale);
+            loss.cpu_f32_mut().copy_from_slice(&lv);
+        }
+        Device::Gpu(g) => {
+            let p = CrossEntropyParams { batch: b as u32, classes: k as u32, grad_scale, _pad: 0 };
+            let grid = Grid::Fixed([groups(b, 64) as u32, 1, 1]);
+            launch(g, op, "crossentropy_soft", &p, &[logits, targets], &[&loss, &dlogits], grid)?;
         }
     }
     Ok((loss, dlogits))

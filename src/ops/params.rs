@@ -52,6 +52,7 @@ layouts! {
     "pool" => PoolParams,
     "prefix" => PrefixParams,
     "reduce" => ReduceParams,
+    "scalearn" => ScaLearnParams,
     "softmax" => SoftmaxParams,
 }
 
@@ -209,6 +210,15 @@ params_struct! {
         pub seed: u32,
         pub scale: f32,
         pub aux: f32,
+    }
+}
+
+params_struct! {
+    pub struct ScaLearnParams {
+        pub rows: u32,
+        pub cols: u32,
+        pub source: u32,
+        pub flags: u32,
     }
 }
 

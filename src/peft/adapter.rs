@@ -74,7 +74,7 @@ impl MethodKind for AdapterConfig {
 }
 
 /// The key prefix of the module an adapter at `b` belongs to in layer `l`.
-fn adapter_parent(desc: &LayerDesc, l: usize, b: Branch) -> String {
+pub(crate) fn adapter_parent(desc: &LayerDesc, l: usize, b: Branch) -> String {
     let t = if b == Branch::AttnOutput { Target::AttnOut } else { Target::Output };
     format!("{}.{}", layer_key(desc, l), parent(desc.module(t)))
 }
@@ -114,7 +114,7 @@ impl Bottleneck {
     }
 
     /// Backward of `forward` for the gradient `dout` of its output: accumulates the adapter's
-    /// gradients and adds the input gradient to `dh`.
+    /// gradients into `g` (none for a frozen adapter) and adds the input gradient to `dh`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
@@ -124,15 +124,24 @@ impl Bottleneck {
         saved: &Saved,
         dout: &Tensor,
         dh: &mut Tensor,
-        g: &mut ParamSet,
+        g: Option<&mut ParamSet>,
     ) -> Result<()> {
         let (h, z, a) = (&saved[0], &saved[1], &saved[2]);
         let du = ops::scale(dout, s)?;
-        let (up_w, up_b) = g.pair_mut(self.up_w, self.up_b);
-        let da = ops::linear_backward(Some(up_w), Some(up_b), &du, a, &p[self.up_w], true)?.unwrap();
-        let dz = act_backward(act, &da, z, a)?;
-        let (down_w, down_b) = g.pair_mut(self.down_w, self.down_b);
-        ops::linear_backward(Some(down_w), Some(down_b), &dz, h, &p[self.down_w], false)?;
+        let dz = match g {
+            Some(g) => {
+                let (up_w, up_b) = g.pair_mut(self.up_w, self.up_b);
+                let da = ops::linear_backward(Some(up_w), Some(up_b), &du, a, &p[self.up_w], true)?.unwrap();
+                let dz = act_backward(act, &da, z, a)?;
+                let (down_w, down_b) = g.pair_mut(self.down_w, self.down_b);
+                ops::linear_backward(Some(down_w), Some(down_b), &dz, h, &p[self.down_w], false)?;
+                dz
+            }
+            None => {
+                let da = ops::linear_backward(None, None, &du, a, &p[self.up_w], true)?.unwrap();
+                act_backward(act, &da, z, a)?
+            }
+        };
         linear_dx_acc(dh, &dz, &p[self.down_w])
     }
 }
@@ -172,6 +181,6 @@ impl Hook for Adapters {
         grads: &mut ParamSet,
     ) -> Result<()> {
         let a = self.at(cx.layer, at).expect("a saved branch has its adapter");
-        a.backward(cx.params, self.activation, self.scaling, saved, dout, dinput, grads)
+        a.backward(cx.params, self.activation, self.scaling, saved, dout, dinput, Some(grads))
     }
 }

@@ -101,7 +101,7 @@ impl AdapterFiles {
         st_meta.insert("format".to_string(), "pt".to_string());
         Ok(vec![
             (CONFIG_FILE, serde_json::to_vec_pretty(&self.peft_config(desc)).unwrap()),
-            (WEIGHTS_FILE, self.tensors.to_bytes(Some(st_meta))?),
+            (WEIGHTS_FILE, self.weights()?.to_bytes(Some(st_meta))?),
             (META_FILE, serde_json::to_vec_pretty(&meta).unwrap()),
         ])
     }
@@ -122,8 +122,12 @@ impl AdapterFiles {
             let meta_origin = format!("{origin}/{META_FILE}");
             let m: Meta = serde_json::from_str(meta)
                 .map_err(|e| Error::file(&meta_origin, format!("not a localtune adapter description: {e}")))?;
+            let (mut method, mut tensors) = (m.method, tensors);
+            if let Some(c) = method.scalearn_mut() {
+                c.unpack_sources(&mut tensors)?;
+            }
             return Ok(AdapterFiles {
-                method: m.method,
+                method,
                 head: m.head,
                 labels: m.labels,
                 base_model: m.base_model,
@@ -281,6 +285,18 @@ impl AdapterFiles {
             arch: base.desc.arch.to_string(),
             tensors: a.params.to_host(WEIGHTS_FILE).await?,
         })
+    }
+
+    /// The tensors of the weights file: the trainable ones, and a ScaLearn adapter's sources.
+    fn weights(&self) -> Result<NamedTensors> {
+        match self.method.scalearn() {
+            Some(c) => {
+                let mut all = self.tensors.clone();
+                c.pack_sources(&mut all)?;
+                Ok(all)
+            }
+            None => Ok(self.tensors.clone()),
+        }
     }
 }
 

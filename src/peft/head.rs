@@ -106,6 +106,21 @@ impl Classifier<'_> {
         })
     }
 
+    /// The classifier's input features (B, C) and the logits (B, K), in evaluation mode.
+    pub fn features_and_logits(&self, inputs: &Inputs) -> Result<(Tensor, Tensor)> {
+        let a = self.params;
+        a.with_hooks(|hooks| {
+            let (hidden, _, _) = self.base.encode(inputs, hooks, None, false, false)?;
+            let features = match self.head {
+                HeadKind::Pooler => ops::tanh(&self.base.cls_dense(&hidden, hooks)?)?,
+                HeadKind::Mean => ops::mean_pool(&hidden, &inputs.mask)?,
+            };
+            let (w, b) = a.classifier;
+            let logits = ops::linear(&features, &a.params[w], Some(&a.params[b]))?;
+            Ok((features, logits))
+        })
+    }
+
     /// Backward from dlogits (B, K): accumulates every trainable gradient into `grads` (aligned
     /// with the parameters).
     pub fn backward(

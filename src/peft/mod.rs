@@ -12,6 +12,7 @@
 //! | `mam`             | prefix + parallel adapter                   | both (He et al.'s "MAM adapter")     |
 //! | `bitfit`          | every bias                                  | replaces the base biases             |
 //! | `head`            | (classifier only)                           | —                                    |
+//! | `scalearn` (+ `-uniform`, `++`) | ω (S, C) or (S, 1) per site, sources frozen | h += Σₛ ωₛ ⊙ aₛ(h) over S source adapters |
 //!
 //! Every method also trains the classification head (`head`). Parameters live in one `ParamSet`
 //! under Hugging Face PEFT's key names (`base_model.model.…`), so saving, loading and merging read
@@ -26,6 +27,7 @@ pub mod lora;
 pub mod mam;
 pub mod parallel_adapter;
 pub mod prefix;
+pub mod scalearn;
 
 pub use crate::model::arch::{Activation, Target};
 pub use adapter::{AdapterConfig, Placement};
@@ -36,6 +38,7 @@ pub use lora::LoraConfig;
 pub use mam::MamConfig;
 pub use parallel_adapter::ParallelConfig;
 pub use prefix::PrefixConfig;
+pub use scalearn::ScaLearnConfig;
 
 use crate::error::{Error, Result};
 use crate::model::encoder::{Encoder, Hooks};
@@ -112,11 +115,36 @@ methods! {
     Mam(MamConfig) = "mam",
     Bitfit(BitfitConfig) = "bitfit",
     Head(HeadOnly) = "head",
+    ScaLearn(ScaLearnConfig) = "scalearn",
+    ScaLearnUniform(ScaLearnConfig) = "scalearn-uniform",
+    ScaLearnPlusPlus(ScaLearnConfig) = "scalearn++",
+    ScaLearnUniformPlusPlus(ScaLearnConfig) = "scalearn-uniform++",
 }
 
 impl Method {
     pub fn default_lr(&self) -> f32 {
         self.kind().default_lr()
+    }
+
+    /// The ScaLearn settings of a ScaLearn variant.
+    pub fn scalearn(&self) -> Option<&ScaLearnConfig> {
+        match self {
+            Method::ScaLearn(c)
+            | Method::ScaLearnUniform(c)
+            | Method::ScaLearnPlusPlus(c)
+            | Method::ScaLearnUniformPlusPlus(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn scalearn_mut(&mut self) -> Option<&mut ScaLearnConfig> {
+        match self {
+            Method::ScaLearn(c)
+            | Method::ScaLearnUniform(c)
+            | Method::ScaLearnPlusPlus(c)
+            | Method::ScaLearnUniformPlusPlus(c) => Some(c),
+            _ => None,
+        }
     }
 }
 
@@ -140,6 +168,8 @@ pub struct MethodOptions {
     /// houlsby (after attention and after the FFN) | pfeiffer (after the FFN only)
     pub adapter_placement: String,
     pub prefix_length: usize,
+    /// ScaLearn: dropout on the scales ω while training.
+    pub scalearn_dropout: f32,
 }
 
 impl Default for MethodOptions {
@@ -156,6 +186,7 @@ impl Default for MethodOptions {
             adapter_scaling: None,
             adapter_placement: "houlsby".into(),
             prefix_length: 10,
+            scalearn_dropout: 0.3,
         }
     }
 }

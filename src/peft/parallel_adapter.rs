@@ -76,6 +76,6 @@ impl Hook for Parallel {
         grads: &mut ParamSet,
     ) -> Result<()> {
         let c = &self.config;
-        self.layers[cx.layer].backward(cx.params, c.activation, c.scaling, saved, dout, dinput, grads)
+        self.layers[cx.layer].backward(cx.params, c.activation, c.scaling, saved, dout, dinput, Some(grads))
     }
 }

@@ -150,6 +150,61 @@ impl Dataset {
     }
 }
 
+/// Unlabelled texts (distillation's extra data): a `.txt` file with one text per line, JSONL or a JSON
+/// array of objects with a "text" field, or CSV with a `text` column; labels, if any, are ignored.
+pub fn parse_texts(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::file(format!("{origin}:{line}"), "invalid UTF-8: the file must be UTF-8 text")
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let field = |v: &serde_json::Value, line: usize| -> Result<String> {
+        match v.get("text") {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+            _ => Err(Error::file(format!("{origin}:{line}"), "needs a non-empty \"text\" string")),
+        }
+    };
+    let out: Vec<String> = if origin.to_ascii_lowercase().ends_with(".txt") {
+        text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.to_string()).collect()
+    } else {
+        match Format::detect(origin, text) {
+            Format::Jsonl => text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    let v: serde_json::Value = serde_json::from_str(l)
+                        .map_err(|e| Error::file(format!("{origin}:{}", i + 1), format!("not JSON: {e}")))?;
+                    field(&v, i + 1)
+                })
+                .collect::<Result<_>>()?,
+            Format::JsonArray => {
+                let v: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| Error::file(format!("{origin}:{}", e.line()), format!("not valid JSON: {e}")))?;
+                let arr =
+                    v.as_array().ok_or_else(|| Error::file(origin, "expected a JSON array of {\"text\"} objects"))?;
+                arr.iter().enumerate().map(|(i, v)| field(v, i + 1)).collect::<Result<_>>()?
+            }
+            Format::Csv => {
+                let sep = if origin.to_ascii_lowercase().ends_with(".tsv") { '\t' } else { ',' };
+                let records =
+                    csv_records(text, sep).map_err(|b| Error::file(format!("{origin}:{}", b.line), b.reason))?;
+                let Some(((hline, header), rows)) = records.split_first() else {
+                    return Err(Error::file(origin, "the file is empty"));
+                };
+                let Some(ti) = header.iter().position(|h| h.trim().eq_ignore_ascii_case("text")) else {
+                    return Err(Error::file(format!("{origin}:{hline}"), "the header must name a `text` column"));
+                };
+                rows.iter().filter_map(|(_, f)| f.get(ti).filter(|t| !t.trim().is_empty()).cloned()).collect()
+            }
+        }
+    };
+    if out.is_empty() {
+        return Err(Error::file(origin, "no texts"));
+    }
+    Ok(out)
+}
+
 fn label_text(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),

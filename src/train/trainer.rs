@@ -115,6 +115,8 @@ pub struct Trainer {
     pub opt: AdamW,
     pub state: TrainState,
     accumulated: usize,
+    /// Distillation: a target distribution (n × K) per training example instead of its label.
+    soft_targets: Option<Vec<f32>>,
 }
 
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
@@ -169,7 +171,33 @@ impl Trainer {
             train_fingerprint: train.fingerprint(),
             valid_fingerprint: valid.fingerprint(),
         };
-        Ok(Trainer { model, config, labels, train, valid, params, grads, opt, state, accumulated: 0 })
+        Ok(Trainer {
+            model,
+            config,
+            labels,
+            train,
+            valid,
+            params,
+            grads,
+            opt,
+            state,
+            accumulated: 0,
+            soft_targets: None,
+        })
+    }
+
+    /// Trains against a distribution over the labels per training example (n × K, rows summing to
+    /// 1) instead of the labels: distillation.
+    pub fn set_soft_targets(&mut self, targets: Vec<f32>) -> Result<()> {
+        let (n, k) = (self.train.len(), self.labels.len());
+        if targets.len() != n * k {
+            return Err(Error::invalid(format!("{} soft targets for {n} examples of {k} labels", targets.len())));
+        }
+        if let Some(i) = targets.iter().position(|v| !v.is_finite() || *v < 0.0) {
+            return Err(Error::invalid(format!("soft target {} of example {} is {}", i % k, i / k, targets[i])));
+        }
+        self.soft_targets = Some(targets);
+        Ok(())
     }
 
     pub fn batches_per_epoch(&self) -> usize {
@@ -218,7 +246,14 @@ impl Trainer {
         let (logits, acts) = self.classifier().forward(&enc.inputs, dropout.as_ref(), true)?;
         let label_t = dev.tensor_u32(&labels, &[labels.len()])?;
         let grad_scale = 1.0 / (labels.len() * self.config.grad_accum) as f32;
-        let (loss, dlogits) = ops::cross_entropy(&logits, &label_t, &labels, grad_scale)?;
+        let (loss, dlogits) = match &self.soft_targets {
+            Some(q) => {
+                let k = self.labels.len();
+                let rows: Vec<f32> = idx.iter().flat_map(|&i| q[i * k..(i + 1) * k].iter().copied()).collect();
+                ops::soft_cross_entropy(&logits, &dev.tensor(&rows, &[idx.len(), k])?, grad_scale)?
+            }
+            None => ops::cross_entropy(&logits, &label_t, &labels, grad_scale)?,
+        };
         let acts = acts.expect("forward keeps activations");
         let clf = Classifier { base: &self.model.encoder, params: &self.params, head: self.config.head };
         clf.backward(&enc.inputs, &acts, &dlogits, &mut self.grads, dropout.as_ref())?;
@@ -352,7 +387,7 @@ impl Trainer {
             .map_err(|e| Error::file(format!("{origin}/trainer_state.json"), e))?;
         let bad =
             |what: &str| Error::file(format!("{origin}/trainer_state.json"), format!("missing or invalid `{what}`"));
-        let config: TrainConfig = serde_json::from_value(st["config"].clone()).map_err(|_| bad("config"))?;
+        let mut config: TrainConfig = serde_json::from_value(st["config"].clone()).map_err(|_| bad("config"))?;
         let labels: Vec<String> = serde_json::from_value(st["labels"].clone()).map_err(|_| bad("labels"))?;
         let state: TrainState = serde_json::from_value(st["state"].clone()).map_err(|_| bad("state"))?;
         if state.train_fingerprint != train.fingerprint() || state.valid_fingerprint != valid.fingerprint() {
@@ -360,7 +395,6 @@ impl Trainer {
                 "{origin}: this checkpoint was made on other data (or another split): resume with the same --data, --valid-fraction and --seed"
             )));
         }
-        let mut t = Trainer::new(model.clone(), config, labels, train, valid)?;
         let adapter = AdapterFiles::from_files(
             std::str::from_utf8(&files.adapter_config)
                 .map_err(|_| Error::file(origin, "adapter_config.json is not UTF-8"))?,
@@ -368,6 +402,11 @@ impl Trainer {
             Some(std::str::from_utf8(&files.meta).map_err(|_| Error::file(origin, "localtune.json is not UTF-8"))?),
             origin,
         )?;
+        // ScaLearn's sources travel in the adapter's weights, not in trainer_state.json.
+        if config.method.scalearn().is_some() {
+            config.method = adapter.method.clone();
+        }
+        let mut t = Trainer::new(model.clone(), config, labels, train, valid)?;
         t.params = adapter.to_adapted(&model.encoder)?;
         let dev = model.encoder.device.clone();
         let mut opt = NamedTensors::from_bytes(&files.optimizer, &format!("{origin}/optimizer.safetensors"))?;

@@ -1,5 +1,6 @@
 //! Small dense linear algebra on the host in f64: a truncated SVD (for writing merged LoRA updates
-//! back as a low-rank adapter) and a symmetric positive-definite solve (RegMean). Matrices are
+//! back as a low-rank adapter), the thin SVD of a feature matrix (LogME) and a symmetric
+//! positive-definite solve (RegMean). Matrices are
 //! row-major `Vec<f64>`.
 
 use crate::rng::Rng;
@@ -61,6 +62,20 @@ fn jacobi(mut cols: Vec<Vec<f64>>) -> (Vec<Vec<f64>>, Vec<f64>, Vec<Vec<f64>>) {
     let u =
         order.iter().map(|&j| cols[j].iter().map(|x| if sig[j] > 0.0 { x / sig[j] } else { 0.0 }).collect()).collect();
     (u, order.iter().map(|&j| sig[j]).collect(), order.iter().map(|&j| v[j].clone()).collect())
+}
+
+/// The thin SVD of F (n × d, row-major): (U as columns of length n, σ descending, V as columns of
+/// length d), min(n, d) of each, by one-sided Jacobi on the smaller side.
+pub fn thin_svd(f: &[f64], n: usize, d: usize) -> (Vec<Vec<f64>>, Vec<f64>, Vec<Vec<f64>>) {
+    if n >= d {
+        let cols: Vec<Vec<f64>> = (0..d).map(|j| (0..n).map(|i| f[i * d + j]).collect()).collect();
+        jacobi(cols)
+    } else {
+        // Fᵀ = V S Uᵀ: Jacobi on the n columns of Fᵀ (the rows of F).
+        let cols: Vec<Vec<f64>> = (0..n).map(|i| f[i * d..(i + 1) * d].to_vec()).collect();
+        let (v, s, u) = jacobi(cols);
+        (u, s, v)
+    }
 }
 
 /// A rank-k factorisation of A (m × n, row-major): (B (m × k) = U_k S_k, Aᵀ-side V_kᵀ (k × n), the
