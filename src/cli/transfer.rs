@@ -8,7 +8,7 @@ use localtune::peft::format::AdapterFiles;
 use localtune::peft::scalearn::SourceFiles;
 use localtune::peft::ScaLearnConfig;
 use localtune::train::Examples;
-use localtune::transfer::{self, distill::Weighting, Score, SourceOutputs};
+use localtune::transfer::{self, distill::Weighting, Score};
 use localtune::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -97,37 +97,9 @@ pub fn with_sources(c: ScaLearnConfig, paths: &[PathBuf], base: &Path) -> Result
     c.with_sources(files)
 }
 
-/// Every source's outputs on `texts`.
-fn outputs_of(
-    model: &Model,
-    sources: &[(PathBuf, AdapterFiles)],
-    texts: &[&str],
-    max_len: usize,
-) -> Result<Vec<SourceOutputs>> {
-    sources
-        .iter()
-        .map(|(p, f)| {
-            let a = f.to_adapted(&model.encoder).map_err(|e| Error::file(p, e.to_string()))?;
-            futures::executor::block_on(transfer::source_outputs(model, &a, f.head, texts, max_len, 32))
-        })
-        .collect()
-}
-
-/// (logme, leep, nce) of one source.
-fn all_scores(o: &SourceOutputs, labels: &[u32], k: usize) -> Result<[f64; 3]> {
-    Ok([
-        transfer::score(Score::LogMe, o, labels, k)?,
-        transfer::score(Score::Leep, o, labels, k)?,
-        transfer::score(Score::Nce, o, labels, k)?,
-    ])
-}
-
-fn column(s: Score) -> usize {
-    match s {
-        Score::LogMe => 0,
-        Score::Leep => 1,
-        Score::Nce => 2,
-    }
+/// The sources as the library takes them: (name, files).
+fn named(sources: &[(PathBuf, AdapterFiles)]) -> Vec<(String, AdapterFiles)> {
+    sources.iter().map(|(p, f)| (p.display().to_string(), f.clone())).collect()
 }
 
 pub fn rank_sources(a: &RankArgs) -> Result<()> {
@@ -151,11 +123,11 @@ pub fn rank_sources(a: &RankArgs) -> Result<()> {
     let dev = open_device(a.device)?;
     let model = Model::load(&dir, &dev)?;
     let texts: Vec<&str> = ex.texts.iter().map(|s| s.as_str()).collect();
-    let outs = outputs_of(&model, &sources, &texts, a.model.max_len)?;
+    let outs = futures::executor::block_on(transfer::outputs_of(&model, &named(&sources), &texts, a.model.max_len))?;
     let k = labels.len();
-    let scores: Vec<[f64; 3]> = outs.iter().map(|o| all_scores(o, &ex.labels, k)).collect::<Result<_>>()?;
+    let scores: Vec<[f64; 3]> = outs.iter().map(|o| transfer::all_scores(o, &ex.labels, k)).collect::<Result<_>>()?;
     let mut order: Vec<usize> = (0..sources.len()).collect();
-    let c = column(score);
+    let c = score.column();
     order.sort_by(|&x, &y| scores[y][c].total_cmp(&scores[x][c]));
     let team =
         if a.ensemble > 0 { transfer::greedy_ensemble(score, &outs, &ex.labels, k, a.ensemble)? } else { vec![] };
@@ -210,32 +182,23 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         None => vec![],
     };
     let max_len = a.train.model.max_len;
+    let sources = named(&sources);
     let teachers = |model: &Model, train: &Examples, labels: &[String]| -> Result<(Vec<String>, Vec<f32>)> {
-        let texts: Vec<&str> = train.texts.iter().chain(&unlabelled).map(|s| s.as_str()).collect();
-        let n_l = train.len();
-        let k = labels.len();
-        let outs = outputs_of(model, &sources, &texts, max_len)?;
-        let mut scores = vec![];
-        let mut dists = vec![];
-        let labelled: Vec<usize> = (0..n_l).collect();
-        for ((_, f), o) in sources.iter().zip(&outs) {
-            let sub = SourceOutputs {
-                features: o.features[..n_l * o.dim].to_vec(),
-                dim: o.dim,
-                probs: o.probs[..n_l * o.classes].to_vec(),
-                classes: o.classes,
-            };
-            scores.push(transfer::score(score, &sub, &train.labels, k)?);
-            dists.push(transfer::distill::to_target_labels(&o.probs, &f.labels, labels, &labelled, &train.labels));
+        let (report, targets) = futures::executor::block_on(transfer::distill::teacher_targets(
+            model,
+            &sources,
+            train,
+            labels,
+            &unlabelled,
+            score,
+            weighting,
+            a.distill_alpha,
+            max_len,
+        ))?;
+        for t in &report {
+            eprintln!("teacher {}: {} {:.4}, weight {:.3}", t.name, score.name(), t.score, t.weight);
         }
-        let w = transfer::distill::weights(&scores, weighting);
-        for ((p, _), (s, w)) in sources.iter().zip(scores.iter().zip(&w)) {
-            eprintln!("teacher {}: {} {s:.4}, weight {w:.3}", p.display(), score.name());
-        }
-        let mut per: Vec<Option<u32>> = train.labels.iter().map(|&l| Some(l)).collect();
-        per.extend(std::iter::repeat_n(None, unlabelled.len()));
-        let targets = transfer::distill::targets(&dists, &w, &per, k, a.distill_alpha);
-        eprintln!("distilling on {n_l} labelled and {} unlabelled texts", unlabelled.len());
+        eprintln!("distilling on {} labelled and {} unlabelled texts", train.len(), unlabelled.len());
         Ok((unlabelled.clone(), targets))
     };
     train_with(&a.train, Some(&teachers))

@@ -12,8 +12,11 @@
 //! (1 − α) · one-hot(label) + α · teacher, an unlabelled one's the teacher's; the loss is the
 //! cross-entropy against that distribution.
 
-use super::leep;
+use super::{head_rows, leep, outputs_of, score, Score};
 use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::peft::format::AdapterFiles;
+use crate::train::Examples;
 
 /// How the teachers are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -97,4 +100,54 @@ pub fn targets(teachers: &[Vec<f32>], w: &[f64], labels: &[Option<u32>], k: usiz
         }
     }
     out
+}
+
+/// One teacher as the distillation used it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Teacher {
+    pub name: String,
+    pub score: f64,
+    pub weight: f64,
+}
+
+/// The soft targets of a distillation: the teachers `sources` scored by `s` on the labelled `train`
+/// examples, weighted by `w`, predicting on `train`'s texts then `unlabelled`; one row of `labels.len()`
+/// values per text, labelled rows mixed with their label by `alpha`.
+#[allow(clippy::too_many_arguments)]
+pub async fn teacher_targets(
+    model: &Model,
+    sources: &[(String, AdapterFiles)],
+    train: &Examples,
+    labels: &[String],
+    unlabelled: &[String],
+    s: Score,
+    w: Weighting,
+    alpha: f32,
+    max_len: usize,
+) -> Result<(Vec<Teacher>, Vec<f32>)> {
+    if sources.is_empty() {
+        return Err(Error::invalid("no teachers: choose at least one source adapter"));
+    }
+    if !(0.0..=1.0).contains(&alpha) {
+        return Err(Error::invalid(format!("distillation alpha {alpha}: must be between 0 and 1")));
+    }
+    let texts: Vec<&str> = train.texts.iter().chain(unlabelled).map(|t| t.as_str()).collect();
+    let (n_l, k) = (train.len(), labels.len());
+    let outs = outputs_of(model, sources, &texts, max_len).await?;
+    let labelled: Vec<usize> = (0..n_l).collect();
+    let mut scores = vec![];
+    let mut dists = vec![];
+    for ((_, f), o) in sources.iter().zip(&outs) {
+        scores.push(score(s, &head_rows(o, n_l), &train.labels, k)?);
+        dists.push(to_target_labels(&o.probs, &f.labels, labels, &labelled, &train.labels));
+    }
+    let ws = weights(&scores, w);
+    let per: Vec<Option<u32>> =
+        train.labels.iter().map(|&l| Some(l)).chain(std::iter::repeat_n(None, unlabelled.len())).collect();
+    let teachers = sources
+        .iter()
+        .zip(scores.iter().zip(&ws))
+        .map(|((name, _), (&score, &weight))| Teacher { name: name.clone(), score, weight })
+        .collect();
+    Ok((teachers, targets(&dists, &ws, &per, k, alpha)))
 }

@@ -17,6 +17,7 @@ pub mod nce;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::peft::format::AdapterFiles;
 use crate::peft::{Adapted, Classifier, HeadKind};
 
 /// A transferability score.
@@ -132,6 +133,51 @@ pub async fn source_outputs(
     }
     out.probs = softmax_rows(&logits, k);
     Ok(out)
+}
+
+/// Every source's outputs on `texts`; an adapter that does not fit the model is an error naming it.
+pub async fn outputs_of(
+    model: &Model,
+    sources: &[(String, AdapterFiles)],
+    texts: &[&str],
+    max_len: usize,
+) -> Result<Vec<SourceOutputs>> {
+    let mut out = Vec::with_capacity(sources.len());
+    for (name, f) in sources {
+        let a = f.to_adapted(&model.encoder).map_err(|e| Error::file(name, e.to_string()))?;
+        out.push(source_outputs(model, &a, f.head, texts, max_len, 32).await?);
+    }
+    Ok(out)
+}
+
+/// The first `n` rows of `o`.
+pub fn head_rows(o: &SourceOutputs, n: usize) -> SourceOutputs {
+    SourceOutputs {
+        features: o.features[..n * o.dim].to_vec(),
+        dim: o.dim,
+        probs: o.probs[..n * o.classes].to_vec(),
+        classes: o.classes,
+    }
+}
+
+/// (LogME, LEEP, NCE) of one source's outputs.
+pub fn all_scores(o: &SourceOutputs, labels: &[u32], classes: usize) -> Result<[f64; 3]> {
+    Ok([
+        score(Score::LogMe, o, labels, classes)?,
+        score(Score::Leep, o, labels, classes)?,
+        score(Score::Nce, o, labels, classes)?,
+    ])
+}
+
+impl Score {
+    /// This score's place in `all_scores`.
+    pub fn column(self) -> usize {
+        match self {
+            Score::LogMe => 0,
+            Score::Leep => 1,
+            Score::Nce => 2,
+        }
+    }
 }
 
 /// `score` of one source's outputs for target labels in 0..classes.
