@@ -70,7 +70,7 @@ fn model_name(s: &str) -> String {
 /// Reads the source adapters, refusing any made for another base model than `base` (by name).
 pub fn load_sources(paths: &[PathBuf], base: &Path) -> Result<Vec<(PathBuf, AdapterFiles)>> {
     if paths.is_empty() {
-        return Err(Error::invalid("no source adapters: give them with --sources A B …"));
+        return Err(Error::invalid("no source adapters: give at least one source with --sources A B …"));
     }
     let want = model_name(&base.display().to_string());
     let mut out = vec![];
