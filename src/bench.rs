@@ -267,7 +267,10 @@ pub fn train(
         }
         let (secs, reps) = time_it(budget_s, || futures::executor::block_on(t.step()).map(|_| ()))?;
         out.push(TrainResult {
-            method: m.name().to_string(),
+            method: match m.scalearn() {
+                Some(c) => format!("{}@{}", m.name(), c.sources.len()),
+                None => m.name().to_string(),
+            },
             device: model.encoder.device.describe(),
             batch,
             tokens,

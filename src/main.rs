@@ -327,6 +327,9 @@ mod cli {
             batch: usize,
             #[arg(long, default_value_t = 64)]
             tokens: usize,
+            /// Source adapters for ScaLearn methods; `scalearn@N` in --methods uses the first N.
+            #[arg(long, num_args = 1..)]
+            sources: Vec<PathBuf>,
         },
     }
 
@@ -373,8 +376,8 @@ mod cli {
                 BenchWhat::Matmul { json, budget, cpu_only } => bench_matmul(json, budget, cpu_only),
                 BenchWhat::Merge { model, json, cpu_only } => merge::bench(&model.model, json, cpu_only),
                 BenchWhat::Forward { model, json, budget, cpu_only } => bench_forward(&model, json, budget, cpu_only),
-                BenchWhat::Train { model, json, budget, cpu_only, methods, batch, tokens } => {
-                    bench_train(&model, json, budget, cpu_only, methods, batch, tokens)
+                BenchWhat::Train { model, json, budget, cpu_only, methods, batch, tokens, sources } => {
+                    bench_train(&model, json, budget, cpu_only, methods, batch, tokens, &sources)
                 }
             },
         }
@@ -609,6 +612,7 @@ mod cli {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn bench_train(
         m: &ModelArgs,
         json: bool,
@@ -617,15 +621,29 @@ mod cli {
         methods: Option<String>,
         batch: usize,
         tokens: usize,
+        sources: &[PathBuf],
     ) -> Result<()> {
         let dir = model_dir(&m.model)?;
         let names = methods.unwrap_or_else(|| "lora,ia3,adapter,parallel-adapter,prefix,mam,bitfit,head".into());
         let list: Vec<localtune::peft::Method> = names
             .split(',')
             .map(|n| {
+                let (name, count) = match n.trim().split_once('@') {
+                    Some((name, c)) => {
+                        (name, c.parse::<usize>().map_err(|_| Error::invalid(format!("`{n}`: not NAME@COUNT")))?)
+                    }
+                    None => (n.trim(), sources.len()),
+                };
                 let mut a = TrainArgs::parse_defaults();
-                a.method = n.trim().to_string();
-                train::method_of(&a)
+                a.method = name.to_string();
+                let mut method = train::method_of(&a)?;
+                if let Some(c) = method.scalearn_mut() {
+                    let paths = sources.get(..count).ok_or_else(|| {
+                        Error::invalid(format!("`{n}` needs {count} sources, --sources gives {}", sources.len()))
+                    })?;
+                    *c = transfer::with_sources(c.clone(), paths, &dir)?;
+                }
+                Ok(method)
             })
             .collect::<Result<_>>()?;
         eprintln!("cpu: {}", bench::cpu_description());
