@@ -55,14 +55,17 @@ fn scalearn_grad(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
+    // No early return on a per-thread condition: the barriers below must stay in uniform control
+    // flow (Tint, the browsers' WGSL compiler, refuses the shader otherwise; naga accepts it).
     if ((p.flags & SCALAR) == 0u) {
         let c = flat_index(wid, nwg, lid, 256u);
-        if (c >= p.cols) { return; }
-        var acc = 0.0;
-        for (var n = 0u; n < p.rows; n = n + 1u) {
-            acc = acc + gdout[n * p.cols + c] * ga[n * p.cols + c];
+        if (c < p.cols) {
+            var acc = 0.0;
+            for (var n = 0u; n < p.rows; n = n + 1u) {
+                acc = acc + gdout[n * p.cols + c] * ga[n * p.cols + c];
+            }
+            gw[p.source * p.cols + c] = gw[p.source * p.cols + c] + acc;
         }
-        gw[p.source * p.cols + c] = gw[p.source * p.cols + c] + acc;
         return;
     }
     // One workgroup: a strided sum per thread, then a tree in workgroup memory.
