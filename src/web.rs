@@ -2,6 +2,11 @@
 //! the device, the model, the data and the run; every call takes the state out for its duration and
 //! puts it back, so a call that arrives while another is running gets a clear "busy" error instead of
 //! a panic. Errors cross the boundary as `JsError` with the library's message. Results are JSON strings.
+//!
+//! Saved adapters come in as a JS array of `{name, config, weights: Uint8Array, meta?}` (a saved
+//! adapter's adapter_config.json, adapter_model.safetensors and localtune.json): the inputs of
+//! `mergeAdapters`, and the sources of the multi-source transfer calls (`rankSources`, ScaLearn
+//! through `startTraining`, `startDistill`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,6 +20,7 @@ use crate::peft::{Adapted, HeadKind, LoraConfig, Method, Target};
 use crate::tensor::Device;
 use crate::train::trainer::{metrics_from_logits, predict_logits};
 use crate::train::{Dataset, Examples, OptimConfig, RunSettings, TrainConfig, Trainer};
+use crate::transfer::{self, distill::Weighting, Score};
 
 #[derive(Default)]
 struct State {
@@ -26,6 +32,8 @@ struct State {
     /// The adapter used by predict/evaluate when no run is active (loaded from storage).
     adapter: Option<(AdapterFiles, Adapted)>,
     valid: Option<Examples>,
+    /// Unlabelled target texts for distillation (`loadUnlabelled`).
+    unlabelled: Vec<String>,
 }
 
 thread_local! {
@@ -173,40 +181,282 @@ pub fn load_data(bytes: Vec<u8>, name: String, skip_bad_rows: bool) -> std::resu
     out.map_err(|e| JsError::new(&e.to_string()))
 }
 
-/// Starts a run on the loaded data with `settings` (JSON). Returns {train, valid, labels,
-/// total_steps, trainable, lr}.
+/// Starts a run on the loaded data with `settings` (JSON). `sources`: for a ScaLearn method
+/// (`scalearn`, `scalearn-uniform`, `scalearn++`, `scalearn-uniform++`), the source adapters it
+/// combines, an array of saved adapters (ignored by the other methods; may be undefined). Returns
+/// {method, train, valid, labels, total_steps, trainable, lr, sources?: [names], frozen_source_values?}.
 #[wasm_bindgen(js_name = startTraining)]
-pub fn start_training(settings: String) -> std::result::Result<String, JsError> {
+pub fn start_training(settings: String, sources: JsValue) -> std::result::Result<String, JsError> {
+    let sources = adapters_from_js(&sources).map_err(js_error)?;
     let mut s = take()?;
     let r = (|| -> Result<String> {
-        let st: RunSettings = serde_json::from_str(&settings).map_err(|e| Error::invalid(format!("settings: {e}")))?;
-        let cfg = st.train_config()?;
-        let model = s.model.clone().ok_or_else(|| Error::invalid("load a model first"))?;
-        let data = s.data.as_ref().ok_or_else(|| Error::invalid("load a data file first"))?;
-        let (tr, va) = data.split(st.valid_fraction, st.seed)?;
-        let labels = tr.labels();
-        if labels.len() < 2 {
-            return Err(Error::invalid(format!("the training split needs at least 2 labels, found {labels:?}")));
-        }
-        let train = Examples::from_dataset(&tr, &labels)?;
-        let valid = Examples::from_dataset(&va, &labels)?;
-        let lr = cfg.optim.lr;
-        let t = Trainer::new(model, cfg, labels.clone(), train, valid.clone())?;
-        let info = serde_json::json!({
-            "train": t.train.len(),
-            "valid": t.valid.len(),
-            "labels": labels,
-            "total_steps": t.total_micro_steps(),
-            "trainable": t.params.count(),
-            "lr": lr,
-        });
-        s.valid = Some(valid);
-        s.trainer = Some(t);
-        s.adapter = None;
-        Ok(json(info))
+        let run = run_parts(&s, &settings, sources)?;
+        Ok(json(start_run(&mut s, run, None)?))
     })();
     put(s);
-    r.map_err(|e| JsError::new(&e.to_string()))
+    r.map_err(js_error)
+}
+
+fn js_error(e: Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// What a run is made of before its trainer exists.
+struct RunParts {
+    model: Rc<Model>,
+    config: TrainConfig,
+    labels: Vec<String>,
+    train: Examples,
+    valid: Examples,
+}
+
+/// The run `settings` describe on the loaded data's seeded training split, with `sources` attached
+/// when the method is a ScaLearn variant.
+fn run_parts(s: &State, settings: &str, sources: Vec<(String, AdapterFiles)>) -> Result<RunParts> {
+    let st: RunSettings = serde_json::from_str(settings).map_err(|e| Error::invalid(format!("settings: {e}")))?;
+    let mut config = st.train_config()?;
+    let model = s.model.clone().ok_or_else(|| Error::invalid("load a model first"))?;
+    if let Some(c) = config.method.scalearn_mut() {
+        if sources.is_empty() {
+            return Err(Error::invalid(format!("{}: choose at least one source adapter", c.name())));
+        }
+        check_base(s, &sources)?;
+        let files = sources.into_iter().map(|(name, f)| (name, f.method, f.labels, f.arch, f.tensors)).collect();
+        *c = c.clone().with_sources(files)?;
+    }
+    let data = s.data.as_ref().ok_or_else(|| Error::invalid("load a data file first"))?;
+    let (tr, va) = data.split(st.valid_fraction, st.seed)?;
+    let labels = tr.labels();
+    if labels.len() < 2 {
+        return Err(Error::invalid(format!("the training split needs at least 2 labels, found {labels:?}")));
+    }
+    let train = Examples::from_dataset(&tr, &labels)?;
+    let valid = Examples::from_dataset(&va, &labels)?;
+    Ok(RunParts { model, config, labels, train, valid })
+}
+
+/// Makes `run` the session's run (training against `soft` targets when given); returns its summary.
+fn start_run(s: &mut State, run: RunParts, soft: Option<Vec<f32>>) -> Result<serde_json::Value> {
+    let lr = run.config.optim.lr;
+    let mut t = Trainer::new(run.model, run.config, run.labels.clone(), run.train, run.valid.clone())?;
+    if let Some(targets) = soft {
+        t.set_soft_targets(targets)?;
+    }
+    let mut info = serde_json::json!({
+        "method": t.config.method.name(),
+        "train": t.train.len(),
+        "valid": t.valid.len(),
+        "labels": run.labels,
+        "total_steps": t.total_micro_steps(),
+        "trainable": t.params.count(),
+        "lr": lr,
+    });
+    if let Some(c) = t.config.method.scalearn_mut() {
+        // The sources' own values: frozen, used as they are (their classifiers are not).
+        let frozen: usize = c.loaded.0.as_ref().map_or(0, |l| {
+            l.iter()
+                .flat_map(|t| t.tensors.iter())
+                .filter(|(k, _)| !k.starts_with("base_model.model.classifier."))
+                .map(|(_, v)| v.shape.iter().product::<usize>())
+                .sum()
+        });
+        info["sources"] = serde_json::json!(c.sources.iter().map(|x| x.name.clone()).collect::<Vec<_>>());
+        info["frozen_source_values"] = serde_json::json!(frozen);
+    }
+    s.valid = Some(run.valid);
+    s.trainer = Some(t);
+    s.adapter = None;
+    Ok(info)
+}
+
+/// The name the page gives a model picked as loose files, whose folder it does not know.
+const UNNAMED_MODEL: &str = "local model";
+
+/// The last component of a model's path or name, lower-cased: a base model recorded as a folder, a
+/// hub id or the page's model name compares equal to another form of the same name (as the CLI does).
+fn model_name(s: &str) -> String {
+    s.trim_end_matches(['/', '\\']).rsplit(['/', '\\']).next().unwrap_or("").to_lowercase()
+}
+
+/// Refuses a source made for another base model than the loaded one (by name, as the CLI's
+/// `load_sources` does); a model whose name is not known is not compared (shapes are checked later).
+fn check_base(s: &State, sources: &[(String, AdapterFiles)]) -> Result<()> {
+    let want = model_name(&s.model_name);
+    for (name, f) in sources {
+        let got = model_name(&f.base_model);
+        let unknown = |n: &str| n.is_empty() || n == UNNAMED_MODEL;
+        if !unknown(&got) && !unknown(&want) && got != want {
+            return Err(Error::file(
+                name,
+                format!(
+                    "this source was trained on base model `{}`, the loaded model is `{}`",
+                    f.base_model, s.model_name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Saved adapters as the page passes them (an array of {name, config, weights: Uint8Array, meta?};
+/// undefined or null is none), read into adapter files; an error names the adapter at fault.
+fn adapters_from_js(list: &JsValue) -> Result<Vec<(String, AdapterFiles)>> {
+    if list.is_undefined() || list.is_null() {
+        return Ok(vec![]);
+    }
+    if !js_sys::Array::is_array(list) {
+        return Err(Error::invalid("adapters: expected an array of {name, config, weights, meta}"));
+    }
+    js_sys::Array::from(list)
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let name = js_string(&a, "name").unwrap_or_else(|| format!("adapter {}", i + 1));
+            let config =
+                js_string(&a, "config").ok_or_else(|| Error::invalid(format!("{name}: no adapter_config.json")))?;
+            let weights = js_sys::Reflect::get(&a, &JsValue::from_str("weights"))
+                .ok()
+                .filter(|w| w.is_instance_of::<js_sys::Uint8Array>())
+                .map(|w| js_sys::Uint8Array::new(&w).to_vec())
+                .ok_or_else(|| Error::invalid(format!("{name}: no adapter_model.safetensors")))?;
+            let files = AdapterFiles::from_files(&config, &weights, js_string(&a, "meta").as_deref(), &name)?;
+            Ok((name, files))
+        })
+        .collect()
+}
+
+/// Scores source adapters on the whole loaded data file (every labelled row, as `localtune
+/// rank-sources --data` does), each source's texts cut at `max_len` tokens (0: 64). `sources`: an
+/// array of saved adapters, of any method and label set. Returns {examples, labels, sources: [{name,
+/// logme, leep, nce, labels, method}…] in the order given (higher is better for all three), ensemble:
+/// {logme, leep, nce: [{name, score}…]}: the best team of up to 2 sources by each score, grown
+/// greedily}.
+#[wasm_bindgen(js_name = rankSources)]
+pub async fn rank_sources(sources: JsValue, max_len: u32) -> std::result::Result<String, JsError> {
+    let sources = adapters_from_js(&sources).map_err(js_error)?;
+    with_state(|s| async move {
+        let r = async {
+            let model = s.model.as_ref().ok_or_else(|| Error::invalid("load a model first"))?;
+            let ds = s.data.as_ref().ok_or_else(|| Error::invalid("load a labelled data file first (step 2)"))?;
+            if sources.is_empty() {
+                return Err(Error::invalid("choose at least one source adapter to rank"));
+            }
+            check_base(&s, &sources)?;
+            let labels = ds.labels();
+            if labels.len() < 2 {
+                return Err(Error::invalid(format!(
+                    "the data needs at least 2 distinct labels to score sources, found {labels:?}"
+                )));
+            }
+            let ex = Examples::from_dataset(ds, &labels)?;
+            let texts: Vec<&str> = ex.texts.iter().map(|t| t.as_str()).collect();
+            let max_len = if max_len == 0 { 64 } else { max_len as usize };
+            let outs = transfer::outputs_of(model, &sources, &texts, max_len).await?;
+            let k = labels.len();
+            let mut rows = vec![];
+            for ((name, f), o) in sources.iter().zip(&outs) {
+                let [logme, leep, nce] = transfer::all_scores(o, &ex.labels, k)?;
+                rows.push(serde_json::json!({"name": name, "logme": logme, "leep": leep, "nce": nce,
+                    "labels": f.labels, "method": f.method.name()}));
+            }
+            let mut ensemble = serde_json::Map::new();
+            for name in Score::NAMES {
+                let score = Score::parse(name)?;
+                let team = transfer::greedy_ensemble(score, &outs, &ex.labels, k, 2)?;
+                let team: Vec<_> =
+                    team.iter().map(|(i, v)| serde_json::json!({"name": sources[*i].0, "score": v})).collect();
+                ensemble.insert(name.to_string(), serde_json::json!(team));
+            }
+            Ok(json(serde_json::json!({"examples": ex.len(), "labels": labels, "sources": rows, "ensemble": ensemble})))
+        }
+        .await;
+        (s, r)
+    })
+    .await
+}
+
+/// Keeps unlabelled target texts for `startDistill`: .txt (one per line), JSONL/JSON with "text",
+/// or CSV with a text column. Returns {name, texts, preview: [first texts]}.
+#[wasm_bindgen(js_name = loadUnlabelled)]
+pub fn load_unlabelled(bytes: Vec<u8>, name: String) -> std::result::Result<String, JsError> {
+    let mut s = take()?;
+    let r = crate::train::data::parse_texts(&bytes, &name).map(|texts| {
+        let v = serde_json::json!({"name": name, "texts": texts.len(), "preview": texts.iter().take(5).collect::<Vec<_>>()});
+        s.unlabelled = texts;
+        json(v)
+    });
+    put(s);
+    r.map_err(js_error)
+}
+
+/// Forgets the unlabelled texts.
+#[wasm_bindgen(js_name = clearUnlabelled)]
+pub fn clear_unlabelled() -> std::result::Result<(), JsError> {
+    let mut s = take()?;
+    s.unlabelled.clear();
+    put(s);
+    Ok(())
+}
+
+/// Starts a distillation run (Borup et al.): the student (any method of `settings`; a ScaLearn one
+/// combines `sources` too) trains on the loaded data's training split and the unlabelled texts of
+/// `loadUnlabelled` against the soft predictions of the teachers `sources`. `weighting`: nearest
+/// (the best source by `score` alone) | weighted (every source, by its standardised score); `score`:
+/// logme | leep | nce, on the training split; `alpha`: the teachers' share of a labelled example's
+/// target. Then `trainStep` as for any run. Returns startTraining's summary with {teachers: [{name,
+/// score, weight}…], labelled, unlabelled, weighting, score, alpha}.
+#[wasm_bindgen(js_name = startDistill)]
+pub async fn start_distill(
+    settings: String,
+    sources: JsValue,
+    weighting: String,
+    score: String,
+    alpha: f32,
+) -> std::result::Result<String, JsError> {
+    let sources = adapters_from_js(&sources).map_err(js_error)?;
+    with_state(|mut s| async move {
+        let r = async {
+            let w = Weighting::parse(&weighting)?;
+            let sc = Score::parse(&score)?;
+            if sources.is_empty() {
+                return Err(Error::invalid("choose at least one source adapter to distill from"));
+            }
+            check_base(&s, &sources)?;
+            let mut run = run_parts(&s, &settings, sources.clone())?;
+            let (teachers, targets) = transfer::distill::teacher_targets(
+                &run.model,
+                &sources,
+                &run.train,
+                &run.labels,
+                &s.unlabelled,
+                sc,
+                w,
+                alpha,
+                run.config.max_len,
+            )
+            .await?;
+            // The unlabelled texts join the training split; their label is their target's argmax
+            // (only the targets train), as in the CLI's distill.
+            let (k, labelled) = (run.labels.len(), run.train.len());
+            run.train.texts.extend(s.unlabelled.iter().cloned());
+            for i in labelled..run.train.texts.len() {
+                let row = &targets[i * k..(i + 1) * k];
+                run.train.labels.push(crate::train::metrics::argmax_rows(row, k)[0]);
+            }
+            let unlabelled = s.unlabelled.len();
+            let mut info = start_run(&mut s, run, Some(targets))?;
+            info["teachers"] = serde_json::json!(teachers);
+            info["labelled"] = serde_json::json!(labelled);
+            info["unlabelled"] = serde_json::json!(unlabelled);
+            info["weighting"] = serde_json::json!(w);
+            info["score"] = serde_json::json!(sc.name());
+            info["alpha"] = serde_json::json!(alpha);
+            Ok(json(info))
+        }
+        .await;
+        (s, r)
+    })
+    .await
 }
 
 /// One training step. Returns {loss, lr, epoch, step, total, epoch_end?: {...}, done}.
@@ -384,26 +634,8 @@ pub async fn merge_adapters(
     use crate::merge::folder::Recipe;
     use crate::merge::params::Setting;
     use crate::merge::{Method as MergeMethod, Semantics};
-    let names: Vec<String> = adapters
-        .iter()
-        .enumerate()
-        .map(|(i, a)| js_string(&a, "name").unwrap_or_else(|| format!("adapter {}", i + 1)))
-        .collect();
-    let inputs = adapters
-        .iter()
-        .zip(&names)
-        .map(|(a, name)| {
-            let config =
-                js_string(&a, "config").ok_or_else(|| Error::invalid(format!("{name}: no adapter_config.json")))?;
-            let weights = js_sys::Reflect::get(&a, &JsValue::from_str("weights"))
-                .ok()
-                .filter(|w| w.is_instance_of::<js_sys::Uint8Array>())
-                .map(|w| js_sys::Uint8Array::new(&w).to_vec())
-                .ok_or_else(|| Error::invalid(format!("{name}: no adapter_model.safetensors")))?;
-            AdapterFiles::from_files(&config, &weights, js_string(&a, "meta").as_deref(), name)
-        })
-        .collect::<Result<Vec<_>>>()
-        .map_err(|e| JsError::new(&e.to_string()))?;
+    let (names, inputs): (Vec<String>, Vec<AdapterFiles>) =
+        adapters_from_js(&JsValue::from(adapters)).map_err(js_error)?.into_iter().unzip();
     let (report, merged) = with_state(|s| async move {
         let r = async {
             let model = s.model.clone().ok_or_else(|| Error::invalid("load the model the adapters were trained on first"))?;

@@ -47,6 +47,12 @@ const state = {
   lastAutosave: null,
   merging: false,
   merge: null, // {method, inputs, report, adapters, results}
+  run: null, // the current run's summary from the worker, with `from`: train | scalearn | distill
+  runFrom: 'train', // the step that started the current run
+  runsDone: 0, // runs finished (for tests)
+  transferBusy: false, // ranking sources
+  rank: null, // {examples, labels, sources: [{name, logme, leep, nce, labels, method}], ensemble}
+  unlabelled: null, // {name, texts, preview}
 };
 window.__localtune = state; // for tests and the curious
 window.__localtuneCall = (cmd, args) => call(cmd, args); // the worker API, for tests
@@ -56,8 +62,17 @@ function showError(msg) {
   el.textContent = msg;
   el.hidden = !msg;
 }
+// An error of step 8: shown at the top as the page's others are, and next to the step.
+function showTransferError(msg) {
+  showError(msg);
+  const e = $('transfer-error');
+  e.textContent = msg;
+  e.hidden = !msg;
+}
 function clearError() {
   showError('');
+  $('transfer-error').textContent = '';
+  $('transfer-error').hidden = true;
 }
 function showNotice(msg) {
   const el = $('notice');
@@ -85,7 +100,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function refreshButtons() {
-  const ready = !!state.model && !state.training;
+  const ready = !!state.model && !state.training && !state.transferBusy;
   $('train-start').disabled = !(ready && state.data);
   $('train-stop').disabled = !state.training;
   $('eval-run').disabled = !(ready && state.trained);
@@ -96,9 +111,11 @@ function refreshButtons() {
   $('merge-run').disabled = !(ready && !state.merging && picked >= 2);
   $('merge-save').disabled = !(state.merge && !state.merging);
   $('merge-download').disabled = !(state.merge && !state.merging);
+  for (const id of ['rank-run', 'scalearn-run', 'distill-run']) $(id).disabled = !(ready && state.data);
+  $('transfer-stop').disabled = !(state.training && state.runFrom !== 'train');
   // Nothing may change the model, the data or the settings under a running training.
   for (const id of ['model-load', 'model-files', 'model-folder', 'data-file', 'skip-bad']) $(id).disabled = state.training;
-  document.querySelectorAll('#examples button, #saved button, #merge-list input, #step-settings input, #step-settings select').forEach((b) => {
+  document.querySelectorAll('#examples button, #saved button, #merge-list input, #step-settings input, #step-settings select, #step-transfer input, #step-transfer select, #unlabelled-clear').forEach((b) => {
     b.disabled = state.training;
   });
   $('drop').classList.toggle('disabled', state.training);
@@ -364,6 +381,10 @@ listeners.push((m) => {
   const eta = (m.elapsed / m.step) * (m.total - m.step);
   $('train-progress').value = m.step / m.total;
   $('train-status').textContent = `step ${m.step}/${m.total} · epoch ${m.epoch + 1} · loss ${m.loss.toFixed(4)} · ETA ${fmtSecs(eta)}`;
+  if (state.runFrom !== 'train') {
+    $('transfer-progress').value = m.step / m.total;
+    $(`${state.runFrom}-status`).textContent = $('train-status').textContent;
+  }
   if (m.epoch_end) {
     state.epochs.push({ ...m.epoch_end, step: m.step });
     showEpochs();
@@ -371,31 +392,44 @@ listeners.push((m) => {
   drawChart();
 });
 
-async function startTraining() {
+// A run from start to end: `start` asks the worker for the run (its summary back), `describe` says
+// what it is; progress, the chart and the epochs table are step 4's, whichever step started it.
+async function runTraining(from, start, describe) {
   if (state.training) return;
   clearError();
   state.losses = [];
   state.epochs = [];
   state.trained = false;
   state.training = true; // before the first await: a second click must find the run started
+  state.runFrom = from;
   refreshButtons();
+  const status = from === 'train' ? null : $(`${from}-status`);
+  if (status) {
+    status.textContent = 'starting…';
+    $('transfer-progress').value = 0;
+  }
   try {
-    const info = await call('startTraining', { settings: settings() });
+    const info = await start();
     state.totalSteps = info.total_steps;
-    state.run = info;
-    $('train-status').textContent = `training on ${info.train} examples (${info.valid} held out), ${info.trainable.toLocaleString()} trainable values, learning rate ${info.lr}`;
+    state.run = { ...info, from };
+    $('train-status').textContent = describe(info);
+    if (status) status.textContent = describe(info);
     drawChart();
     const r = await call('train');
     state.trained = true;
     $('train-status').textContent = r.stopped ? `stopped after ${state.losses.length} steps` : `done: ${state.losses.length} steps`;
+    if (status) status.textContent = $('train-status').textContent;
     document.body.dataset.trained = 'yes';
+    state.runsDone += 1;
   } catch (e) {
     const lost = /device (was |is )?lost|lost the device/i.test(e.message);
-    showError(
-      lost
-        ? `The GPU stopped working during training (${e.message}). Your last saved state is kept under “autosave” below; reload the page to continue on the CPU.`
-        : `Training stopped: ${e.message}`,
-    );
+    const msg = lost
+      ? `The GPU stopped working during training (${e.message}). Your last saved state is kept under “autosave” below; reload the page to continue on the CPU.`
+      : `Training stopped: ${e.message}`;
+    if (status) {
+      status.textContent = '';
+      showTransferError(msg);
+    } else showError(msg);
     state.trained = state.losses.length > 0;
   } finally {
     state.training = false;
@@ -403,12 +437,19 @@ async function startTraining() {
   }
 }
 
+const describeRun = (info) =>
+  `training on ${info.train} examples (${info.valid} held out), ${info.trainable.toLocaleString()} trainable values, learning rate ${info.lr}`;
+
+function startTraining() {
+  return runTraining('train', () => call('startTraining', { settings: settings() }), describeRun);
+}
+
 // After each epoch the worker sends the adapter; it is kept in the browser's storage under
 // "autosave", so a failure later in the run loses at most one epoch.
 listeners.push(async (m) => {
   if (m.event !== 'autosave') return;
   try {
-    await storePut({ name: 'autosave', created: Date.now(), method: settings().method, labels: state.run?.labels, files: m.files.map(asStored) });
+    await storePut({ name: 'autosave', created: Date.now(), method: runDescription(), labels: state.run?.labels, files: m.files.map(asStored) });
     state.lastAutosave = Date.now();
     await showSaved();
   } catch (e) {
@@ -484,15 +525,24 @@ const storeAll = () => tx('readonly', (s) => s.getAll());
 const storeGet = (name) => tx('readonly', (s) => s.get(name));
 const storeDelete = (name) => tx('readwrite', (s) => s.delete(name));
 
+// What the current run is, for the saved list: its method, and its sources or teachers.
+function runDescription() {
+  const r = state.run;
+  if (!r) return settings().method;
+  if (r.from === 'scalearn') return `${r.method} over ${r.sources.join(' + ')}`;
+  if (r.from === 'distill') return `${r.method} distilled from ${r.teachers.filter((t) => t.weight > 0).map((t) => t.name).join(', ')}`;
+  return r.method;
+}
+
 async function saveAdapter() {
   clearError();
-  const name = $('save-name').value.trim() || `${settings().method}-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-')}`;
+  const name = $('save-name').value.trim() || `${state.run?.method ?? settings().method}-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-')}`;
   try {
     const files = await call('exportAdapter');
     await storePut({
       name,
       created: Date.now(),
-      method: settings().method,
+      method: runDescription(),
       labels: state.run?.labels,
       accuracy: state.lastEval?.accuracy ?? state.epochs.at(-1)?.valid_accuracy ?? null,
       files: files.map(asStored),
@@ -537,6 +587,7 @@ async function showSaved() {
     ),
   );
   showMergeList(items);
+  showTransferList(items);
   refreshButtons();
 }
 
@@ -569,6 +620,7 @@ async function useAdapter(name) {
   try {
     const info = await call('loadAdapter', adapterArgs(name, it.files));
     state.trained = true;
+    state.run = { method: info.method, labels: info.labels, from: 'loaded' };
     refreshButtons();
     $('try-result').textContent = `Loaded “${name}” (${info.method}, labels ${info.labels.join(', ')}).`;
   } catch (e) {
@@ -751,6 +803,293 @@ function mergeDownload() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 8. transfer from saved adapters: rank them, ScaLearn on top of them, distill from them
+
+const SCORE_HELP = {
+  logme: 'LogME: how well the source’s features fit your labels with a linear model (the evidence of a Bayesian linear model on them).',
+  leep: 'LEEP: how well the source’s predictions map onto your labels (how likely your labels are through its predicted distribution); usable when the label sets differ.',
+  nce: 'NCE: how well the source’s predicted labels map onto yours (the negative conditional entropy of your labels given them); usable when the label sets differ.',
+};
+const SCORE_NAMES = { logme: 'LogME', leep: 'LEEP', nce: 'NCE' };
+
+const SCALEARN_HELP = {
+  scalearn: 'ScaLearn: a vector of scales per source in every layer (one scale per feature).',
+  'scalearn-uniform': 'ScaLearnUniform: one scalar per source in every layer.',
+  'scalearn++': 'ScaLearn++: one vector of scales per source, shared across all layers.',
+  'scalearn-uniform++': 'ScaLearnUniform++: one scalar per source, shared across all layers (the fewest values).',
+};
+
+function showScoreHelp() {
+  $('rank-help').textContent = SCORE_HELP[$('rank-score').value] || '';
+}
+function showScaLearnHelp() {
+  $('scalearn-help').textContent = SCALEARN_HELP[$('scalearn-variant').value] || '';
+}
+
+// What a stored adapter's files say about it: method (and placement), labels.
+function adapterMeta(files) {
+  const dec = new TextDecoder();
+  const json = (n) => {
+    const f = files.find((x) => x.name === n);
+    return f ? JSON.parse(dec.decode(f.bytes)) : null;
+  };
+  try {
+    const meta = json('localtune.json');
+    const config = json('adapter_config.json') || {};
+    const peft = { LORA: 'lora', IA3: 'ia3' }[config.peft_type];
+    return {
+      method: meta?.method ?? config.localtune_method?.method ?? peft ?? config.peft_type ?? 'unknown method',
+      placement: meta?.placement ?? config.localtune_method?.placement ?? null,
+      labels: meta?.labels ?? null,
+    };
+  } catch {
+    return { method: 'unreadable files', placement: null, labels: null };
+  }
+}
+
+function showTransferList(items) {
+  const was = new Set(pickedSources());
+  const rows = items
+    .filter((it) => it.name !== 'autosave')
+    .map((it) => {
+      const m = adapterMeta(it.files);
+      const box = el('input', { type: 'checkbox', name: 'transfer-source', value: it.name, onchange: refreshButtons });
+      box.checked = was.has(it.name);
+      const method = m.placement ? `${m.method} (${m.placement})` : m.method;
+      return el('label', { 'data-name': it.name }, box, ` ${it.name} `, el('span', { class: 'meta' }, `— ${method}; labels ${m.labels ? m.labels.join(', ') : 'not recorded'}`));
+    });
+  $('transfer-list').replaceChildren(...(rows.length ? rows : [el('span', { class: 'hint' }, 'Save adapters (step 6) or add adapter files below to use them as sources.')]));
+}
+
+const pickedSources = () => [...document.querySelectorAll('#transfer-list input:checked')].map((x) => x.value);
+
+// The picked sources' files as the worker takes them; null after saying why one cannot be read.
+async function readSources() {
+  const out = [];
+  for (const n of pickedSources()) {
+    const it = await readStored(n);
+    if (!it) return null;
+    out.push(adapterArgs(n, it.files));
+  }
+  return out;
+}
+
+// The entries of a .zip (stored, or deflated through the browser's own DecompressionStream).
+async function readZip(buf) {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  let end = -1;
+  for (let p = buf.length - 22; p >= Math.max(0, buf.length - 22 - 65535); p--) {
+    if (dv.getUint32(p, true) === 0x06054b50) {
+      end = p;
+      break;
+    }
+  }
+  if (end < 0) throw new Error('not a zip file');
+  const count = dv.getUint16(end + 10, true);
+  let p = dv.getUint32(end + 16, true);
+  const dec = new TextDecoder();
+  const out = [];
+  for (let i = 0; i < count; i++) {
+    if (p + 46 > buf.length || dv.getUint32(p, true) !== 0x02014b50) throw new Error('a damaged zip file');
+    const method = dv.getUint16(p + 10, true);
+    const size = dv.getUint32(p + 20, true);
+    const nameLen = dv.getUint16(p + 28, true);
+    const local = dv.getUint32(p + 42, true);
+    const name = dec.decode(buf.subarray(p + 46, p + 46 + nameLen));
+    p += 46 + nameLen + dv.getUint16(p + 30, true) + dv.getUint16(p + 32, true);
+    if (name.endsWith('/') || name.startsWith('__MACOSX/')) continue;
+    const start = local + 30 + dv.getUint16(local + 26, true) + dv.getUint16(local + 28, true);
+    const raw = buf.subarray(start, start + size);
+    let data;
+    if (method === 0) data = raw;
+    else if (method === 8 && typeof DecompressionStream === 'function') {
+      data = new Uint8Array(await new Response(new Blob([raw]).stream().pipeThrough(new DecompressionStream('deflate-raw'))).arrayBuffer());
+    } else throw new Error(`${name}: compression method ${method} is not supported`);
+    out.push({ name, data });
+  }
+  return out;
+}
+
+const ADAPTER_FILES = ['adapter_config.json', 'adapter_model.safetensors', 'localtune.json'];
+
+// Adapter files from the computer (loose files, a folder, or zips of folders) kept in the browser's
+// storage beside the saved adapters, under their folder's name.
+async function addAdapterFiles(list) {
+  clearError();
+  const groups = new Map(); // folder → {name, files}
+  const add = (key, name, file, bytes) => {
+    if (!ADAPTER_FILES.includes(file)) return;
+    if (!groups.has(key)) groups.set(key, { name, files: [] });
+    groups.get(key).files.push({ name: file, bytes });
+  };
+  try {
+    for (const f of list) {
+      if (/\.zip$/i.test(f.name)) {
+        for (const e of await readZip(new Uint8Array(await f.arrayBuffer()))) {
+          const parts = e.name.split('/');
+          const file = parts.pop();
+          const name = parts.length ? parts.at(-1) : f.name.replace(/\.zip$/i, '');
+          add(`${f.name}/${parts.join('/')}`, name, file, e.data.slice().buffer);
+        }
+      } else {
+        const parts = (f.webkitRelativePath || '').split('/').slice(0, -1);
+        add(parts.join('/'), parts.at(-1) || 'added adapter', f.name, await f.arrayBuffer());
+      }
+    }
+    if (!groups.size) throw new Error(`no adapter files among them (an adapter is ${ADAPTER_FILES.join(', ')})`);
+    const taken = new Set((await storeAll()).map((it) => it.name));
+    const added = [];
+    for (const g of groups.values()) {
+      const missing = ADAPTER_FILES.slice(0, 2).filter((n) => !g.files.some((f) => f.name === n));
+      if (missing.length) throw new Error(`“${g.name}” lacks ${missing.join(' and ')}`);
+      const m = adapterMeta(g.files);
+      if (m.method === 'unreadable files') throw new Error(`“${g.name}”: adapter_config.json or localtune.json is not valid JSON`);
+      let name = g.name;
+      for (let i = 2; taken.has(name); i++) name = `${g.name}-${i}`;
+      taken.add(name);
+      await storePut({ name, created: Date.now(), method: m.placement ? `${m.method} (${m.placement})` : m.method, labels: m.labels, files: g.files });
+      added.push(name);
+    }
+    await showSaved();
+    for (const n of added) {
+      const box = document.querySelector(`#transfer-list input[value="${CSS.escape(n)}"]`);
+      if (box) box.checked = true;
+    }
+    $('rank-status').textContent = `added ${added.join(', ')}`;
+    refreshButtons();
+  } catch (e) {
+    showTransferError(`Could not add the adapter files: ${e.message}`);
+  }
+}
+
+function showRank() {
+  const r = state.rank;
+  if (!r) return;
+  const key = $('rank-score').value;
+  const rows = [...r.sources].sort((a, b) => b[key] - a[key]);
+  const values = rows.map((x) => x[key]);
+  const hi = Math.max(...values);
+  const lo = Math.min(...values);
+  // Scores can be negative (LEEP and NCE always are): the bars span the range of the values shown.
+  const width = (v) => (hi > lo ? 8 + (92 * (v - lo)) / (hi - lo) : 100);
+  const t = el('table', { class: 'rank' }, el('tr', {}, el('th', {}, '#'), el('th', {}, 'source'), el('th', {}, SCORE_NAMES[key]), el('th', {}, '')));
+  rows.forEach((x, i) => {
+    const fill = el('span');
+    fill.style.width = `${width(x[key]).toFixed(1)}%`; // CSSOM: allowed under the page's CSP
+    t.append(
+      el(
+        'tr',
+        { class: i === 0 ? 'best rank-row' : 'rank-row', 'data-name': x.name, 'data-value': String(x[key]) },
+        el('td', {}, i + 1),
+        el('td', {}, x.name, el('div', { class: 'hint' }, `${x.method}; labels ${x.labels.join(', ')}`)),
+        el('td', { class: 'value' }, Number.isFinite(x[key]) ? x[key].toFixed(4) : String(x[key])),
+        el('td', {}, el('div', { class: 'bar' }, fill)),
+      ),
+    );
+  });
+  const team = r.ensemble[key] || [];
+  const teamText =
+    team.length > 1
+      ? `Best team of two by ${SCORE_NAMES[key]} (chosen greedily on their combined outputs): ${team.map((m) => m.name).join(' + ')} (${team.at(-1).score.toFixed(4)}).`
+      : r.sources.length > 1
+        ? `No second source improves ${SCORE_NAMES[key]} over ${team[0]?.name} alone.`
+        : '';
+  $('rank-result').replaceChildren(el('div', { class: 'hint' }, `On ${r.examples} labelled examples of ${state.data?.name || 'the loaded data'} (the whole file); higher is better.`), t, el('div', { class: 'hint' }, teamText));
+}
+
+async function rankRun() {
+  if (state.training || state.transferBusy) return;
+  clearError();
+  state.transferBusy = true;
+  refreshButtons();
+  const status = $('rank-status');
+  try {
+    const sources = await readSources();
+    if (!sources) return;
+    status.textContent = `scoring ${sources.length} source(s)…`;
+    const t0 = performance.now();
+    state.rank = await call('rankSources', { sources, maxLen: Number($('max-len').value) });
+    showRank();
+    status.textContent = `scored in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    document.body.dataset.ranked = String((Number(document.body.dataset.ranked) || 0) + 1);
+  } catch (e) {
+    status.textContent = '';
+    showTransferError(`Ranking failed: ${e.message}`);
+  } finally {
+    state.transferBusy = false;
+    refreshButtons();
+  }
+}
+
+const optionalNumber = (id) => ($(id).value.trim() === '' ? null : Number($(id).value));
+
+async function scalearnRun() {
+  if (state.training) return;
+  clearError();
+  const sources = await readSources();
+  if (!sources) return;
+  const s = { ...settings(), method: $('scalearn-variant').value, lr: optionalNumber('scalearn-lr'), scalearn_dropout: Number($('scalearn-dropout').value) };
+  $('scalearn-info').textContent = '';
+  await runTraining(
+    'scalearn',
+    () => call('startTraining', { settings: s, sources }),
+    (info) => {
+      $('scalearn-info').dataset.trainable = String(info.trainable);
+      $('scalearn-info').textContent = `${info.method} over ${info.sources.join(' + ')}: ${info.trainable.toLocaleString()} trainable values (the sources’ ${info.frozen_source_values.toLocaleString()} stay frozen)`;
+      return describeRun(info);
+    },
+  );
+}
+
+async function distillRun() {
+  if (state.training) return;
+  clearError();
+  const sources = await readSources();
+  if (!sources) return;
+  const args = { settings: settings(), sources, weighting: $('distill-weighting').value, score: $('distill-score').value, alpha: Number($('distill-alpha').value) };
+  $('distill-info').textContent = '';
+  await runTraining(
+    'distill',
+    () => call('startDistill', args),
+    (info) => {
+      const t = el('table', { class: 'teachers' }, el('tr', {}, el('th', {}, 'teacher'), el('th', {}, SCORE_NAMES[info.score]), el('th', {}, 'weight')));
+      for (const x of info.teachers) t.append(el('tr', { 'data-name': x.name }, el('td', {}, x.name), el('td', { class: 'value' }, x.score.toFixed(4)), el('td', { class: 'value' }, x.weight.toFixed(3))));
+      $('distill-info').replaceChildren(
+        el('div', {}, `${info.method} student, ${info.weighting} teachers, alpha ${info.alpha}: ${info.labelled} labelled and ${info.unlabelled} unlabelled texts; ${info.trainable.toLocaleString()} trainable values`),
+        t,
+      );
+      return `distilling: ${describeRun(info)}`;
+    },
+  );
+}
+
+async function loadUnlabelledFile(file) {
+  clearError();
+  try {
+    const bytes = await file.arrayBuffer();
+    state.unlabelled = await call('loadUnlabelled', { bytes, name: file.name }, [bytes]);
+    $('unlabelled-info').textContent = `${state.unlabelled.texts} unlabelled texts from ${file.name}`;
+    $('unlabelled-clear').hidden = false;
+  } catch (e) {
+    state.unlabelled = null;
+    $('unlabelled-info').textContent = '';
+    showTransferError(`The unlabelled texts could not be read: ${e.message}`);
+  }
+}
+
+async function clearUnlabelled() {
+  try {
+    await call('clearUnlabelled');
+    state.unlabelled = null;
+    $('unlabelled-info').textContent = '';
+    $('unlabelled-clear').hidden = true;
+    $('unlabelled-file').value = '';
+  } catch (e) {
+    showTransferError(e.message);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // wiring
 
 $('model-load').addEventListener('click', loadServedModel);
@@ -781,6 +1120,19 @@ $('merge-method').addEventListener('change', showMergeHelp);
 $('merge-run').addEventListener('click', mergeRun);
 $('merge-save').addEventListener('click', mergeSave);
 $('merge-download').addEventListener('click', mergeDownload);
+$('transfer-files').addEventListener('change', (e) => e.target.files.length && addAdapterFiles([...e.target.files]).then(() => (e.target.value = '')));
+$('transfer-folder').addEventListener('change', (e) => e.target.files.length && addAdapterFiles([...e.target.files]).then(() => (e.target.value = '')));
+$('rank-score').addEventListener('change', () => {
+  showScoreHelp();
+  showRank();
+});
+$('rank-run').addEventListener('click', rankRun);
+$('scalearn-variant').addEventListener('change', showScaLearnHelp);
+$('scalearn-run').addEventListener('click', scalearnRun);
+$('distill-run').addEventListener('click', distillRun);
+$('unlabelled-file').addEventListener('change', (e) => e.target.files[0] && loadUnlabelledFile(e.target.files[0]));
+$('unlabelled-clear').addEventListener('click', clearUnlabelled);
+$('transfer-stop').addEventListener('click', () => call('stop'));
 
 // Offline use: the service worker keeps the last good copy of the app and the model.
 if ('serviceWorker' in navigator) {
@@ -789,6 +1141,8 @@ if ('serviceWorker' in navigator) {
 
 showMethodOptions();
 showMergeHelp();
+showScoreHelp();
+showScaLearnHelp();
 drawChart();
 refreshButtons();
 await startDevice();

@@ -22,6 +22,9 @@ async function fetchText(url) {
   return r.text();
 }
 
+// Saved adapters as the wasm takes them: weights as a Uint8Array, no meta as undefined.
+const adapterInputs = (list) => (list || []).map((a) => ({ ...a, weights: new Uint8Array(a.weights), meta: a.meta ?? undefined }));
+
 const commands = {
   async init({ prefer }) {
     return JSON.parse(await lt.initDevice(prefer || 'gpu'));
@@ -43,8 +46,26 @@ const commands = {
   async loadData({ bytes, name, skipBad }) {
     return JSON.parse(lt.loadData(new Uint8Array(bytes), name, !!skipBad));
   },
-  async startTraining({ settings }) {
-    return JSON.parse(lt.startTraining(JSON.stringify(settings)));
+  // sources: saved adapters [{name, config, weights, meta}], combined by a ScaLearn method (ignored
+  // by the others).
+  async startTraining({ settings, sources }) {
+    return JSON.parse(lt.startTraining(JSON.stringify(settings), adapterInputs(sources)));
+  },
+  // Scores saved adapters on the loaded data: {examples, labels, sources: [{name, logme, leep, nce,
+  // labels, method}], ensemble: {logme, leep, nce: [{name, score}]}}.
+  async rankSources({ sources, maxLen }) {
+    return JSON.parse(await lt.rankSources(adapterInputs(sources), maxLen || 64));
+  },
+  async loadUnlabelled({ bytes, name }) {
+    return JSON.parse(lt.loadUnlabelled(new Uint8Array(bytes), name));
+  },
+  async clearUnlabelled() {
+    lt.clearUnlabelled();
+    return {};
+  },
+  // A student run trained against the teachers' soft predictions; then `train` as for any run.
+  async startDistill({ settings, sources, weighting, score, alpha }) {
+    return JSON.parse(await lt.startDistill(JSON.stringify(settings), adapterInputs(sources), weighting, score, alpha));
   },
   async train() {
     if (training) throw new Error('training is already running');
@@ -92,8 +113,7 @@ const commands = {
   // list per merged adapter (one per task when the label sets differ). Nothing is loaded: evaluate
   // a merged adapter with loadAdapter + evaluate.
   async merge({ adapters, method, settings }) {
-    const inputs = adapters.map((a) => ({ ...a, weights: new Uint8Array(a.weights), meta: a.meta ?? undefined }));
-    const r = await lt.mergeAdapters(inputs, method, JSON.stringify(settings || {}));
+    const r = await lt.mergeAdapters(adapterInputs(adapters), method, JSON.stringify(settings || {}));
     return { report: JSON.parse(r.report), adapters: r.adapters.map((files) => files.map(([name, bytes]) => ({ name, bytes }))) };
   },
   async benchmark({ reps, trainBatch }) {
@@ -102,7 +122,10 @@ const commands = {
 };
 
 // Commands that would change the model, the data or the run underneath a running training loop.
-const refusedWhileTraining = new Set(['init', 'loadModel', 'loadData', 'startTraining', 'train', 'loadAdapter', 'merge', 'benchmark']);
+const refusedWhileTraining = new Set([
+  'init', 'loadModel', 'loadData', 'startTraining', 'train', 'loadAdapter', 'merge', 'benchmark',
+  'rankSources', 'loadUnlabelled', 'clearUnlabelled', 'startDistill',
+]);
 let broken = null;
 
 onmessage = async (e) => {

@@ -1,9 +1,12 @@
 // End-to-end test of the web app in headless Chromium (Debian's package, driven by playwright-core):
 // load a tiny model, load data (a bad file first), train a few steps and check the loss falls,
 // evaluate, save an adapter, train and save a second, merge the two (each input and the merged one
-// evaluated), reload and find them, download them and parse their files — and fail on any request
-// that leaves the origin or on any request at all while data is loaded, training, evaluating, saving
-// or merging. Screenshots go to test-output/browser/.
+// evaluated), then transfer from saved adapters (two Pfeiffer bottleneck sources trained and saved, a
+// third added from a downloaded zip; ranked by LogME/LEEP/NCE, ScaLearn trained over them, evaluated and
+// saved, a distillation run with unlabelled texts), reload and find them, download them and parse their
+// files — and fail on any request that leaves the origin or on any request at all while data is
+// loaded, training, evaluating, saving, merging, ranking, training ScaLearn or distilling.
+// Screenshots go to test-output/browser/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -258,9 +261,156 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   await page.click('#merge-save');
   await page.waitForSelector('#saved li[data-name="tiny-merged"]');
 
-  // No request at all while loading data, training, evaluating, saving or merging.
-  const during = requests.filter((r) => ['embed', 'data', 'train', 'eval', 'save', 'train2', 'merge'].includes(r.phase));
-  assert.deepEqual(during, [], 'requests during embed/data/train/eval/save/merge');
+  // 8. transfer from saved adapters. Two small sources: Pfeiffer bottleneck adapters, one epoch each.
+  phase = 'sources';
+  const runsDone = () => page.evaluate(() => window.__localtune.runsDone);
+  const finishRun = async (click) => {
+    const n = await runsDone();
+    await page.click(click);
+    // Done, or stopped with an error (then fail with its message).
+    await page.waitForFunction(
+      (k) => (window.__localtune.runsDone > k || !document.querySelector('#error').hidden) && !window.__localtune.training,
+      n,
+      { timeout: 10 * 60 * 1000 },
+    );
+    assert.equal(await page.isHidden('#error'), true, await page.textContent('#error'));
+  };
+  await page.selectOption('#method', 'adapter');
+  await page.selectOption('#placement', 'pfeiffer');
+  await page.fill('#reduction', '4');
+  await page.fill('#epochs', '1');
+  await page.fill('#lr', '0.01');
+  for (const [name, seed] of [['src-a', '2'], ['src-b', '3']]) {
+    await page.fill('#seed', seed);
+    await finishRun('#train-start');
+    await page.fill('#save-name', name);
+    await page.click('#save-run');
+    await page.waitForSelector(`#transfer-list label[data-name="${name}"]`);
+  }
+  assert.match(await page.textContent('#transfer-list label[data-name="src-a"]'), /adapter \(pfeiffer\); labels negative, positive/);
+  // A third source added from a file: src-b downloaded as a zip and read back (it becomes src-b-2).
+  phase = 'sources-download';
+  const [srcDownload] = await Promise.all([page.waitForEvent('download'), page.click('#saved li[data-name="src-b"] button:text("Download")')]);
+  const srcZip = path.join(out, 'src-b.zip');
+  await srcDownload.saveAs(srcZip);
+  phase = 'sources';
+  await page.setInputFiles('#transfer-files', srcZip);
+  await page.waitForSelector('#transfer-list label[data-name="src-b-2"] input:checked');
+
+  // Rank the three on the loaded data: one bar per source, best first, finite numbers, for each score.
+  phase = 'rank';
+  await page.check('#transfer-list input[value="src-a"]');
+  await page.check('#transfer-list input[value="src-b"]');
+  await page.click('#rank-run');
+  await page.waitForSelector('body[data-ranked="1"]', { timeout: 5 * 60 * 1000 });
+  assert.equal(await page.isHidden('#error'), true, await page.textContent('#error'));
+  const bars = () =>
+    page.$$eval('#rank-result tr.rank-row', (rows) =>
+      rows.map((r) => ({ name: r.dataset.name, value: Number(r.dataset.value), shown: Number(r.querySelector('td.value').textContent), width: parseFloat(r.querySelector('.bar > span').style.width) })),
+    );
+  const ranked = {};
+  for (const score of ['logme', 'leep', 'nce']) {
+    await page.selectOption('#rank-score', score);
+    const b = await bars();
+    ranked[score] = b;
+    assert.equal(b.length, 3, `${score}: one bar per source`);
+    assert.deepEqual(b.map((x) => x.name).sort(), ['src-a', 'src-b', 'src-b-2']);
+    for (const x of b) {
+      assert.ok(Number.isFinite(x.value) && Number.isFinite(x.shown) && Math.abs(x.shown - x.value) < 1e-4, `${score} ${x.name}: ${JSON.stringify(x)}`);
+      assert.ok(x.width > 0 && x.width <= 100, `${score} ${x.name}: bar width ${x.width}`);
+    }
+    for (let i = 1; i < b.length; i++) assert.ok(b[i - 1].value >= b[i].value, `${score}: best first`);
+    // The copy read from the zip scores as its original does.
+    const v = (n) => b.find((x) => x.name === n).value;
+    assert.ok(Math.abs(v('src-b') - v('src-b-2')) <= 1e-6 * (1 + Math.abs(v('src-b'))), `${score}: src-b ${v('src-b')} vs its copy ${v('src-b-2')}`);
+  }
+  console.log(`rank: ${Object.entries(ranked).map(([k, b]) => `${k} ${b.map((x) => `${x.name} ${x.value.toFixed(4)}`).join(', ')}`).join('; ')}`);
+  assert.match(await page.textContent('#rank-help'), /label sets differ/);
+  await page.selectOption('#rank-score', 'logme');
+  assert.match(await page.textContent('#rank-help'), /linear model/);
+  await shot('7-ranked');
+
+  // ScaLearn over src-a and src-b: refused without a source, then a few steps with a tiny trainable count.
+  phase = 'scalearn';
+  for (const n of ['src-a', 'src-b', 'src-b-2']) await page.uncheck(`#transfer-list input[value="${n}"]`);
+  await page.click('#scalearn-run');
+  await page.waitForSelector('#transfer-error:not([hidden])');
+  assert.match(await page.textContent('#transfer-error'), /choose at least one source adapter/);
+  await page.check('#transfer-list input[value="src-a"]');
+  await page.check('#transfer-list input[value="src-b"]');
+  await page.selectOption('#scalearn-variant', 'scalearn');
+  assert.match(await page.textContent('#scalearn-help'), /vector of scales per source in every layer/);
+  await finishRun('#scalearn-run');
+  const sl = await page.evaluate(() => ({ run: window.__localtune.run, losses: window.__localtune.losses }));
+  console.log(`scalearn: ${sl.run.trainable} trainable values (${sl.run.frozen_source_values} frozen in the sources), losses ${sl.losses.map((l) => l.toFixed(4)).join(' ')}`);
+  assert.equal(sl.run.method, 'scalearn');
+  assert.deepEqual([...sl.run.sources].sort(), ['src-a', 'src-b']);
+  assert.ok(sl.run.trainable > 0 && sl.run.trainable < 5000, `ScaLearn trains few values: ${sl.run.trainable}`);
+  assert.ok(sl.run.trainable < sl.run.frozen_source_values, 'fewer than its sources hold');
+  assert.equal(Number(await page.getAttribute('#scalearn-info', 'data-trainable')), sl.run.trainable);
+  assert.match(await page.textContent('#scalearn-info'), /trainable values/);
+  assert.ok(sl.losses.length > 0 && sl.losses.every(Number.isFinite), `finite losses: ${sl.losses}`);
+  await page.click('#eval-run');
+  await page.waitForFunction(() => /accuracy/.test(document.querySelector('#eval-result').textContent), null, { timeout: 120000 });
+  const slEval = await page.evaluate(() => window.__localtune.lastEval);
+  assert.ok(slEval.accuracy >= 0 && slEval.accuracy <= 1 && slEval.n === 12, `ScaLearn evaluation: ${JSON.stringify(slEval)}`);
+  await page.fill('#save-name', 'tiny-scalearn');
+  await page.click('#save-run');
+  await page.waitForSelector('#saved li[data-name="tiny-scalearn"]');
+  assert.match(await page.textContent('#saved li[data-name="tiny-scalearn"]'), /scalearn over (src-a \+ src-b|src-b \+ src-a)/);
+  const slFiles = await page.evaluate(async () => {
+    const it = await new Promise((resolve, reject) => {
+      const r = indexedDB.open('localtune', 1);
+      r.onsuccess = () => {
+        const g = r.result.transaction('adapters').objectStore('adapters').get('tiny-scalearn');
+        g.onsuccess = () => resolve(g.result);
+        g.onerror = () => reject(g.error);
+      };
+    });
+    const f = (n) => new Uint8Array(it.files.find((x) => x.name === n).bytes);
+    const st = f('adapter_model.safetensors');
+    const len = Number(new DataView(st.buffer, st.byteOffset, 8).getBigUint64(0, true));
+    const header = JSON.parse(new TextDecoder().decode(st.subarray(8, 8 + len)));
+    return { meta: JSON.parse(new TextDecoder().decode(f('localtune.json'))), shapes: Object.fromEntries(Object.entries(header).filter(([k]) => k !== '__metadata__').map(([k, v]) => [k, v.shape])) };
+  });
+  assert.equal(slFiles.meta.method, 'scalearn');
+  assert.deepEqual(slFiles.meta.sources.map((x) => x.name).sort(), ['src-a', 'src-b']);
+  const omegas = Object.entries(slFiles.shapes).filter(([k]) => k.endsWith('scalearn.omega'));
+  assert.ok(omegas.length > 0 && omegas.every(([, sh]) => sh[0] === 2), `ω per source: ${JSON.stringify(omegas)}`);
+  assert.ok(Object.keys(slFiles.shapes).some((k) => k.startsWith('localtune.scalearn.source.1.')), 'the sources travel in the file');
+  await shot('8-scalearn');
+
+  // Distillation into a LoRA student from the three sources (weighted), with unlabelled texts.
+  phase = 'distill';
+  await page.selectOption('#method', 'lora');
+  await page.fill('#lr', '0.02');
+  const unlabelled = ['the film was so good', 'i love this place', 'the service was awful', 'worst phone i hate it', 'really great food', 'this movie is bad', 'excellent service', 'terrible film', 'the best place', 'awful awful food'];
+  await page.setInputFiles('#unlabelled-file', { name: 'unlabelled.txt', mimeType: 'text/plain', buffer: Buffer.from(unlabelled.join('\n') + '\n') });
+  await page.waitForFunction(() => /10 unlabelled texts/.test(document.querySelector('#unlabelled-info').textContent));
+  await page.check('#transfer-list input[value="src-b-2"]');
+  await page.selectOption('#distill-weighting', 'weighted');
+  await page.fill('#distill-alpha', '0.5');
+  await finishRun('#distill-run');
+  const ds = await page.evaluate(() => ({ run: window.__localtune.run, losses: window.__localtune.losses }));
+  console.log(`distill: teachers ${ds.run.teachers.map((t) => `${t.name} ${t.score.toFixed(4)} w ${t.weight.toFixed(3)}`).join(', ')}; losses ${ds.losses.map((l) => l.toFixed(4)).join(' ')}`);
+  assert.equal(ds.run.method, 'lora');
+  assert.equal(ds.run.unlabelled, 10);
+  assert.equal(ds.run.train, ds.run.labelled + 10);
+  assert.deepEqual(ds.run.teachers.map((t) => t.name).sort(), ['src-a', 'src-b', 'src-b-2']);
+  assert.ok(Math.abs(ds.run.teachers.reduce((a, t) => a + t.weight, 0) - 1) < 1e-6, 'weights sum to 1');
+  assert.ok(ds.run.teachers.every((t) => Number.isFinite(t.score)));
+  assert.equal(await page.locator('#distill-info table.teachers tr[data-name]').count(), 3);
+  assert.ok(ds.losses.length === Math.ceil(ds.run.train / 8) && ds.losses.every(Number.isFinite), `finite losses: ${ds.losses}`);
+  await page.click('#eval-run');
+  await page.waitForFunction(() => /accuracy/.test(document.querySelector('#eval-result').textContent), null, { timeout: 120000 });
+  await shot('9-distilled');
+  await page.locator('#step-transfer').screenshot({ path: path.join(out, '9b-transfer-step.png') });
+
+  // No request at all while loading data, training, evaluating, saving, merging, ranking, training
+  // ScaLearn or distilling.
+  const quiet = ['embed', 'data', 'train', 'eval', 'save', 'train2', 'merge', 'sources', 'rank', 'scalearn', 'distill'];
+  const during = requests.filter((r) => quiet.includes(r.phase));
+  assert.deepEqual(during, [], `requests during ${quiet.join('/')}`);
 
   // The merged adapter downloads as PEFT files.
   phase = 'merge-download';
