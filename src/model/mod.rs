@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod encoder;
+pub mod gguf;
 pub mod hooks;
 pub mod param_set;
 pub mod pooling;

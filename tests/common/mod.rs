@@ -124,3 +124,19 @@ pub fn data_dir() -> Option<std::path::PathBuf> {
     eprintln!("skipping: no example data at {} (run scripts/fetch-assets.sh)", dir.display());
     None
 }
+
+/// The SmolLM2 GGUF (LOCALTUNE_LLM or .cache/models/smollm2/…), or None with a note when it is missing;
+/// under CI a missing file fails the test.
+pub fn llm_file() -> Option<std::path::PathBuf> {
+    let f = std::env::var_os("LOCALTUNE_LLM").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if f.exists() {
+        return Some(f);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set and the GGUF model is missing at {}: run scripts/fetch-assets.sh", f.display());
+    }
+    eprintln!("skipping: no GGUF model at {} (run scripts/fetch-assets.sh)", f.display());
+    None
+}

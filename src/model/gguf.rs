@@ -1,0 +1,362 @@
+//! GGUF files (llama.cpp's format, version 2 and 3): the header, the metadata key/values, the tensor
+//! table, and the tensors' bytes, with every read bounds-checked so that a truncated or corrupt file
+//! is an error naming the file and what was being read. Quantised blocks are llama.cpp's layouts:
+//!
+//! | type | values per block | bytes | value |
+//! | --- | --- | --- | --- |
+//! | Q4_0 | 32 | 2 (f16 d) + 16 nibbles | (q − 8) · d |
+//! | Q4_1 | 32 | 2 (f16 d) + 2 (f16 m) + 16 nibbles | q · d + m |
+//! | Q8_0 | 32 | 2 (f16 d) + 32 i8 | q · d |
+//!
+//! In Q4 blocks byte j holds value j in its low nibble and value j + 16 in its high nibble. Dimensions
+//! are GGML's order: `dims[0]` is the innermost (a row's length), so a (rows, cols) weight has
+//! dims [cols, rows].
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+/// A metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    Str(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// An unsigned integer of any width.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v as u64),
+            Value::U16(v) => Some(v as u64),
+            Value::U32(v) => Some(v as u64),
+            Value::U64(v) => Some(v),
+            Value::I8(v) if v >= 0 => Some(v as u64),
+            Value::I16(v) if v >= 0 => Some(v as u64),
+            Value::I32(v) if v >= 0 => Some(v as u64),
+            Value::I64(v) if v >= 0 => Some(v as u64),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v as f64),
+            Value::F64(v) => Some(v),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// The tensor types this reader knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    BF16,
+}
+
+impl GgmlType {
+    fn from_id(id: u32) -> Option<GgmlType> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            30 => GgmlType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// (values per block, bytes per block).
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            GgmlType::F32 => (1, 4),
+            GgmlType::F16 | GgmlType::BF16 => (1, 2),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q8_0 => (32, 34),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::BF16 => "BF16",
+        }
+    }
+}
+
+/// One entry of the tensor table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// GGML order: dims[0] innermost.
+    pub dims: Vec<u64>,
+    pub kind: GgmlType,
+    /// Offset of the tensor's bytes from the start of the data section.
+    pub offset: u64,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> u64 {
+        self.dims.iter().product()
+    }
+
+    /// Bytes of the tensor in the file.
+    pub fn bytes(&self) -> u64 {
+        let (per, bytes) = self.kind.block();
+        self.numel() / per as u64 * bytes as u64
+    }
+
+    /// (rows, cols) in row-major terms: cols = dims[0], rows = the product of the rest.
+    pub fn rows_cols(&self) -> (usize, usize) {
+        let cols = self.dims.first().copied().unwrap_or(1) as usize;
+        (self.numel() as usize / cols.max(1), cols)
+    }
+}
+
+/// A parsed GGUF header: metadata, tensor table and where the data starts.
+#[derive(Clone, Debug)]
+pub struct Gguf {
+    pub origin: String,
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: Vec<TensorInfo>,
+    /// Byte offset of the data section in the file.
+    pub data_start: u64,
+    pub alignment: u64,
+}
+
+/// A bounds-checked little-endian reader over the header bytes.
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+    origin: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if self.b.len() - self.pos < n {
+            return Err(Error::file(
+                self.origin,
+                format!("truncated: {what} needs {n} bytes at offset {}, the file has {}", self.pos, self.b.len()),
+            ));
+        }
+        let s = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().unwrap()))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+    }
+    fn string(&mut self, what: &str) -> Result<String> {
+        let n = self.u64(what)?;
+        if n > (self.b.len() - self.pos) as u64 {
+            return Err(Error::file(
+                self.origin,
+                format!("truncated or corrupt: {what} of {n} bytes at offset {}", self.pos),
+            ));
+        }
+        let s = self.take(n as usize, what)?;
+        String::from_utf8(s.to_vec()).map_err(|_| Error::file(self.origin, format!("{what} is not UTF-8")))
+    }
+    fn value(&mut self, ty: u32, what: &str, depth: usize) -> Result<Value> {
+        Ok(match ty {
+            0 => Value::U8(self.u8(what)?),
+            1 => Value::I8(self.u8(what)? as i8),
+            2 => Value::U16(self.u16(what)?),
+            3 => Value::I16(self.u16(what)? as i16),
+            4 => Value::U32(self.u32(what)?),
+            5 => Value::I32(self.u32(what)? as i32),
+            6 => Value::F32(f32::from_bits(self.u32(what)?)),
+            7 => Value::Bool(self.u8(what)? != 0),
+            8 => Value::Str(self.string(what)?),
+            9 => {
+                if depth > 4 {
+                    return Err(Error::file(self.origin, format!("{what}: arrays nested too deep")));
+                }
+                let inner = self.u32(what)?;
+                let n = self.u64(what)?;
+                // Every element takes at least one byte: a count beyond the file is corrupt.
+                if n > (self.b.len() - self.pos) as u64 {
+                    return Err(Error::file(self.origin, format!("truncated or corrupt: {what} claims {n} elements")));
+                }
+                let mut v = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    v.push(self.value(inner, what, depth + 1)?);
+                }
+                Value::Array(v)
+            }
+            10 => Value::U64(self.u64(what)?),
+            11 => Value::I64(self.u64(what)? as i64),
+            12 => Value::F64(f64::from_bits(self.u64(what)?)),
+            t => return Err(Error::file(self.origin, format!("{what} has an unknown value type {t}"))),
+        })
+    }
+}
+
+impl Gguf {
+    /// Parses the header of a GGUF file from its first bytes (all of the header must be there; the
+    /// tensors' bytes may follow or not). `file_len` is the whole file's length, to check that every
+    /// tensor lies inside it.
+    pub fn parse(head: &[u8], file_len: u64, origin: &str) -> Result<Gguf> {
+        let mut r = Reader { b: head, pos: 0, origin };
+        let magic = r.take(4, "the magic")?;
+        if magic != b"GGUF" {
+            return Err(Error::file(origin, "not a GGUF file (no `GGUF` magic)"));
+        }
+        let version = r.u32("the version")?;
+        if !(2..=3).contains(&version) {
+            return Err(Error::file(origin, format!("GGUF version {version} is not supported (2 and 3 are)")));
+        }
+        let n_tensors = r.u64("the tensor count")?;
+        let n_kv = r.u64("the metadata count")?;
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = r.string(&format!("metadata key {i}"))?;
+            let ty = r.u32(&format!("the type of `{key}`"))?;
+            let v = r.value(ty, &format!("metadata `{key}`"), 0)?;
+            metadata.insert(key, v);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16) as usize);
+        for i in 0..n_tensors {
+            let name = r.string(&format!("the name of tensor {i}"))?;
+            let nd = r.u32(&format!("the dimensions of `{name}`"))?;
+            if nd == 0 || nd > 4 {
+                return Err(Error::tensor(origin, &name, format!("{nd} dimensions (1 to 4 expected)")));
+            }
+            let dims = (0..nd).map(|_| r.u64(&format!("the shape of `{name}`"))).collect::<Result<Vec<_>>>()?;
+            let id = r.u32(&format!("the type of `{name}`"))?;
+            let kind = GgmlType::from_id(id).ok_or_else(|| {
+                Error::tensor(
+                    origin,
+                    &name,
+                    format!("tensor type {id} is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0 are)"),
+                )
+            })?;
+            let offset = r.u64(&format!("the offset of `{name}`"))?;
+            let t = TensorInfo { name, dims, kind, offset };
+            if t.dims.contains(&0) || !t.numel().is_multiple_of(kind.block().0 as u64) {
+                return Err(Error::tensor(
+                    origin,
+                    &t.name,
+                    format!("shape {:?} is not a whole number of {} blocks", t.dims, kind.name()),
+                ));
+            }
+            tensors.push(t);
+        }
+        let alignment = metadata.get("general.alignment").and_then(|v| v.as_u64()).unwrap_or(32);
+        if alignment == 0 || !alignment.is_power_of_two() {
+            return Err(Error::file(origin, format!("general.alignment {alignment} is not a power of two")));
+        }
+        let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
+        for t in &tensors {
+            let end = data_start + t.offset + t.bytes();
+            if end > file_len {
+                return Err(Error::tensor(
+                    origin,
+                    &t.name,
+                    format!("truncated: its bytes end at {end}, the file has {file_len}"),
+                ));
+            }
+        }
+        Ok(Gguf { origin: origin.to_string(), version, metadata, tensors, data_start, alignment })
+    }
+
+    /// Parses a whole file in memory.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Gguf> {
+        Self::parse(bytes, bytes.len() as u64, origin)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.get(key)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The bytes of tensor `t` in `file` (the whole file).
+    pub fn tensor_bytes<'a>(&self, file: &'a [u8], t: &TensorInfo) -> Result<&'a [u8]> {
+        let start = (self.data_start + t.offset) as usize;
+        file.get(start..start + t.bytes() as usize)
+            .ok_or_else(|| Error::tensor(&self.origin, &t.name, "truncated: its bytes are past the end of the file"))
+    }
+}
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// The f32 values of a tensor of type `kind` from its bytes.
+pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
+    let (per, size) = kind.block();
+    let mut out = Vec::with_capacity(bytes.len() / size * per);
+    match kind {
+        GgmlType::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()))),
+        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(f16)),
+        GgmlType::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            for b in bytes.chunks_exact(size) {
+                let d = f16(&b[0..2]);
+                let (m, qs) = if kind == GgmlType::Q4_1 { (f16(&b[2..4]), &b[4..20]) } else { (-8.0 * d, &b[2..18]) };
+                let mut block = [0f32; 32];
+                for (j, &q) in qs.iter().enumerate() {
+                    block[j] = (q & 0x0F) as f32 * d + m;
+                    block[j + 16] = (q >> 4) as f32 * d + m;
+                }
+                out.extend_from_slice(&block);
+            }
+        }
+        GgmlType::Q8_0 => {
+            for b in bytes.chunks_exact(size) {
+                let d = f16(&b[0..2]);
+                out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
+            }
+        }
+    }
+    out
+}
