@@ -21,6 +21,7 @@ pub mod merge;
 pub mod model;
 pub mod ops;
 pub mod peft;
+pub mod quant;
 pub mod rng;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod serve;

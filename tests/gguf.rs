@@ -123,3 +123,32 @@ fn truncated_and_corrupt_files_name_what_is_wrong() {
     b[4..8].copy_from_slice(&7u32.to_le_bytes());
     assert!(err(&b).contains("version 7 is not supported"));
 }
+
+#[test]
+fn real_quantised_weights_multiply_as_their_dequantised_values() {
+    use localtune::ops::{self, qmatmul};
+    let Some(path) = common::llm_file() else { return };
+    let bytes = std::fs::read(&path).unwrap();
+    let g = Gguf::from_bytes(&bytes, "m.gguf").unwrap();
+    let mut r = common::Rng(4);
+    for name in ["blk.0.attn_k.weight", "blk.7.ffn_down.weight"] {
+        let t = g.tensor(name).unwrap();
+        let (rows, cols) = t.rows_cols();
+        let raw = g.tensor_bytes(&bytes, t).unwrap();
+        let w = dequantize(t.kind, raw);
+        for dev in common::devices() {
+            let q = qmatmul::QWeight::new(&dev, t.kind, rows, cols, raw).unwrap();
+            // The device holds the blocks as they are: the file's bytes, not 4 bytes per value.
+            assert_eq!(q.device_bytes(), raw.len().div_ceil(4) * 4);
+            let x = dev.tensor(&r.vec(3 * cols, 1.0), &[3, cols]).unwrap();
+            let want = ops::matmul(&x, &dev.tensor(&w, &[rows, cols]).unwrap(), false, true).unwrap();
+            common::assert_close(
+                name,
+                &common::host(&qmatmul::qlinear(&x, &q).unwrap()),
+                &common::host(&want),
+                1e-4,
+                1e-4,
+            );
+        }
+    }
+}

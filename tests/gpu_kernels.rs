@@ -484,3 +484,67 @@ fn soft_cross_entropy_loss_and_gradient() {
         assert_close("one-hot dlogits", &host(&d1), &host(&d2), 1e-6, 1e-5);
     }
 }
+
+/// Random blocks of `kind` for a (rows, cols) weight: small f16 scales, random quants.
+fn random_blocks(kind: localtune::quant::GgmlType, rows: usize, cols: usize, r: &mut Rng) -> Vec<u8> {
+    let (per, size) = kind.block();
+    let mut out = vec![];
+    for _ in 0..rows * cols / per {
+        let mut b = vec![0u8; size];
+        b[..2].copy_from_slice(&half::f16::from_f32(r.vec(1, 0.1)[0]).to_le_bytes());
+        let start = if kind == localtune::quant::GgmlType::Q4_1 {
+            b[2..4].copy_from_slice(&half::f16::from_f32(r.vec(1, 0.5)[0]).to_le_bytes());
+            4
+        } else {
+            2
+        };
+        for v in &mut b[start..] {
+            *v = r.below(256) as u8;
+        }
+        out.extend(b);
+    }
+    out
+}
+
+#[test]
+fn quantised_matmuls_match_the_dequantised_weight() {
+    use localtune::ops::qmatmul::{qlinear, qlinear_dx, QWeight};
+    use localtune::quant::{dequantize, GgmlType};
+    let gpu = gpu();
+    let mut r = Rng(31);
+    for kind in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for &(n, rows, cols) in &[(1, 1, 32), (3, 5, 64), (17, 33, 96), (2, 70, 32)] {
+            let bytes = random_blocks(kind, rows, cols, &mut r);
+            let w = dequantize(kind, &bytes);
+            let x = r.vec(n * cols, 1.0);
+            let dy = r.vec(n * rows, 1.0);
+            let cpu = Device::Cpu;
+            let qw = QWeight::new(&cpu, kind, rows, cols, &bytes).unwrap();
+            let (xc, dyc) = (cpu.tensor(&x, &[n, cols]).unwrap(), cpu.tensor(&dy, &[n, rows]).unwrap());
+            let wc = cpu.tensor(&w, &[rows, cols]).unwrap();
+            let what = format!("{kind:?} n {n} W ({rows}, {cols})");
+            let y = qlinear(&xc, &qw).unwrap();
+            compare(
+                &format!("{what} forward vs dequantised"),
+                &y,
+                &ops::matmul(&xc, &wc, false, true).unwrap(),
+                1e-5,
+                1e-5,
+            );
+            let dx = qlinear_dx(&dyc, &qw).unwrap();
+            compare(
+                &format!("{what} dx vs dequantised"),
+                &dx,
+                &ops::matmul(&dyc, &wc, false, false).unwrap(),
+                1e-5,
+                1e-5,
+            );
+            let Some(g) = &gpu else { continue };
+            let qg = QWeight::new(g, kind, rows, cols, &bytes).unwrap();
+            let yg = qlinear(&g.tensor(&x, &[n, cols]).unwrap(), &qg).unwrap();
+            compare(&format!("{what} forward GPU vs CPU"), &yg, &y, 1e-5, 1e-5);
+            let dxg = qlinear_dx(&g.tensor(&dy, &[n, rows]).unwrap(), &qg).unwrap();
+            compare(&format!("{what} dx GPU vs CPU"), &dxg, &dx, 1e-5, 1e-5);
+        }
+    }
+}

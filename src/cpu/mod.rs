@@ -7,6 +7,7 @@
 
 mod kernels;
 pub mod merge;
+pub mod qmatmul;
 pub mod scalearn;
 
 pub use kernels::*;

@@ -33,6 +33,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("merge", include_str!("../../shaders/merge.wgsl")),
     ("pool", include_str!("../../shaders/pool.wgsl")),
     ("prefix", include_str!("../../shaders/prefix.wgsl")),
+    ("qmatmul", include_str!("../../shaders/qmatmul.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("scalearn", include_str!("../../shaders/scalearn.wgsl")),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),

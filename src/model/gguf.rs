@@ -1,20 +1,14 @@
 //! GGUF files (llama.cpp's format, version 2 and 3): the header, the metadata key/values, the tensor
 //! table, and the tensors' bytes, with every read bounds-checked so that a truncated or corrupt file
-//! is an error naming the file and what was being read. Quantised blocks are llama.cpp's layouts:
-//!
-//! | type | values per block | bytes | value |
-//! | --- | --- | --- | --- |
-//! | Q4_0 | 32 | 2 (f16 d) + 16 nibbles | (q − 8) · d |
-//! | Q4_1 | 32 | 2 (f16 d) + 2 (f16 m) + 16 nibbles | q · d + m |
-//! | Q8_0 | 32 | 2 (f16 d) + 32 i8 | q · d |
-//!
-//! In Q4 blocks byte j holds value j in its low nibble and value j + 16 in its high nibble. Dimensions
+//! is an error naming the file and what was being read. Quantised blocks are llama.cpp's layouts
+//! (`crate::quant`). Dimensions
 //! are GGML's order: `dims[0]` is the innermost (a row's length), so a (rows, cols) weight has
 //! dims [cols, rows].
 
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
+pub use crate::quant::{dequantize, GgmlType};
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,53 +63,6 @@ impl Value {
         match self {
             Value::Array(a) => Some(a),
             _ => None,
-        }
-    }
-}
-
-/// The tensor types this reader knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GgmlType {
-    F32,
-    F16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-    BF16,
-}
-
-impl GgmlType {
-    fn from_id(id: u32) -> Option<GgmlType> {
-        Some(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            30 => GgmlType::BF16,
-            _ => return None,
-        })
-    }
-
-    /// (values per block, bytes per block).
-    pub fn block(self) -> (usize, usize) {
-        match self {
-            GgmlType::F32 => (1, 4),
-            GgmlType::F16 | GgmlType::BF16 => (1, 2),
-            GgmlType::Q4_0 => (32, 18),
-            GgmlType::Q4_1 => (32, 20),
-            GgmlType::Q8_0 => (32, 34),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::Q4_0 => "Q4_0",
-            GgmlType::Q4_1 => "Q4_1",
-            GgmlType::Q8_0 => "Q8_0",
-            GgmlType::BF16 => "BF16",
         }
     }
 }
@@ -325,38 +272,4 @@ impl Gguf {
         file.get(start..start + t.bytes() as usize)
             .ok_or_else(|| Error::tensor(&self.origin, &t.name, "truncated: its bytes are past the end of the file"))
     }
-}
-
-fn f16(b: &[u8]) -> f32 {
-    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
-}
-
-/// The f32 values of a tensor of type `kind` from its bytes.
-pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
-    let (per, size) = kind.block();
-    let mut out = Vec::with_capacity(bytes.len() / size * per);
-    match kind {
-        GgmlType::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()))),
-        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(f16)),
-        GgmlType::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            for b in bytes.chunks_exact(size) {
-                let d = f16(&b[0..2]);
-                let (m, qs) = if kind == GgmlType::Q4_1 { (f16(&b[2..4]), &b[4..20]) } else { (-8.0 * d, &b[2..18]) };
-                let mut block = [0f32; 32];
-                for (j, &q) in qs.iter().enumerate() {
-                    block[j] = (q & 0x0F) as f32 * d + m;
-                    block[j + 16] = (q >> 4) as f32 * d + m;
-                }
-                out.extend_from_slice(&block);
-            }
-        }
-        GgmlType::Q8_0 => {
-            for b in bytes.chunks_exact(size) {
-                let d = f16(&b[0..2]);
-                out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
-            }
-        }
-    }
-    out
 }

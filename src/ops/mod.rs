@@ -5,6 +5,7 @@
 mod attention;
 pub mod merge;
 pub mod params;
+pub mod qmatmul;
 pub mod scalearn;
 
 pub use attention::{attention, attention_backward, attention_masked, AttnMask};

@@ -51,6 +51,7 @@ layouts! {
     "merge" => MergeParams,
     "pool" => PoolParams,
     "prefix" => PrefixParams,
+    "qmatmul" => QMatmulParams,
     "reduce" => ReduceParams,
     "scalearn" => ScaLearnParams,
     "softmax" => SoftmaxParams,
@@ -210,6 +211,15 @@ params_struct! {
         pub seed: u32,
         pub scale: f32,
         pub aux: f32,
+    }
+}
+
+params_struct! {
+    pub struct QMatmulParams {
+        pub n: u32,
+        pub rows: u32,
+        pub cols: u32,
+        pub kind: u32,
     }
 }
 

@@ -1,0 +1,110 @@
+//! Tensor types of llama.cpp's GGML and their block layouts (read by `model::gguf`, multiplied by
+//! `ops::qmatmul`): a low floor that the CPU device, the ops and the model loader all share.
+//!
+//! | type | values per block | bytes | value |
+//! | --- | --- | --- | --- |
+//! | Q4_0 | 32 | 2 (f16 d) + 16 nibbles | (q − 8) · d |
+//! | Q4_1 | 32 | 2 (f16 d) + 2 (f16 m) + 16 nibbles | q · d + m |
+//! | Q8_0 | 32 | 2 (f16 d) + 32 i8 | q · d |
+//!
+//! In Q4 blocks byte j holds value j in its low nibble and value j + 16 in its high nibble.
+
+/// The tensor types this reader knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    BF16,
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            30 => GgmlType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// (values per block, bytes per block).
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            GgmlType::F32 => (1, 4),
+            GgmlType::F16 | GgmlType::BF16 => (1, 2),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q8_0 => (32, 34),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::BF16 => "BF16",
+        }
+    }
+}
+
+impl GgmlType {
+    /// GGML's id of the type (the kernels' `kind`).
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+            GgmlType::BF16 => 30,
+        }
+    }
+
+    /// Whether values come in quantised blocks of 32.
+    pub fn is_quantised(self) -> bool {
+        matches!(self, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    }
+}
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// The f32 values of a tensor of type `kind` from its bytes.
+pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
+    let (per, size) = kind.block();
+    let mut out = Vec::with_capacity(bytes.len() / size * per);
+    match kind {
+        GgmlType::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()))),
+        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(f16)),
+        GgmlType::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            for b in bytes.chunks_exact(size) {
+                let d = f16(&b[0..2]);
+                let (m, qs) = if kind == GgmlType::Q4_1 { (f16(&b[2..4]), &b[4..20]) } else { (-8.0 * d, &b[2..18]) };
+                let mut block = [0f32; 32];
+                for (j, &q) in qs.iter().enumerate() {
+                    block[j] = (q & 0x0F) as f32 * d + m;
+                    block[j + 16] = (q >> 4) as f32 * d + m;
+                }
+                out.extend_from_slice(&block);
+            }
+        }
+        GgmlType::Q8_0 => {
+            for b in bytes.chunks_exact(size) {
+                let d = f16(&b[0..2]);
+                out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
+            }
+        }
+    }
+    out
+}
