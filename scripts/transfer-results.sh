@@ -49,7 +49,7 @@ touch results.jsonl
 echo "$plan" | while read -r t n seed; do
   [ -z "$t" ] && continue
   grep -q "\"target\": \"$t\", \"n\": $n, \"seed\": $seed, \"method\": \"distill-weighted\"" results.jsonl && continue
-  others=$(for d in yelp amazon imdb; do [ $d != $t ] && echo $d; done | xargs)
+  others=$(for d in yelp amazon imdb; do if [ $d != $t ]; then echo $d; fi; done | xargs)
   set -- $others; o1=$1; o2=$2
   R=run/$t-$n-$seed; mkdir -p $R
   python3 - $t $n $seed $R <<'PY'
@@ -90,8 +90,9 @@ for s in r['sources']:
     print(json.dumps({'target': sys.argv[1], 'n': int(sys.argv[2]), 'seed': int(sys.argv[3]), 'method': 'scores',
                       'source': src, 'logme': s['logme'], 'leep': s['leep'], 'nce': s['nce']}))
 PY
+  unl=(); [ -s $R/unlabelled.txt ] && unl=(--unlabelled $R/unlabelled.txt)
   for w in nearest weighted; do
-    if $lt distill --data $L --unlabelled $R/unlabelled.txt --sources src/$o1-adapter src/$o2-adapter --weighting $w \
+    if $lt distill --data $L "${unl[@]}" --sources src/$o1-adapter src/$o2-adapter --weighting $w \
       --method lora --lr 3e-3 --out $R/distill-$w "${common[@]}" --epochs 2 --seed $seed > $R/distill-$w.log 2>&1; then
       record $t $n $seed distill-$w "$(trainable $R/distill-$w.log)" "$(acc $R/distill-$w $t)"
     else

@@ -26,7 +26,7 @@ impl QWeight {
             return Err(Error::shape(op, format!("{} is not a block-quantised type", kind.name())));
         }
         let (per, size) = kind.block();
-        if cols % per != 0 || rows == 0 {
+        if !cols.is_multiple_of(per) || rows == 0 {
             return Err(Error::shape(op, format!("({rows}, {cols}) is not rows of whole {per}-value blocks")));
         }
         let want = rows * cols / per * size;
