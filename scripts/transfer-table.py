@@ -9,6 +9,8 @@ import sys
 from collections import defaultdict
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+# A run repeated (an interrupted plan restarted) counts once: its last record.
+rows = list({(r['target'], r['n'], r['seed'], r['method'], r.get('source')): r for r in rows}.values())
 acc = defaultdict(list)
 trainable = {}
 scores = defaultdict(dict)
