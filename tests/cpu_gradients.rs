@@ -446,3 +446,65 @@ fn relu_dropout_and_prefix_gradients() {
     check("prefix dprefix", &prefix, &dp, |pre| f(pre, &xs));
     check("prefix dx", &xs, &dxs, |xs| f(&prefix, xs));
 }
+
+#[test]
+fn llama_kernel_gradients() {
+    use localtune::cpu::llama as l;
+    let mut r = Rng(21);
+    // RMSNorm: dx and dγ.
+    for &(rows, cols) in &[(1, 2), (3, 7), (2, 33)] {
+        let x = r.vec64(rows * cols, 2.0);
+        let gamma = r.vec64(cols, 1.0);
+        let w = r.vec64(rows * cols, 1.0);
+        let fwd = |x: &[f64], g: &[f64]| {
+            let (mut y, mut rs) = (vec![0.0; rows * cols], vec![0.0; rows]);
+            l::rmsnorm_forward(&mut y, &mut rs, x, g, cols, 1e-5);
+            (y, rs)
+        };
+        let (_, rs) = fwd(&x, &gamma);
+        let (mut dx, mut dg) = (vec![0.0; rows * cols], vec![0.0; cols]);
+        l::rmsnorm_backward(&mut dx, Some(&mut dg), &w, &x, &rs, &gamma, cols);
+        check("rmsnorm dx", &x, &dx, |x| dot(&fwd(x, &gamma).0, &w));
+        check("rmsnorm dgamma", &gamma, &dg, |g| dot(&fwd(&x, g).0, &w));
+    }
+    // RoPE: the backward is the rotation turned back.
+    let (t, d, heads, batch) = (5, 6, 3, 2);
+    let cols = heads * d;
+    let ang: Vec<f64> = (0..t * d / 2).map(|i| 0.3 * i as f64 + 0.1).collect();
+    let (cos, sin): (Vec<f64>, Vec<f64>) = ang.iter().map(|a| (a.cos(), a.sin())).unzip();
+    let x = r.vec64(batch * t * cols, 1.0);
+    let w = r.vec64(batch * t * cols, 1.0);
+    let fwd = |x: &[f64]| {
+        let mut y = vec![0.0; x.len()];
+        l::rope(&mut y, x, &cos, &sin, cols, t, d, 1.0);
+        y
+    };
+    let mut dx = vec![0.0; x.len()];
+    l::rope(&mut dx, &w, &cos, &sin, cols, t, d, -1.0);
+    check("rope dx", &x, &dx, |x| dot(&fwd(x), &w));
+    // SwiGLU: dg and du.
+    let g = r.vec64(33, 3.0);
+    let u = r.vec64(33, 2.0);
+    let w = r.vec64(33, 1.0);
+    let fwd = |g: &[f64], u: &[f64]| {
+        let mut y = vec![0.0; 33];
+        l::swiglu_forward(&mut y, g, u);
+        dot(&y, &w)
+    };
+    let (mut dg, mut du) = (vec![0.0; 33], vec![0.0; 33]);
+    l::swiglu_backward(&mut dg, &mut du, &w, &g, &u);
+    check("swiglu dg", &g, &dg, |g| fwd(g, &u));
+    check("swiglu du", &u, &du, |u| fwd(&g, u));
+    // Key/value heads repeated: the backward sums the copies.
+    let (rows, kv_heads, d, groups) = (3, 2, 4, 3);
+    let x = r.vec64(rows * kv_heads * d, 1.0);
+    let w = r.vec64(rows * kv_heads * d * groups, 1.0);
+    let fwd = |x: &[f64]| {
+        let mut y = vec![0.0; w.len()];
+        l::repeat_kv_forward(&mut y, x, kv_heads * d, d, groups);
+        dot(&y, &w)
+    };
+    let mut dx = vec![0.0; x.len()];
+    l::repeat_kv_backward(&mut dx, &w, kv_heads * d, d, groups);
+    check("repeat_kv dx", &x, &dx, fwd);
+}

@@ -548,3 +548,60 @@ fn quantised_matmuls_match_the_dequantised_weight() {
         }
     }
 }
+
+#[test]
+fn llama_kernels() {
+    use localtune::ops::llama as l;
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(22);
+    let mut shapes: Vec<(usize, usize)> = ODD.iter().flat_map(|&a| ODD.iter().map(move |&b| (a, b))).collect();
+    shapes.push((40, 576));
+    for (rows, cols) in shapes {
+        let what = format!("rmsnorm {rows}x{cols}");
+        let (xc, xg) = pair(&r.vec(rows * cols, 2.0), &[rows, cols], &gpu);
+        let (gc, gg) = pair(&r.vec(cols, 1.0), &[cols], &gpu);
+        let (dyc, dyg) = pair(&r.vec(rows * cols, 1.0), &[rows, cols], &gpu);
+        let (yc, rc) = l::rmsnorm(&xc, &gc, 1e-5).unwrap();
+        let (yg, rg) = l::rmsnorm(&xg, &gg, 1e-5).unwrap();
+        compare(&format!("{what} y"), &yg, &yc, 1e-5, 1e-4);
+        compare(&format!("{what} rstd"), &rg, &rc, 1e-5, 1e-4);
+        let (mut dgc, mut dgg) = (Device::Cpu.zeros(&[cols]).unwrap(), gpu.zeros(&[cols]).unwrap());
+        let dxc = l::rmsnorm_backward(Some(&mut dgc), &dyc, &xc, &rc, &gc).unwrap();
+        let dxg = l::rmsnorm_backward(Some(&mut dgg), &dyg, &xg, &rg, &gg).unwrap();
+        compare(&format!("{what} dx"), &dxg, &dxc, 1e-4, 1e-3);
+        compare(&format!("{what} dgamma"), &dgg, &dgc, 1e-4 * (rows as f32).sqrt(), 1e-3);
+        let (ac, ag) = pair(&r.vec(rows * cols, 3.0), &[rows, cols], &gpu);
+        let (bc, bg) = pair(&r.vec(rows * cols, 1.0), &[rows, cols], &gpu);
+        let what = format!("swiglu {rows}x{cols}");
+        compare(&what, &l::swiglu(&ag, &bg).unwrap(), &l::swiglu(&ac, &bc).unwrap(), 1e-5, 1e-4);
+        let (dgc, duc) = l::swiglu_backward(&dyc, &ac, &bc).unwrap();
+        let (dgg, dug) = l::swiglu_backward(&dyg, &ag, &bg).unwrap();
+        compare(&format!("{what} dg"), &dgg, &dgc, 1e-5, 1e-4);
+        compare(&format!("{what} du"), &dug, &duc, 1e-5, 1e-4);
+    }
+    // RoPE and repeat_kv on odd head counts and lengths, and SmolLM2's (9 heads of 64, 3 kv heads).
+    for &(b, t, heads, d, groups) in &[(1, 1, 1, 2, 1), (2, 7, 3, 6, 3), (3, 33, 2, 10, 2), (1, 40, 3, 64, 3)] {
+        let cols = heads * d;
+        let what = format!("rope b{b} t{t} {heads}x{d}");
+        let (cos, sin) = l::rope_tables(3, t, d, 100000.0);
+        let (cc, cg) = pair(&cos, &[t, d / 2], &gpu);
+        let (sc, sg) = pair(&sin, &[t, d / 2], &gpu);
+        let (xc, xg) = pair(&r.vec(b * t * cols, 1.0), &[b, t, cols], &gpu);
+        for back in [false, true] {
+            let yc = l::rope(&xc, &cc, &sc, d, back).unwrap();
+            let yg = l::rope(&xg, &cg, &sg, d, back).unwrap();
+            compare(&format!("{what} backward={back}"), &yg, &yc, 1e-6, 1e-5);
+        }
+        // Turning forward then back gives the input.
+        let round = l::rope(&l::rope(&xc, &cc, &sc, d, false).unwrap(), &cc, &sc, d, true).unwrap();
+        compare(&format!("{what} round trip"), &round, &xc, 1e-5, 1e-5);
+        let what = format!("repeat_kv b{b} t{t} {heads}x{d} g{groups}");
+        let yc = l::repeat_kv(&xc, d, groups).unwrap();
+        let yg = l::repeat_kv(&xg, d, groups).unwrap();
+        compare(&what, &yg, &yc, 0.0, 0.0);
+        let (wc, wg) = pair(&r.vec(b * t * cols * groups, 1.0), &[b, t, cols * groups], &gpu);
+        let dc = l::repeat_kv_backward(&wc, d, groups).unwrap();
+        let dg = l::repeat_kv_backward(&wg, d, groups).unwrap();
+        compare(&format!("{what} backward"), &dg, &dc, 1e-6, 1e-5);
+    }
+}

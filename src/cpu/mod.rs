@@ -6,6 +6,7 @@
 //! parameter gradients accumulate (`+=`), activation gradients are assigned (`=`) unless stated.
 
 mod kernels;
+pub mod llama;
 pub mod merge;
 pub mod qmatmul;
 pub mod scalearn;

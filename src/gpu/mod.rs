@@ -29,6 +29,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
+    ("llama", include_str!("../../shaders/llama.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("merge", include_str!("../../shaders/merge.wgsl")),
     ("pool", include_str!("../../shaders/pool.wgsl")),

@@ -6,6 +6,7 @@ pub mod arch;
 pub mod encoder;
 pub mod gguf;
 pub mod hooks;
+pub mod llama;
 pub mod param_set;
 pub mod pooling;
 pub mod stream;

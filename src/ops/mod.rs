@@ -3,6 +3,7 @@
 //! return activation gradients and accumulate (`+=`) into the parameter gradients they are given.
 
 mod attention;
+pub mod llama;
 pub mod merge;
 pub mod params;
 pub mod qmatmul;

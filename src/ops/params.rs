@@ -47,6 +47,7 @@ layouts! {
     "elementwise" => ElementwiseParams,
     "embedding" => EmbeddingParams,
     "layernorm" => LayerNormParams,
+    "llama" => LlamaParams,
     "matmul" => MatmulParams,
     "merge" => MergeParams,
     "pool" => PoolParams,
@@ -211,6 +212,19 @@ params_struct! {
         pub seed: u32,
         pub scale: f32,
         pub aux: f32,
+    }
+}
+
+params_struct! {
+    pub struct LlamaParams {
+        pub rows: u32,
+        pub cols: u32,
+        pub a: u32,
+        pub b: u32,
+        pub eps: f32,
+        pub sign: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
     }
 }
 
