@@ -3,6 +3,8 @@
 //! named parameter sets (`param_set`), weights (safetensors), tokenizers and sentence pooling.
 
 pub mod arch;
+pub mod bpe;
+mod bpe_tables;
 pub mod encoder;
 pub mod gguf;
 pub mod hooks;
