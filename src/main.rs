@@ -14,6 +14,7 @@ fn main() {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    mod llm;
     mod merge;
     mod recipe;
     mod transfer;
@@ -58,6 +59,32 @@ mod cli {
             model: ModelArgs,
             #[command(flatten)]
             input: InputArgs,
+        },
+        /// Generate text with a GGUF chat model (SmolLM2 by default): one {"ids", "text"} JSON line per
+        /// prompt on stdin; --chat wraps each prompt in the model's chat template.
+        Generate {
+            #[command(flatten)]
+            model: llm::GenArgs,
+            #[command(flatten)]
+            sampling: llm::SamplingArgs,
+        },
+        /// The next-token logits of a GGUF model after each prompt on stdin: the K largest as {"ids", "logits"}.
+        Logits {
+            #[command(flatten)]
+            model: llm::GenArgs,
+            /// How many of the largest logits to print.
+            #[arg(long, default_value_t = 10)]
+            top: usize,
+        },
+        /// Chat with a GGUF chat model on the terminal, the answer streamed as it is generated.
+        Chat {
+            #[command(flatten)]
+            model: llm::GenArgs,
+            #[command(flatten)]
+            sampling: llm::SamplingArgs,
+            /// A system prompt (default: the model template's own).
+            #[arg(long)]
+            system: Option<String>,
         },
         /// Print the sentence embedding of each input text, one JSON line each, pooled as the model folder says
         /// (a sentence-transformers folder's modules.json and 1_Pooling; mean + L2 normalisation otherwise).
@@ -356,7 +383,13 @@ mod cli {
         match cli.command {
             Command::Info { json } => info(json),
             Command::Describe { model } => describe(&model),
-            Command::Tokenize { model, input } => tokenize(&model, &input),
+            Command::Tokenize { model, input } => match &model.model {
+                Some(p) if p.extension().is_some_and(|e| e == "gguf") => llm::tokenize(p, input.jsonl),
+                _ => tokenize(&model, &input),
+            },
+            Command::Generate { model, sampling } => llm::generate_cmd(&model, &sampling),
+            Command::Logits { model, top } => llm::logits_cmd(&model, top),
+            Command::Chat { model, sampling, system } => llm::chat_cmd(&model, &sampling, system),
             Command::Embed { model, input, device, batch } => embed(&model, &input, device, batch),
             Command::Train(a) => train::train(&a),
             Command::Merge(a) => merge::merge(&a),

@@ -142,3 +142,44 @@ fn describe_prints_the_layer_description() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["pooling"], serde_json::json!({"mode": "max", "normalize": false}));
 }
+
+#[test]
+fn generate_logits_and_tokenize_run_the_gguf_chat_model() {
+    let Some(gguf) = common::llm_file() else { return };
+    let g = gguf.to_str().unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama/meta.json")).unwrap(),
+    )
+    .unwrap();
+    let chat = &meta["chats"][0];
+    let question = chat["messages"][0]["content"].as_str().unwrap();
+    let line = format!("{}\n", serde_json::Value::String(question.into()));
+    // transformers' greedy answer to the chat, as ids and text.
+    let (ok, out, err) = run(
+        &["generate", "--model", g, "--chat", "--jsonl", "--device", "cpu", "--max-new-tokens", "16"],
+        line.as_bytes(),
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ids"], chat["greedy16"]);
+    assert_eq!(v["text"], chat["greedy16_text"]);
+    // The largest next-token logit is the first greedy token.
+    let (ok, out, err) =
+        run(&["logits", "--model", g, "--chat", "--jsonl", "--device", "cpu", "--top", "2"], line.as_bytes());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ids"][0], chat["greedy16"][0]);
+    assert!(v["logits"][0].as_f64().unwrap() >= v["logits"][1].as_f64().unwrap());
+    let case = &meta["tokenizer_cases"][1];
+    let (ok, out, err) = run(&["tokenize", "--model", g], format!("{}\n", case["text"].as_str().unwrap()).as_bytes());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["input_ids"], case["input_ids"]);
+    // Settings that mean nothing are refused by flag.
+    let (ok, _, err) = run(&["generate", "--model", g, "--greedy", "--temperature", "0.7"], b"hi\n");
+    assert!(!ok && err.contains("--greedy and --temperature"), "{err}");
+    let (ok, _, err) = run(&["generate", "--model", g, "--temperature", "0.7", "--top-p", "1.5"], b"hi\n");
+    assert!(!ok && err.contains("--top-p"), "{err}");
+    let (ok, _, err) = run(&["generate", "--model", "/nonexistent.gguf"], b"hi\n");
+    assert!(!ok && err.contains("/nonexistent.gguf"), "{err}");
+}

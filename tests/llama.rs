@@ -7,8 +7,9 @@
 mod common;
 
 use common::*;
+use localtune::model::generate::{generate, pick, Sampling};
 use localtune::model::gguf::Gguf;
-use localtune::model::llama::Llama;
+use localtune::model::llama::{KvCache, Llama};
 use localtune::Device;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama/expected.safetensors");
@@ -18,16 +19,6 @@ fn load(dev: &Device) -> Option<(Llama, u64)> {
     let bytes = std::fs::read(&path).unwrap();
     let g = Gguf::from_bytes(&bytes, &path.display().to_string()).unwrap();
     Some((Llama::from_gguf(&g, &bytes, dev).unwrap(), bytes.len() as u64))
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn check_prompts(dev: &Device, atol: f32) {
@@ -42,16 +33,12 @@ fn check_prompts(dev: &Device, atol: f32) {
         let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         eprintln!("prompt {p} on {dev:?}: max |logit − transformers| = {worst:.2e}");
         assert!(worst <= atol, "prompt {p}: logits differ from transformers' by {worst} (> {atol})");
-        // Greedy decoding, the whole sequence again at each step (no cache), for the first 6 tokens.
+        // Greedy generation with the key/value cache: transformers' whole continuation (≤ 32 tokens,
+        // ending at its end-of-text).
         let greedy = fixture_ids(&st, &format!("prompt{p}_greedy32"));
-        let mut seq = ids.clone();
-        for (i, &want_id) in greedy.iter().take(6).enumerate() {
-            let logits = host(&m.forward(&seq).unwrap());
-            let last = &logits[logits.len() - m.cfg.vocab..];
-            let id = argmax(last);
-            assert_eq!(id, want_id, "prompt {p}: greedy token {i}");
-            seq.push(id);
-        }
+        let stop = [2];
+        let got = generate(&m, &ids, 32, &Sampling::greedy(), &stop, |_| true).unwrap();
+        assert_eq!(got, greedy, "prompt {p}: greedy continuation");
     }
 }
 
@@ -107,4 +94,69 @@ fn other_architectures_and_missing_tensors_are_named() {
     }
     let e = Llama::from_gguf(&bad, &bytes, &Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("blk.3.attn_k.weight") && e.contains("expected (192, 576)"), "{e}");
+}
+
+#[test]
+fn the_cache_gives_the_logits_of_the_whole_sequence() {
+    let Some((m, _)) = load(&Device::Cpu) else { return };
+    let ids = [504, 3575, 282, 4649, 314, 7042, 30];
+    let whole = host(&m.forward(&ids).unwrap());
+    let mut cache = KvCache::default();
+    let first = host(&m.forward_cached(&ids[..4], &mut cache, false).unwrap());
+    let next = host(&m.forward_cached(&ids[4..6], &mut cache, false).unwrap());
+    let last = host(&m.forward_cached(&ids[6..], &mut cache, true).unwrap());
+    let v = m.cfg.vocab;
+    assert_eq!(cache.len, 7);
+    assert_close("first 4", &first, &whole[..4 * v], 1e-4, 1e-4);
+    assert_close("next 2", &next, &whole[4 * v..6 * v], 1e-4, 1e-4);
+    assert_close("last", &last, &whole[6 * v..], 1e-4, 1e-4);
+    let e = m.forward_cached(&vec![1; m.cfg.context], &mut cache, true).err().unwrap().to_string();
+    assert!(e.contains("context"), "{e}");
+}
+
+#[test]
+fn sampling_follows_temperature_top_k_and_top_p() {
+    let logits = [1.0f32, 3.0, 2.0, -1.0, 2.5];
+    let mut rng = localtune::rng::Rng::new(1);
+    let greedy = Sampling::greedy();
+    assert_eq!(pick(&logits, &greedy, &mut rng), 1);
+    let k1 = Sampling { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 0 };
+    let p_small = Sampling { temperature: 1.0, top_k: 0, top_p: 0.01, seed: 0 };
+    for _ in 0..50 {
+        assert_eq!(pick(&logits, &k1, &mut rng), 1);
+        assert_eq!(pick(&logits, &p_small, &mut rng), 1);
+    }
+    // Top-k 2 keeps tokens 1 and 4 (softmax 0.62 / 0.38 at temperature 1).
+    let k2 = Sampling { temperature: 1.0, top_k: 2, top_p: 1.0, seed: 0 };
+    let n = 20000;
+    let mut counts = [0usize; 5];
+    for _ in 0..n {
+        counts[pick(&logits, &k2, &mut rng) as usize] += 1;
+    }
+    assert_eq!(counts[0] + counts[2] + counts[3], 0, "{counts:?}");
+    let p1 = counts[1] as f64 / n as f64;
+    let want = 1.0 / (1.0 + (-0.5f64).exp());
+    assert!((p1 - want).abs() < 0.02, "{p1} vs {want}");
+    // Top-p over softmax (0.064, 0.470, 0.173, 0.009, 0.285): 0.7 is reached by tokens 1 and 4, 0.8 needs 2 too.
+    let p7 = Sampling { temperature: 1.0, top_k: 0, top_p: 0.7, seed: 0 };
+    let mut seen = [false; 5];
+    for _ in 0..2000 {
+        seen[pick(&logits, &p7, &mut rng) as usize] = true;
+    }
+    assert_eq!(seen, [false, true, false, false, true]);
+    let p7 = Sampling { temperature: 1.0, top_k: 0, top_p: 0.8, seed: 0 };
+    let mut seen = [false; 5];
+    for _ in 0..2000 {
+        seen[pick(&logits, &p7, &mut rng) as usize] = true;
+    }
+    assert_eq!(seen, [false, true, true, false, true]);
+    // A high temperature flattens: every token comes up.
+    let hot = Sampling { temperature: 100.0, top_k: 0, top_p: 1.0, seed: 0 };
+    let mut seen = [false; 5];
+    for _ in 0..2000 {
+        seen[pick(&logits, &hot, &mut rng) as usize] = true;
+    }
+    assert_eq!(seen, [true; 5]);
+    assert!(Sampling { temperature: -1.0, ..greedy.clone() }.check().is_err());
+    assert!(Sampling { top_p: 0.0, ..greedy }.check().is_err());
 }

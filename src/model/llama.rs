@@ -257,29 +257,59 @@ impl Llama {
 
     /// Logits (T, vocab) at every position of one sequence of token ids.
     pub fn forward(&self, ids: &[u32]) -> Result<Tensor> {
+        self.forward_cached(ids, &mut KvCache::default(), false)
+    }
+
+    /// The logits of `ids` following the tokens already in `cache` (which then holds them too): every
+    /// position's (T, vocab), or only the last one's (1, vocab) when `last_only`.
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let t = ids.len();
-        if t == 0 || t > cfg.context {
-            return Err(Error::invalid(format!("{t} tokens: a sequence holds 1 to {}", cfg.context)));
+        let (t, past) = (ids.len(), cache.len);
+        if t == 0 || past + t > cfg.context {
+            return Err(Error::invalid(format!(
+                "{} tokens: the context holds {} (the model's context length)",
+                past + t,
+                cfg.context
+            )));
+        }
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; cfg.layers];
         }
         let (d, groups) = (cfg.head_dim, cfg.heads / cfg.kv_heads);
-        let (cos, sin) = lops::rope_tables(0, t, d, cfg.rope_base);
+        let kv = cfg.kv_heads * d;
+        let (cos, sin) = lops::rope_tables(past, t, d, cfg.rope_base);
         let cos = self.device.tensor(&cos, &[t, d / 2])?;
         let sin = self.device.tensor(&sin, &[t, d / 2])?;
         let mut x = self.embed(ids)?;
-        for b in &self.blocks {
+        for (b, kv_cache) in self.blocks.iter().zip(&mut cache.layers) {
             let (h, _) = lops::rmsnorm(&x, &b.attn_norm, cfg.eps)?;
             let q = lops::rope(&b.q.forward(&h)?, &cos, &sin, d, false)?;
-            let k = lops::rope(&b.k.forward(&h)?, &cos, &sin, d, false)?;
-            let v = b.v.forward(&h)?;
+            let mut k = lops::rope(&b.k.forward(&h)?, &cos, &sin, d, false)?;
+            let mut v = b.v.forward(&h)?;
+            if let Some((pk, pv)) = kv_cache.take() {
+                k = ops::concat_rows(&pk, &k, &[1, past + t, kv])?;
+                v = ops::concat_rows(&pv, &v, &[1, past + t, kv])?;
+            }
+            *kv_cache = Some((k.clone(), v.clone()));
             let (k, v) = (lops::repeat_kv(&k, d, groups)?, lops::repeat_kv(&v, d, groups)?);
+            // Query i sees the cached keys and new keys up to its own position.
             let (a, _) = ops::attention_masked(&q, &k, &v, AttnMask::Causal(None), cfg.heads, None)?;
             ops::add_into(&mut x, &b.o.forward(&a)?, 1.0)?;
             let (h, _) = lops::rmsnorm(&x, &b.ffn_norm, cfg.eps)?;
             let m = lops::swiglu(&b.gate.forward(&h)?, &b.up.forward(&h)?)?;
             ops::add_into(&mut x, &b.down.forward(&m)?, 1.0)?;
         }
+        cache.len += t;
+        let x = if last_only { ops::slice_rows(&x, t - 1, 1)? } else { x.reshape(&[t, cfg.hidden])? };
         let (h, _) = lops::rmsnorm(&x, &self.norm, cfg.eps)?;
-        self.head.forward(&h)?.reshape(&[t, cfg.vocab])
+        self.head.forward(&h)
     }
+}
+
+/// The keys (after RoPE) and values of the tokens a sequence has seen, per layer: (1, T, Hkv·D) each.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Tokens held.
+    pub len: usize,
 }

@@ -6,6 +6,7 @@ pub mod arch;
 pub mod bpe;
 mod bpe_tables;
 pub mod encoder;
+pub mod generate;
 pub mod gguf;
 pub mod hooks;
 pub mod llama;

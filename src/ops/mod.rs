@@ -540,6 +540,49 @@ pub fn zero_(t: &mut Tensor) -> Result<()> {
     Ok(())
 }
 
+/// The rows of `a` then those of `b`, each seen as (rows, C) with the same C; the leading dimensions
+/// of the result are `shape` (a key/value cache growing by the new tokens' rows).
+pub fn concat_rows(a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let op = "concat_rows";
+    let ((ra, ca), (rb, cb)) = (rows_cols(op, a)?, rows_cols(op, b)?);
+    want_f32(op, "a", a)?;
+    want_f32(op, "b", b)?;
+    if ca != cb || shape.iter().product::<usize>() != (ra + rb) * ca {
+        return Err(Error::shape(op, format!("{:?} and {:?} do not join into {shape:?}", a.shape(), b.shape())));
+    }
+    let dev = device_of(op, &[a, b])?;
+    let mut out = dev.uninit(op, shape)?;
+    match &dev {
+        Device::Cpu => {
+            let o = out.cpu_f32_mut();
+            o[..a.numel()].copy_from_slice(a.cpu_f32());
+            o[a.numel()..].copy_from_slice(b.cpu_f32());
+        }
+        Device::Gpu(g) => {
+            g.copy(a.buf(), 0, out.buf(), 0, (a.numel() * 4) as u64);
+            g.copy(b.buf(), 0, out.buf(), (a.numel() * 4) as u64, (b.numel() * 4) as u64);
+        }
+    }
+    Ok(out)
+}
+
+/// Rows `first .. first + count` of x seen as (rows, C): a (count, C) tensor.
+pub fn slice_rows(x: &Tensor, first: usize, count: usize) -> Result<Tensor> {
+    let op = "slice_rows";
+    let (rows, cols) = rows_cols(op, x)?;
+    want_f32(op, "x", x)?;
+    if count == 0 || first + count > rows {
+        return Err(Error::shape(op, format!("rows {first}..{} of {rows}", first + count)));
+    }
+    let dev = x.device();
+    let mut out = dev.uninit(op, &[count, cols])?;
+    match &dev {
+        Device::Cpu => out.cpu_f32_mut().copy_from_slice(&x.cpu_f32()[first * cols..(first + count) * cols]),
+        Device::Gpu(g) => g.copy(x.buf(), (first * cols * 4) as u64, out.buf(), 0, (count * cols * 4) as u64),
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // dropout
 

@@ -1,0 +1,200 @@
+//! The chat-model commands over a GGUF decoder: `tokenize --model FILE.gguf`, `generate`, `logits` and
+//! the interactive `chat`.
+
+use super::{for_each_input, open_device, DeviceArg};
+use localtune::model::bpe::{BpeTokenizer, Message};
+use localtune::model::generate::{generate, Sampling};
+use localtune::model::gguf::Gguf;
+use localtune::model::llama::{KvCache, Llama};
+use localtune::{Device, Error, Result};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+/// The GGUF model: --model, else $LOCALTUNE_LLM, else the SmolLM2 that scripts/fetch-assets.sh fetched.
+pub fn llm_path(arg: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p.clone());
+    }
+    if let Some(p) = std::env::var_os("LOCALTUNE_LLM") {
+        return Ok(PathBuf::from(p));
+    }
+    let rel = Path::new(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let candidates = [rel.to_path_buf(), Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)];
+    candidates.into_iter().find(|p| p.exists()).ok_or_else(|| {
+        Error::invalid("no GGUF model: pass --model FILE.gguf, set LOCALTUNE_LLM, or run scripts/fetch-assets.sh")
+    })
+}
+
+fn read(path: &Path) -> Result<(Gguf, Vec<u8>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    let g = Gguf::from_bytes(&bytes, &path.display().to_string())?;
+    Ok((g, bytes))
+}
+
+fn load(path: &Path, dev: &Device) -> Result<(Llama, BpeTokenizer)> {
+    let (g, bytes) = read(path)?;
+    let tok = BpeTokenizer::from_gguf(&g)?;
+    Ok((Llama::from_gguf(&g, &bytes, dev)?, tok))
+}
+
+fn out_line(out: &mut impl Write, v: serde_json::Value) -> Result<()> {
+    writeln!(out, "{v}").map_err(|e| Error::file("<stdout>", e))
+}
+
+/// `tokenize --model FILE.gguf`: ids as transformers' `tok(text).input_ids`.
+pub fn tokenize(path: &Path, jsonl: bool) -> Result<()> {
+    let (g, _) = read(path)?;
+    let tok = BpeTokenizer::from_gguf(&g)?;
+    let mut out = std::io::stdout().lock();
+    for_each_input(jsonl, 256, |texts| {
+        for t in texts {
+            out_line(&mut out, serde_json::json!({ "input_ids": tok.encode(t) }))?;
+        }
+        Ok(())
+    })
+}
+
+#[derive(clap::Args)]
+pub struct GenArgs {
+    /// The GGUF model file (default: $LOCALTUNE_LLM, else SmolLM2-135M-Instruct from scripts/fetch-assets.sh).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Wrap each prompt in the model's chat template as one user turn (and answer as the assistant).
+    #[arg(long)]
+    chat: bool,
+    /// Read one JSON value per line: a string, or an object with a "text" field.
+    #[arg(long)]
+    jsonl: bool,
+    #[arg(long, value_enum, default_value = "gpu")]
+    device: DeviceArg,
+}
+
+impl GenArgs {
+    fn prompt_ids(&self, tok: &BpeTokenizer, text: &str) -> Result<Vec<u32>> {
+        if self.chat {
+            let m = [Message { role: "user".into(), content: text.to_string() }];
+            Ok(tok.encode(&tok.apply_chat_template(&m, true)?))
+        } else {
+            Ok(tok.encode(text))
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SamplingArgs {
+    /// Pick the most likely token each time (the default unless --temperature is given).
+    #[arg(long)]
+    greedy: bool,
+    /// Sample with this temperature (> 0).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sample among the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample among the most likely tokens whose probability reaches p.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The most tokens generated per prompt (generation also stops at the end of the turn).
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+}
+
+impl SamplingArgs {
+    fn sampling(&self) -> Result<Sampling> {
+        let temperature = match (self.greedy, self.temperature) {
+            (true, Some(_)) => return Err(Error::invalid("--greedy and --temperature exclude each other")),
+            (_, Some(t)) if t <= 0.0 => {
+                return Err(Error::invalid(format!("--temperature {t} must be positive (or use --greedy)")))
+            }
+            (_, t) => t.unwrap_or(0.0),
+        };
+        let s = Sampling { temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed };
+        s.check()?;
+        Ok(s)
+    }
+}
+
+/// `generate`: one `{"ids", "text"}` line per prompt.
+pub fn generate_cmd(a: &GenArgs, s: &SamplingArgs) -> Result<()> {
+    let sampling = s.sampling()?;
+    let (model, tok) = load(&llm_path(&a.model)?, &open_device(a.device)?)?;
+    let stop = tok.stop_ids();
+    let mut out = std::io::stdout().lock();
+    for_each_input(a.jsonl, 1, |texts| {
+        for t in texts {
+            let prompt = a.prompt_ids(&tok, t)?;
+            let ids = generate(&model, &prompt, s.max_new_tokens, &sampling, &stop, |_| true)?;
+            let text = tok.decode(&ids, true);
+            out_line(&mut out, serde_json::json!({ "ids": ids, "text": text }))?;
+        }
+        Ok(())
+    })
+}
+
+/// `logits`: per prompt, the last position's K largest logits, best first.
+pub fn logits_cmd(a: &GenArgs, top: usize) -> Result<()> {
+    if top == 0 {
+        return Err(Error::invalid("--top must be at least 1"));
+    }
+    let (model, tok) = load(&llm_path(&a.model)?, &open_device(a.device)?)?;
+    let mut out = std::io::stdout().lock();
+    for_each_input(a.jsonl, 1, |texts| {
+        for t in texts {
+            let prompt = a.prompt_ids(&tok, t)?;
+            if prompt.is_empty() {
+                return Err(Error::invalid(format!("{t:?} has no tokens")));
+            }
+            let row = model.forward_cached(&prompt, &mut KvCache::default(), true)?.to_vec_blocking()?;
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
+            order.truncate(top);
+            let logits: Vec<f32> = order.iter().map(|&i| row[i]).collect();
+            out_line(&mut out, serde_json::json!({ "ids": order, "logits": logits }))?;
+        }
+        Ok(())
+    })
+}
+
+/// `chat`: an interactive conversation on stdin/stdout, the answer streamed token by token.
+pub fn chat_cmd(a: &GenArgs, s: &SamplingArgs, system: Option<String>) -> Result<()> {
+    let sampling = s.sampling()?;
+    let (model, tok) = load(&llm_path(&a.model)?, &open_device(a.device)?)?;
+    let stop = tok.stop_ids();
+    let mut messages: Vec<Message> =
+        system.into_iter().map(|c| Message { role: "system".into(), content: c }).collect();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    eprintln!("chatting with {} (an empty line or end of input quits)", llm_path(&a.model)?.display());
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| Error::file("<stdin>", e))?;
+        if line.trim().is_empty() {
+            break;
+        }
+        messages.push(Message { role: "user".into(), content: line });
+        let prompt = tok.encode(&tok.apply_chat_template(&messages, true)?);
+        let mut shown = String::new();
+        let mut ids = Vec::new();
+        let mut err = None;
+        generate(&model, &prompt, s.max_new_tokens, &sampling, &stop, |id| {
+            ids.push(id);
+            // Print what the ids decode to so far beyond what is shown (a character may span tokens).
+            let text = tok.decode(&ids, true);
+            if text.len() > shown.len() && !text.ends_with('\u{FFFD}') {
+                if let Err(e) = write!(out, "{}", &text[shown.len()..]).and_then(|_| out.flush()) {
+                    err = Some(e);
+                    return false;
+                }
+                shown = text;
+            }
+            true
+        })?;
+        if let Some(e) = err {
+            return Err(Error::file("<stdout>", e));
+        }
+        writeln!(out).map_err(|e| Error::file("<stdout>", e))?;
+        messages.push(Message { role: "assistant".into(), content: tok.decode(&ids, true) });
+    }
+    Ok(())
+}
