@@ -37,7 +37,7 @@ fn check_prompts(dev: &Device, atol: f32) {
         // ending at its end-of-text).
         let greedy = fixture_ids(&st, &format!("prompt{p}_greedy32"));
         let stop = [2];
-        let got = generate(&m, &ids, 32, &Sampling::greedy(), &stop, |_| true).unwrap();
+        let got = futures::executor::block_on(generate(&m, &ids, 32, &Sampling::greedy(), &stop, |_| true)).unwrap();
         assert_eq!(got, greedy, "prompt {p}: greedy continuation");
     }
 }

@@ -2,6 +2,7 @@
 //! the interactive `chat`.
 
 use super::{for_each_input, open_device, DeviceArg};
+use futures::executor::block_on;
 use localtune::model::bpe::{BpeTokenizer, Message};
 use localtune::model::generate::{generate, Sampling};
 use localtune::model::gguf::Gguf;
@@ -125,7 +126,7 @@ pub fn generate_cmd(a: &GenArgs, s: &SamplingArgs) -> Result<()> {
     for_each_input(a.jsonl, 1, |texts| {
         for t in texts {
             let prompt = a.prompt_ids(&tok, t)?;
-            let ids = generate(&model, &prompt, s.max_new_tokens, &sampling, &stop, |_| true)?;
+            let ids = block_on(generate(&model, &prompt, s.max_new_tokens, &sampling, &stop, |_| true))?;
             let text = tok.decode(&ids, true);
             out_line(&mut out, serde_json::json!({ "ids": ids, "text": text }))?;
         }
@@ -177,7 +178,7 @@ pub fn chat_cmd(a: &GenArgs, s: &SamplingArgs, system: Option<String>) -> Result
         let mut shown = String::new();
         let mut ids = Vec::new();
         let mut err = None;
-        generate(&model, &prompt, s.max_new_tokens, &sampling, &stop, |id| {
+        block_on(generate(&model, &prompt, s.max_new_tokens, &sampling, &stop, |id| {
             ids.push(id);
             // Print what the ids decode to so far beyond what is shown (a character may span tokens).
             let text = tok.decode(&ids, true);
@@ -189,7 +190,7 @@ pub fn chat_cmd(a: &GenArgs, s: &SamplingArgs, system: Option<String>) -> Result
                 shown = text;
             }
             true
-        })?;
+        }))?;
         if let Some(e) = err {
             return Err(Error::file("<stdout>", e));
         }

@@ -86,7 +86,8 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
 }
 
 /// Up to `max_new` tokens after `prompt`, each passed to `on_token` as it comes (return false to stop).
-pub fn generate(
+/// Async for the browser's read-back; native code blocks on it (`futures::executor::block_on`).
+pub async fn generate(
     model: &Llama,
     prompt: &[u32],
     max_new: usize,
@@ -103,7 +104,7 @@ pub fn generate(
         if cache.len + next.len() > model.cfg.context {
             break;
         }
-        let logits = model.forward_cached(&next, &mut cache, true)?.to_vec_blocking()?;
+        let logits = model.forward_cached(&next, &mut cache, true)?.to_vec().await?;
         let id = pick(&logits, s, &mut rng);
         out.push(id);
         if !on_token(id) || stop.contains(&id) {
