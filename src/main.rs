@@ -200,7 +200,7 @@ mod cli {
         /// Training data: CSV (header with `text` and `label`), JSONL ({"text", "label"}) or a JSON array.
         #[arg(long)]
         data: PathBuf,
-        /// lora | ia3 | adapter | parallel-adapter | prefix | mam (prefix + parallel adapter) | bitfit | head
+        /// lora | ia3 | adapter | parallel-adapter | prefix | mam (prefix + parallel adapter) | bitfit | full (every weight) | head
         /// | scalearn | scalearn-uniform | scalearn++ | scalearn-uniform++ (over --sources)
         #[arg(long, default_value = "lora")]
         method: String,
@@ -221,7 +221,7 @@ mod cli {
         eval: Option<PathBuf>,
         #[arg(long, default_value_t = 3)]
         epochs: usize,
-        /// Peak learning rate (default per method: 1e-3 for lora, adapters and bitfit; 1e-2 for ia3, prefix, head).
+        /// Peak learning rate (default per method: 1e-3 for lora, adapters and bitfit; 1e-2 for ia3, prefix, head; 5e-5 for full).
         #[arg(long)]
         lr: Option<f32>,
         #[arg(long, default_value_t = 16)]

@@ -11,8 +11,8 @@ use localtune::ops;
 use localtune::peft::scalearn::SourceFiles;
 use localtune::peft::Classifier;
 use localtune::peft::{
-    Activation, Adapted, AdapterConfig, BitfitConfig, HeadKind, HeadOnly, Ia3Config, LoraConfig, MamConfig, Method,
-    MethodOptions, ParallelConfig, Placement, PrefixConfig, Target,
+    Activation, Adapted, AdapterConfig, BitfitConfig, FullConfig, HeadKind, HeadOnly, Ia3Config, LoraConfig, MamConfig,
+    Method, MethodOptions, ParallelConfig, Placement, PrefixConfig, Target,
 };
 use localtune::rng::Rng as LRng;
 use localtune::Device;
@@ -65,6 +65,7 @@ fn methods() -> Vec<(&'static str, Method)> {
             }),
         ),
         ("bitfit", Method::Bitfit(BitfitConfig {})),
+        ("full", Method::Full(FullConfig {})),
         ("head", Method::Head(HeadOnly {})),
         ("scalearn over 2 pfeiffer gelu adapters", scalearn("scalearn", &[pfeiffer.clone(), pfeiffer.clone()])),
         ("scalearn-uniform over 3 LoRAs", scalearn("scalearn-uniform", &[lora.clone(), lora.clone(), lora.clone()])),
@@ -137,6 +138,12 @@ fn loss_only(model: &Model, _method: &Method, head: HeadKind, params: &Adapted, 
     host(&loss).iter().map(|&x| x as f64).sum::<f64>() / 3.0
 }
 
+/// Rows of the position or token-type table that the encoded texts use.
+fn types_or_positions(tname: &str, enc: &localtune::model::Encoded) -> Vec<usize> {
+    let t = if tname.contains("position") { &enc.inputs.positions } else { &enc.inputs.types };
+    host(t).iter().skip(1).map(|&x| x as usize).collect()
+}
+
 /// Central differences at a few elements of every trainable tensor.
 fn check_method(name: &str, method: &Method, head: HeadKind, dropout: Option<&Dropout>) {
     let cpu = Device::Cpu;
@@ -144,13 +151,25 @@ fn check_method(name: &str, method: &Method, head: HeadKind, dropout: Option<&Dr
     let mut params = Adapted::init(&model.encoder, method, 2, 1).unwrap();
     randomise(&mut params, &cpu, 3);
     let r = run(&model, method, head, &params, dropout);
+    let enc = model.encode(&TEXTS, 32).unwrap();
+    let ids: Vec<usize> = host(&enc.inputs.ids).iter().skip(1).map(|&x| x as usize).collect();
     let names: Vec<String> = params.params.names().map(String::from).collect();
     let h = 2e-3f32;
     for (ti, (tname, grad)) in r.grads.iter().enumerate() {
         assert_eq!(&names[ti], tname);
         let scale = grad.iter().fold(0.0f32, |a, &g| a.max(g.abs()));
         let n = grad.len();
-        let picks: Vec<usize> = [0, n / 3, n / 2, (2 * n) / 3, n - 1].into_iter().collect();
+        // Fixed spots, the largest gradient, and for an embedding table elements of rows the texts
+        // use (chosen from the inputs, not the analytic gradient, so a missing gradient still fails).
+        let largest = (0..n).max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs())).unwrap();
+        let mut picks: Vec<usize> = vec![0, n / 3, n / 2, (2 * n) / 3, n - 1, largest];
+        if tname.ends_with("embeddings.weight") {
+            let shape = params.params.tensors()[ti].shape().to_vec();
+            let table = if tname.contains("word_") { &ids } else { &types_or_positions(tname, &enc) };
+            for &row in table.iter().take(3) {
+                picks.extend([row * shape[1], row * shape[1] + shape[1] / 2]);
+            }
+        }
         for &i in &picks {
             let at = |delta: f32| {
                 let mut p = params.clone();
@@ -194,6 +213,7 @@ fn gradients_with_dropout_match_finite_differences() {
     check_method("lora with dropout", &lora, HeadKind::Pooler, Some(&d));
     check_method("prefix with dropout", &Method::Prefix(PrefixConfig { length: 2 }), HeadKind::Mean, Some(&d));
     check_method("bitfit with dropout", &Method::Bitfit(BitfitConfig {}), HeadKind::Pooler, Some(&d));
+    check_method("full with dropout", &Method::Full(FullConfig {}), HeadKind::Pooler, Some(&d));
     // ScaLearn's dropout on ω (0.3 by default) is on whenever a step has dropout.
     for (name, m) in smooth_methods().into_iter().filter(|(n, _)| n.starts_with("scalearn")) {
         check_method(&format!("{name} with dropout on ω"), &m, HeadKind::Mean, Some(&d));

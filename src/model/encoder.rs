@@ -210,6 +210,9 @@ pub struct EncoderActs {
     pub layers: Vec<LayerActs>,
     /// (B·T, E) the embeddings' output after dropout (the input of ELECTRA's projection)
     pub embedded: Tensor,
+    /// The embeddings' sum before its norm, with the norm's statistics: kept only when a hook
+    /// trains the norm's weight or the tables.
+    pub embeddings_norm: Option<(Tensor, Tensor, Tensor)>,
 }
 
 /// The hooks of every active method with their parameters: what a forward runs with. `NONE` runs
@@ -239,12 +242,26 @@ impl Hooks<'_> {
         self.hooks.iter().find_map(|h| h.replaces(w))
     }
 
+    /// Whether a hook trains the embeddings' norm weight or a table (the backward then needs the
+    /// norm's input and statistics).
+    pub fn trains_embeddings_below_norm(&self) -> bool {
+        [
+            BaseWeight::EmbeddingsNorm(Part::Weight),
+            BaseWeight::WordEmbeddings,
+            BaseWeight::PositionEmbeddings,
+            BaseWeight::TokenTypeEmbeddings,
+        ]
+        .into_iter()
+        .any(|w| self.replaced(w).is_some())
+    }
+
     /// The lowest layer the backward must reach, and whether it must go on into the embeddings.
     pub fn lowest_layer(&self) -> (Option<usize>, bool) {
-        let into_embeddings = [Part::Weight, Part::Bias].into_iter().any(|p| {
-            self.replaced(BaseWeight::EmbeddingsNorm(p)).is_some()
-                || self.replaced(BaseWeight::EmbeddingsProject(p)).is_some()
-        });
+        let into_embeddings = self.trains_embeddings_below_norm()
+            || [Part::Weight, Part::Bias].into_iter().any(|p| {
+                self.replaced(BaseWeight::EmbeddingsNorm(p)).is_some()
+                    || self.replaced(BaseWeight::EmbeddingsProject(p)).is_some()
+            });
         if into_embeddings {
             return (Some(0), true);
         }
@@ -462,14 +479,17 @@ impl Encoder {
             ));
         }
         let e = &self.embeddings;
-        let mut sum = ops::embedding(&inputs.ids, &e.word)?;
-        ops::add_into(&mut sum, &ops::embedding(&inputs.positions, &e.position)?, 1.0)?;
+        let mut sum = ops::embedding(&inputs.ids, hooks.weight(BaseWeight::WordEmbeddings, &e.word))?;
+        let position = hooks.weight(BaseWeight::PositionEmbeddings, &e.position);
+        ops::add_into(&mut sum, &ops::embedding(&inputs.positions, position)?, 1.0)?;
         if let Some(tt) = &e.token_type {
+            let tt = hooks.weight(BaseWeight::TokenTypeEmbeddings, tt);
             ops::add_into(&mut sum, &ops::embedding(&inputs.types, tt)?, 1.0)?;
         }
         let gamma = hooks.weight(BaseWeight::EmbeddingsNorm(Part::Weight), &e.norm.weight);
         let beta = hooks.weight(BaseWeight::EmbeddingsNorm(Part::Bias), &e.norm.bias);
-        let (x, _, _) = ops::layernorm(&sum, gamma, beta, self.eps())?;
+        let (x, mean, rstd) = ops::layernorm(&sum, gamma, beta, self.eps())?;
+        let embeddings_norm = (keep && hooks.trains_embeddings_below_norm()).then_some((sum, mean, rstd));
         let embedded = drop(&x, dropout, |d| d.hidden, site::EMBEDDINGS)?;
         let mut x = match &e.project {
             Some(p) => ops::linear(
@@ -500,7 +520,7 @@ impl Encoder {
                 states.push(x.reshape(&[b, t, c])?);
             }
         }
-        let acts = keep.then_some(EncoderActs { layers, embedded });
+        let acts = keep.then_some(EncoderActs { layers, embedded, embeddings_norm });
         Ok((x.reshape(&[b, t, c])?, acts, states))
     }
 
@@ -872,20 +892,40 @@ impl Encoder {
             if let Some(id) = hooks.replaced(BaseWeight::EmbeddingsProject(Part::Bias)) {
                 ops::sum_rows_into(&mut grads[id], &dx, true)?;
             }
-            if hooks.replaced(BaseWeight::EmbeddingsProject(Part::Weight)).is_some() {
-                return Err(Error::invalid("training the embeddings projection's weight is not supported"));
+            let w_ref = BaseWeight::EmbeddingsProject(Part::Weight);
+            if let Some(id) = hooks.replaced(w_ref) {
+                // dW += dyᵀ x over the rows.
+                let x_in = &acts.embedded;
+                let (rows, k) = (x_in.numel() / x_in.shape().last().unwrap(), *x_in.shape().last().unwrap());
+                let n = dx.shape().last().copied().unwrap();
+                let mut desc = MatmulDesc::contiguous(1, n, k, rows, true, false);
+                desc.accumulate = true;
+                ops::matmul_into(&mut grads[id], &dx, x_in, None, &desc)?;
             }
             let mut d = self.device.zeros(acts.embedded.shape())?;
-            linear_dx_acc(&mut d, &dx, &p.weight)?;
+            linear_dx_acc(&mut d, &dx, hooks.weight(w_ref, &p.weight))?;
             dx = d;
         }
-        // y = drop(LN(sum) * γ + β): dβ = Σ_rows drop(dy); dγ needs the norm's statistics.
+        // y = drop(LN(sum) * γ + β): dβ = Σ_rows drop(dy); dγ and the tables need the norm's statistics.
         let d0 = drop(&dx, dropout, |d| d.hidden, site::EMBEDDINGS)?;
-        if let Some(id) = hooks.replaced(BaseWeight::EmbeddingsNorm(Part::Bias)) {
-            ops::sum_rows_into(&mut grads[id], &d0, true)?;
-        }
-        if hooks.replaced(BaseWeight::EmbeddingsNorm(Part::Weight)).is_some() {
-            return Err(Error::invalid("training the embeddings' LayerNorm weight is not supported"));
+        let Some((sum, mean, rstd)) = &acts.embeddings_norm else {
+            if let Some(id) = hooks.replaced(BaseWeight::EmbeddingsNorm(Part::Bias)) {
+                ops::sum_rows_into(&mut grads[id], &d0, true)?;
+            }
+            return Ok(());
+        };
+        let norm = (BaseWeight::EmbeddingsNorm(Part::Weight), BaseWeight::EmbeddingsNorm(Part::Bias));
+        let dsum = self.norm_backward(hooks, norm, &e.norm, &d0, sum, mean, rstd, grads)?;
+        // sum = word[ids] + position[positions] (+ token_type[types]): each table gathers dsum back.
+        let tables = [
+            (BaseWeight::WordEmbeddings, &inputs.ids),
+            (BaseWeight::PositionEmbeddings, &inputs.positions),
+            (BaseWeight::TokenTypeEmbeddings, &inputs.types),
+        ];
+        for (w, ids) in tables {
+            if let Some(id) = hooks.replaced(w) {
+                ops::embedding_backward(&mut grads[id], &dsum, ids)?;
+            }
         }
         Ok(())
     }

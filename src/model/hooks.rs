@@ -99,6 +99,10 @@ pub enum Part {
 /// A base weight that a hook may replace by a trainable tensor of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BaseWeight {
+    /// The word, position and token-type embedding tables.
+    WordEmbeddings,
+    PositionEmbeddings,
+    TokenTypeEmbeddings,
     /// The embeddings' norm.
     EmbeddingsNorm(Part),
     /// The projection from the embedding width to the hidden width (ELECTRA).

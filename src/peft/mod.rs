@@ -11,6 +11,7 @@
 //! | `prefix`          | P_k (p, C), P_v (p, C)                      | keys and values get p learned rows   |
 //! | `mam`             | prefix + parallel adapter                   | both (He et al.'s "MAM adapter")     |
 //! | `bitfit`          | every bias                                  | replaces the base biases             |
+//! | `full`            | every weight                                | replaces the base weights            |
 //! | `head`            | (classifier only)                           | —                                    |
 //! | `scalearn` (+ `-uniform`, `++`) | ω (S, C) or (S, 1) per site, sources frozen | h += Σₛ ωₛ ⊙ aₛ(h) over S source adapters |
 //!
@@ -21,6 +22,7 @@
 pub mod adapter;
 pub mod bitfit;
 pub mod format;
+pub mod full;
 pub mod head;
 pub mod ia3;
 pub mod lora;
@@ -32,6 +34,7 @@ pub mod scalearn;
 pub use crate::model::arch::{Activation, Target};
 pub use adapter::{AdapterConfig, Placement};
 pub use bitfit::BitfitConfig;
+pub use full::FullConfig;
 pub use head::{Classifier, HeadKind, HeadOnly};
 pub use ia3::Ia3Config;
 pub use lora::LoraConfig;
@@ -114,6 +117,7 @@ methods! {
     Prefix(PrefixConfig) = "prefix",
     Mam(MamConfig) = "mam",
     Bitfit(BitfitConfig) = "bitfit",
+    Full(FullConfig) = "full",
     Head(HeadOnly) = "head",
     ScaLearn(ScaLearnConfig) = "scalearn",
     ScaLearnUniform(ScaLearnConfig) = "scalearn-uniform",
@@ -152,7 +156,7 @@ impl Method {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct MethodOptions {
-    /// lora | ia3 | adapter | parallel-adapter | prefix | mam | bitfit | head
+    /// lora | ia3 | adapter | parallel-adapter | prefix | mam | bitfit | full | head | scalearn…
     pub method: String,
     pub r: usize,
     pub alpha: f32,
