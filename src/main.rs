@@ -137,7 +137,7 @@ mod cli {
         Merge(Box<merge::MergeArgs>),
         /// Estimate the diagonal Fisher of an adapter's parameters on local data (for --method fisher).
         Fisher(merge::FisherArgs),
-        /// Fold a LoRA adapter into its base model: a standalone BertForSequenceClassification folder.
+        /// Fold a LoRA, BitFit or full adapter into its base model: a standalone BertForSequenceClassification folder.
         Fold(merge::FoldArgs),
         /// Rank source adapters by how well they should transfer to labelled target data, before
         /// training on them: LogME on each source-adapted model's features, LEEP and NCE on its

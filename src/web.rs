@@ -662,7 +662,17 @@ pub async fn merge_adapters(
                 }
             }
             let dev = model.encoder.device.clone();
-            let m = merge_adapters(&recipe, &dev, &inputs, LoraOutput::Svd(st.rank), false, &[]).await?;
+            // Full fine-tunes and BitFit are task vectors of the loaded model's own weights.
+            let base = if crate::merge::adapters::needs_base(&inputs, method) {
+                let mut b = crate::model::weights::NamedTensors { origin: "the loaded model".into(), ..Default::default() };
+                for (name, t) in model.encoder.named_weights() {
+                    b.insert(name, crate::model::weights::HostTensor::new(t.shape().to_vec(), t.to_vec().await?));
+                }
+                Some(b)
+            } else {
+                None
+            };
+            let m = merge_adapters(&recipe, &dev, &inputs, LoraOutput::Svd(st.rank), false, &[], base.as_ref()).await?;
             let files = m.adapters.iter().map(|a| a.to_files(&model.encoder.desc)).collect::<Result<Vec<_>>>()?;
             let errs: Vec<f64> = m.svd_errors.iter().map(|e| e.1).collect();
             let report = serde_json::json!({

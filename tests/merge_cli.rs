@@ -504,3 +504,233 @@ fn regmean_solves_for_the_linear_weights_and_averages_the_rest() {
     let diff = merged.tensors[name].data.iter().zip(&q_avg).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(diff > 1e-3, "RegMean gave the plain average (max diff {diff})");
 }
+
+/// Trains a full fine-tune of the tiny model at `model` on a few labelled phrases.
+fn train_full(model: &Path, root: &Path, name: &str, seed: &str) -> PathBuf {
+    let data = root.join("phrases.jsonl");
+    if !data.exists() {
+        let mut rows = String::new();
+        for (i, (p, n)) in [("good", "bad"), ("great fun", "awful mess"), ("i love it", "i hate it")].iter().enumerate()
+        {
+            rows += &format!(
+                "{{\"text\": \"{p} {i}\", \"label\": \"pos\"}}\n{{\"text\": \"{n} {i}\", \"label\": \"neg\"}}\n"
+            );
+        }
+        std::fs::write(&data, rows).unwrap();
+    }
+    let out = root.join(name);
+    let (ok, _, err) = lt(&[
+        "train",
+        "--model",
+        s(model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--device",
+        "cpu",
+        "--method",
+        "full",
+        "--epochs",
+        "2",
+        "--batch",
+        "3",
+        "--max-len",
+        "16",
+        "--valid-fraction",
+        "0",
+        "--lr",
+        "1e-2",
+        "--seed",
+        seed,
+    ]);
+    assert!(ok, "train full: {err}");
+    out
+}
+
+#[test]
+fn full_fine_tunes_merge_as_task_vectors_of_the_base_and_fold() {
+    let root = tmp("full");
+    let model = root.join("tiny");
+    assert!(lt(&["tiny-model", "--out", s(&model), "--seed", "3"]).0);
+    let (a, b) = (train_full(&model, &root, "a", "0"), train_full(&model, &root, "b", "1"));
+    let base = NamedTensors::load(&model.join("model.safetensors")).unwrap();
+    let ta = NamedTensors::load(&a.join("adapter_model.safetensors")).unwrap();
+    let tb = NamedTensors::load(&b.join("adapter_model.safetensors")).unwrap();
+    let body =
+        |k: &str| k.strip_prefix("base_model.model.").filter(|n| !n.starts_with("classifier.")).map(str::to_string);
+    // The base's tensor an adapter key trains: the checkpoint may or may not carry the `bert.` prefix.
+    let base_of = |n: &str| {
+        base.tensors.get(n).or_else(|| base.tensors.get(n.split_once('.').unwrap().1)).unwrap_or_else(|| panic!("{n}"))
+    };
+    assert!(ta.tensors.keys().filter_map(|k| body(k)).count() == base.tensors.len(), "every base weight trains");
+
+    // Task arithmetic: θ0 + λ Σ wᵢ (θᵢ − θ0), computed here from the three files.
+    let out = root.join("ta");
+    let (ok, _, err) = lt(&[
+        "merge",
+        "--method",
+        "task-arithmetic",
+        "--base",
+        s(&model),
+        s(&a),
+        s(&b),
+        "--weights",
+        "0.6,0.4",
+        "--lambda",
+        "0.8",
+        "--out",
+        s(&out),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let m = NamedTensors::load(&out.join("adapter_model.safetensors")).unwrap();
+    for (k, x) in &ta.tensors {
+        let Some(n) = body(k) else { continue };
+        let t0 = &base_of(&n).data;
+        let want: Vec<f32> = (0..x.data.len())
+            .map(|i| t0[i] + 0.8 * (0.6 * (x.data[i] - t0[i]) + 0.4 * (tb.tensors[k].data[i] - t0[i])))
+            .collect();
+        assert_close(k, &m.tensors[k].data, &want, 1e-6, 1e-5);
+    }
+    // Without the base, a task-vector merge is refused with a reason rather than merged over zeros.
+    let (ok, _, err) = lt(&[
+        "merge",
+        "--method",
+        "ties",
+        "--base",
+        s(&root.join("missing")),
+        s(&a),
+        s(&b),
+        "--out",
+        s(&root.join("x")),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && err.contains("missing"), "{err}");
+
+    // TIES and SLERP on both devices, agreeing; the TIES result as a standalone model folder equals the
+    // adapter output's body.
+    let mut outs = Vec::new();
+    for dev in ["cpu", "gpu"] {
+        if dev == "gpu" && gpu().is_none() {
+            continue;
+        }
+        for method in ["ties", "slerp"] {
+            let out = root.join(format!("{method}-{dev}"));
+            let (ok, _, err) = lt(&[
+                "merge",
+                "--method",
+                method,
+                "--base",
+                s(&model),
+                s(&a),
+                s(&b),
+                "--density",
+                "0.5",
+                "--out",
+                s(&out),
+                "--device",
+                dev,
+            ]);
+            assert!(ok, "{method} on {dev}: {err}");
+            outs.push((method, dev, NamedTensors::load(&out.join("adapter_model.safetensors")).unwrap()));
+        }
+    }
+    for (method, dev, t) in &outs {
+        let moved = ta
+            .tensors
+            .keys()
+            .filter_map(|k| body(k).map(|n| (k, n)))
+            .any(|(k, n)| t.tensors[k].data != base_of(&n).data);
+        assert!(moved, "{method} on {dev} returned the base");
+        let (_, _, c) = outs.iter().find(|(m2, d2, _)| m2 == method && *d2 == "cpu").unwrap();
+        for (k, v) in &t.tensors {
+            assert_close(&format!("{method} {k} {dev} vs cpu"), &v.data, &c.tensors[k].data, 1e-5, 1e-4);
+        }
+    }
+    let folder = root.join("ties-folder");
+    let (ok, _, err) = lt(&[
+        "merge",
+        "--method",
+        "ties",
+        "--base",
+        s(&model),
+        s(&a),
+        s(&b),
+        "--density",
+        "0.5",
+        "--out",
+        s(&folder),
+        "--lora-output",
+        "full",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let f = NamedTensors::load(&folder.join("model.safetensors")).unwrap();
+    let ties = &outs[0].2;
+    for (k, v) in &ties.tensors {
+        let n = k.strip_prefix("base_model.model.").unwrap();
+        let key =
+            if n.starts_with("bert.") || n.starts_with("classifier.") { n.to_string() } else { format!("bert.{n}") };
+        assert_close(&format!("folder {key}"), &f.tensors[&key].data, &v.data, 1e-6, 1e-6);
+    }
+
+    // Folding one full fine-tune gives a folder holding exactly its weights, which `eval` reads as
+    // the adapter's own predictions.
+    let folded = root.join("folded");
+    let (ok, _, err) = lt(&["fold", "--adapter", s(&a), "--model", s(&model), "--out", s(&folded)]);
+    assert!(ok, "{err}");
+    let f = NamedTensors::load(&folded.join("model.safetensors")).unwrap();
+    for (k, v) in &ta.tensors {
+        let n = k.strip_prefix("base_model.model.").unwrap();
+        let key =
+            if n.starts_with("bert.") || n.starts_with("classifier.") { n.to_string() } else { format!("bert.{n}") };
+        assert_close(&format!("folded {key}"), &f.tensors[&key].data, &v.data, 1e-6, 1e-6);
+    }
+
+    // Fisher: the diagonal of every trained weight, and a Fisher merge of an adapter with itself
+    // gives it back.
+    let fisher = root.join("fisher.safetensors");
+    let (ok, _, err) = lt(&[
+        "fisher",
+        "--adapter",
+        s(&a),
+        "--model",
+        s(&model),
+        "--data",
+        s(&root.join("phrases.jsonl")),
+        "--out",
+        s(&fisher),
+        "--device",
+        "cpu",
+        "--max-len",
+        "16",
+    ]);
+    assert!(ok, "{err}");
+    let fi = NamedTensors::load(&fisher).unwrap();
+    assert!(fi.tensors.values().all(|t| t.data.iter().all(|v| *v >= 0.0)));
+    assert!(fi.tensors.len() >= base.tensors.len(), "{} Fishers", fi.tensors.len());
+    let merged = root.join("fisher-merged");
+    let (ok, _, err) = lt(&[
+        "merge",
+        "--method",
+        "fisher",
+        s(&a),
+        s(&a),
+        "--fishers",
+        s(&fisher),
+        s(&fisher),
+        "--out",
+        s(&merged),
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    let m = NamedTensors::load(&merged.join("adapter_model.safetensors")).unwrap();
+    for (k, t) in &ta.tensors {
+        assert_close(k, &m.tensors[k].data, &t.data, 1e-6, 1e-5);
+    }
+}

@@ -2,12 +2,12 @@
 //! adapters merged in memory (they are small), outputs written beside the old ones and swapped in.
 
 use super::{model_dir, open_device, DeviceArg};
-use localtune::merge::adapters::{delta_w, merge_adapters, LoraOutput};
+use localtune::merge::adapters::{delta_w, merge_adapters, needs_base, LoraOutput};
 use localtune::merge::folder::{merge_all, plan, FileSource, Recipe, TensorSource};
 use localtune::merge::params::Setting;
 use localtune::merge::{Method, Semantics, SignRule};
 use localtune::model::stream::{Index, Layout, Writer};
-use localtune::model::weights::HostTensor;
+use localtune::model::weights::{HostTensor, NamedTensors};
 use localtune::peft::format::AdapterFiles;
 use localtune::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -372,12 +372,26 @@ fn merge_adapter_folders(
     )?
     .1;
     let recipe = recipe_of(a, method, files.len(), layers_of(&base_dir))?;
-    let fishers: Vec<localtune::model::weights::NamedTensors> =
-        a.fishers.iter().map(|f| localtune::model::weights::NamedTensors::load(f)).collect::<Result<_>>()?;
-    let merged = futures::executor::block_on(merge_adapters(&recipe, dev, &files, output, a.ab_separate, &fishers))?;
+    let fishers: Vec<NamedTensors> = a.fishers.iter().map(|f| NamedTensors::load(f)).collect::<Result<_>>()?;
+    // Full fine-tunes and BitFit are task vectors of the base model's weights.
+    let base =
+        if needs_base(&files, method) { Some(NamedTensors::load(&base_dir.join("model.safetensors"))?) } else { None };
+    let merged = futures::executor::block_on(merge_adapters(
+        &recipe,
+        dev,
+        &files,
+        output,
+        a.ab_separate,
+        &fishers,
+        base.as_ref(),
+    ))?;
     if output == LoraOutput::Full {
         let head = &merged.adapters[0];
-        fold_into(&base_dir, &merged.deltas, head, &a.out)?;
+        let deltas = match &base {
+            Some(b) => param_deltas(head, b)?,
+            None => merged.deltas,
+        };
+        fold_into(&base_dir, &deltas, head, &a.out)?;
     } else if merged.adapters.len() == 1 {
         write_folder(&a.out, |tmp| merged.adapters[0].save(tmp, &desc))?;
     } else {
@@ -427,7 +441,7 @@ fn merge_adapter_folders(
 
 #[derive(clap::Args)]
 pub struct FoldArgs {
-    /// The adapter folder (LoRA).
+    /// The adapter folder (LoRA, BitFit or full).
     #[arg(long)]
     pub adapter: PathBuf,
     /// The base model folder (default: the default model).
@@ -440,13 +454,61 @@ pub struct FoldArgs {
 
 pub fn fold(a: &FoldArgs) -> Result<()> {
     let files = AdapterFiles::load(&a.adapter)?;
-    let localtune::peft::Method::Lora(c) = &files.method else {
-        return Err(Error::invalid(format!(
-            "fold takes LoRA adapters; {} is a {} adapter",
-            a.adapter.display(),
-            files.method.name()
-        )));
+    let base = model_dir(&a.model)?;
+    let deltas = match &files.method {
+        localtune::peft::Method::Lora(c) => lora_deltas(&files, c.scaling())?,
+        localtune::peft::Method::Full(_) | localtune::peft::Method::Bitfit(_) => {
+            param_deltas(&files, &NamedTensors::load(&base.join("model.safetensors"))?)?
+        }
+        m => {
+            return Err(Error::invalid(format!(
+                "fold takes LoRA, BitFit and full adapters; {} is a {} adapter",
+                a.adapter.display(),
+                m.name()
+            )))
+        }
     };
+    fold_into(&base, &deltas, &files, &a.out)?;
+    eprintln!(
+        "{} folded into {}: {} written ({} weights updated)",
+        a.adapter.display(),
+        base.display(),
+        a.out.display(),
+        deltas.len()
+    );
+    Ok(())
+}
+
+/// Each trained tensor less the base model's (full fine-tunes, BitFit), keyed by tensor name.
+fn param_deltas(files: &AdapterFiles, base: &NamedTensors) -> Result<Vec<(String, HostTensor)>> {
+    let mut deltas = Vec::new();
+    for (k, t) in &files.tensors.tensors {
+        let Some(name) = k.strip_prefix("base_model.model.") else { continue };
+        if name.starts_with("classifier.") {
+            continue;
+        }
+        let b = base
+            .tensors
+            .get(name)
+            .or_else(|| name.split_once('.').and_then(|(_, rest)| base.tensors.get(rest)))
+            .ok_or_else(|| Error::tensor(&base.origin, name, format!("missing; {} trains it", files.tensors.origin)))?;
+        if b.shape != t.shape {
+            return Err(Error::tensor(
+                &files.tensors.origin,
+                k,
+                format!("has shape {:?}, the base model's {:?}", t.shape, b.shape),
+            ));
+        }
+        deltas.push((
+            name.to_string(),
+            HostTensor::new(t.shape.clone(), t.data.iter().zip(&b.data).map(|(x, y)| x - y).collect()),
+        ));
+    }
+    Ok(deltas)
+}
+
+/// ΔW = s·B·A of every module a LoRA adapter updates, keyed by the weight's name.
+fn lora_deltas(files: &AdapterFiles, scaling: f32) -> Result<Vec<(String, HostTensor)>> {
     let mut deltas = Vec::new();
     for (k, at) in &files.tensors.tensors {
         if let Some(m) = k.strip_suffix(".lora_A.weight") {
@@ -457,21 +519,12 @@ pub fn fold(a: &FoldArgs) -> Result<()> {
                 .ok_or_else(|| Error::tensor(&files.tensors.origin, k, "has no lora_B"))?;
             let (out_d, in_d) = (bt.shape[0], at.shape[1]);
             deltas.push((
-                m.to_string(),
-                HostTensor::new(vec![out_d, in_d], delta_w(&files, m, c.scaling(), out_d, in_d)?),
+                format!("{m}.weight"),
+                HostTensor::new(vec![out_d, in_d], delta_w(files, m, scaling, out_d, in_d)?),
             ));
         }
     }
-    let base = model_dir(&a.model)?;
-    fold_into(&base, &deltas, &files, &a.out)?;
-    eprintln!(
-        "{} folded into {}: {} written ({} weights updated)",
-        a.adapter.display(),
-        base.display(),
-        a.out.display(),
-        deltas.len()
-    );
-    Ok(())
+    Ok(deltas)
 }
 
 /// Writes base + ΔW with the adapter's classifier as a BertForSequenceClassification folder:
@@ -492,7 +545,7 @@ pub fn fold_into(base: &Path, deltas: &[(String, HostTensor)], head: &AdapterFil
     let out_name = |k: &str| if k.starts_with("bert.") { k.to_string() } else { format!("bert.{k}") };
     let mut by_weight: std::collections::HashMap<String, &HostTensor> = std::collections::HashMap::new();
     for (m, d) in deltas {
-        let key = format!("{}.weight", m.strip_prefix("base_model.model.").unwrap_or(m));
+        let key = m.strip_prefix("base_model.model.").unwrap_or(m).to_string();
         by_weight.insert(key, d);
     }
     let entries: Vec<(String, Vec<usize>)> = index.floats().map(|e| (e.name.clone(), e.shape.clone())).collect();

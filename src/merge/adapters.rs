@@ -53,6 +53,12 @@ pub struct MergedAdapters {
     pub heads: &'static str,
 }
 
+/// Whether merging these adapters with `method` reads the base model's weights.
+pub fn needs_base(inputs: &[AdapterFiles], method: Method) -> bool {
+    matches!(inputs.first().map(|a| &a.method), Some(PeftMethod::Full(_) | PeftMethod::Bitfit(_)))
+        && !matches!(method, Method::Linear | Method::Fisher)
+}
+
 const HEAD_W: &str = "base_model.model.classifier.weight";
 const HEAD_B: &str = "base_model.model.classifier.bias";
 
@@ -103,7 +109,7 @@ async fn merge_host(
     let zeros = vec![0.0; n];
     let b = dev.tensor(base.unwrap_or(&zeros), shape)?;
     let s = recipe.settings_for(name);
-    if recipe.method == Method::Slerp {
+    if recipe.method == Method::Slerp && base.is_none() {
         return Err(Error::invalid("SLERP between adapters: merge the folded models instead (localtune fold)"));
     }
     // Fisher: each input's diagonal for this tensor, ones where a Fisher left it out.
@@ -131,7 +137,9 @@ async fn merge_host(
     merge_tensor(recipe.method, &s, &inputs).await?.to_vec().await
 }
 
-/// Merges adapters of one method (LoRA, (IA)³, or any method with `linear`).
+/// Merges adapters of one method (LoRA, (IA)³, BitFit and full fine-tunes with every method, any
+/// other with `linear`). `base`: the base model's weights, which BitFit and full fine-tunes are
+/// task vectors of (see `needs_base`).
 pub async fn merge_adapters(
     recipe: &Recipe,
     dev: &Device,
@@ -139,6 +147,7 @@ pub async fn merge_adapters(
     output: LoraOutput,
     ab_separate: bool,
     fishers: &[NamedTensors],
+    base: Option<&NamedTensors>,
 ) -> Result<MergedAdapters> {
     check_inputs(inputs)?;
     if recipe.method == Method::RegMean {
@@ -162,7 +171,7 @@ pub async fn merge_adapters(
     match &first.method {
         // Fisher weights live on the parameters themselves: LoRA's A and B merge in their own space.
         _ if recipe.method == Method::Fisher => {
-            merge_params(recipe, dev, inputs, &mut body, None, fisher_stack).await?;
+            merge_params(recipe, dev, inputs, &mut body, &Base::Zeros, fisher_stack).await?;
         }
         PeftMethod::Lora(c0) if ab_separate => {
             merge_lora_ab(recipe, dev, inputs, &mut body).await?;
@@ -236,7 +245,9 @@ pub async fn merge_adapters(
                 let refs: Vec<&[f32]> = dws.iter().map(|d| d.as_slice()).collect();
                 let merged = merge_host(recipe, dev, m, &refs, &[out_d, in_d], None, None).await?;
                 match output {
-                    LoraOutput::Full => deltas.push((m.clone(), HostTensor::new(vec![out_d, in_d], merged))),
+                    LoraOutput::Full => {
+                        deltas.push((format!("{m}.weight"), HostTensor::new(vec![out_d, in_d], merged)))
+                    }
                     _ => {
                         let a64: Vec<f64> = merged.iter().map(|&v| v as f64).collect();
                         let (b, vt, err) = linalg::truncated_svd(&a64, out_d, in_d, rank, 0x5eed);
@@ -259,14 +270,25 @@ pub async fn merge_adapters(
             method = PeftMethod::Lora(LoraConfig::new(rank, rank as f32, &targets));
         }
         PeftMethod::Ia3(_) => {
-            merge_params(recipe, dev, inputs, &mut body, Some(1.0), None).await?;
+            merge_params(recipe, dev, inputs, &mut body, &Base::Constant(1.0), None).await?;
         }
         _ if recipe.method == Method::Linear => {
-            merge_params(recipe, dev, inputs, &mut body, None, None).await?;
+            merge_params(recipe, dev, inputs, &mut body, &Base::Zeros, None).await?;
+        }
+        // Whole weights (full fine-tunes) and biases (BitFit): task vectors of the base model's own.
+        PeftMethod::Full(_) | PeftMethod::Bitfit(_) => {
+            let base = base.ok_or_else(|| {
+                Error::invalid(format!(
+                    "{} adapters merge as task vectors of the base model: its weights are needed for {}",
+                    first.method.name(),
+                    recipe.method.name()
+                ))
+            })?;
+            merge_params(recipe, dev, inputs, &mut body, &Base::Model(base), None).await?;
         }
         m => {
             return Err(Error::invalid(format!(
-                "{} adapters merge with `linear` only (their parameters are not task vectors of a base); LoRA and (IA)³ take every method",
+                "{} adapters merge with `linear` only (their parameters are not task vectors of a base); LoRA, (IA)³, BitFit and full fine-tunes take every method",
                 m.name()
             )))
         }
@@ -335,14 +357,52 @@ pub fn delta_w(a: &AdapterFiles, m: &str, scaling: f32, out_d: usize, in_d: usiz
     Ok(d)
 }
 
-/// Every non-head tensor merged by name (same names and shapes in every input) over a base of
-/// `base_value` (ones for (IA)³ scales), or plainly with `linear` when None.
+/// What an adapter's parameters are task vectors of.
+enum Base<'a> {
+    /// Zeros (or no base: `linear`, Fisher).
+    Zeros,
+    /// A constant: ones for (IA)³ scales.
+    Constant(f32),
+    /// The base model's own tensors (full fine-tunes, BitFit biases), by the adapter's key less
+    /// `base_model.model.` and, where the file lacks it, the architecture's prefix (`bert.`).
+    Model(&'a NamedTensors),
+}
+
+impl Base<'_> {
+    fn values(&self, key: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {
+        let n = shape.iter().product();
+        match self {
+            Base::Zeros => Ok(None),
+            Base::Constant(v) => Ok(Some(vec![*v; n])),
+            Base::Model(m) => {
+                let k = key.strip_prefix("base_model.model.").unwrap_or(key);
+                let t = m
+                    .tensors
+                    .get(k)
+                    .or_else(|| k.split_once('.').and_then(|(_, rest)| m.tensors.get(rest)))
+                    .ok_or_else(|| {
+                        Error::tensor(&m.origin, k, "missing from the base model (the adapter trains it)")
+                    })?;
+                if t.shape != shape {
+                    return Err(Error::tensor(
+                        &m.origin,
+                        k,
+                        format!("has shape {:?} in the base model, {shape:?} in the adapters", t.shape),
+                    ));
+                }
+                Ok(Some(t.data.clone()))
+            }
+        }
+    }
+}
+
+/// Every non-head tensor merged by name (same names and shapes in every input) over `base`.
 async fn merge_params(
     recipe: &Recipe,
     dev: &Device,
     inputs: &[AdapterFiles],
     body: &mut NamedTensors,
-    base_value: Option<f32>,
+    base: &Base<'_>,
     fishers: Option<&[NamedTensors]>,
 ) -> Result<()> {
     let first = &inputs[0];
@@ -364,8 +424,8 @@ async fn merge_params(
             }
             xs.push(o.data.as_slice());
         }
-        let base = base_value.map(|v| vec![v; t.data.len()]);
-        let merged = merge_host(recipe, dev, k, &xs, &t.shape, base.as_deref(), fishers).await?;
+        let b = base.values(k, &t.shape)?;
+        let merged = merge_host(recipe, dev, k, &xs, &t.shape, b.as_deref(), fishers).await?;
         body.insert(k.clone(), HostTensor::new(t.shape.clone(), merged));
     }
     Ok(())
