@@ -3,6 +3,8 @@
 # of the UCI sentiment sentences, seeded), each merge method with its defaults and with the settings
 # that did best on the validation splits, and one adapter trained on all three training splits.
 # Usage: scripts/merge-results.sh WORKDIR   (takes about half an hour on 2 CPU cores; CPU device)
+#        METHOD=full LR=1e-4 EPOCHS=2 scripts/merge-results.sh WORKDIR   (full fine-tunes instead of LoRA,
+#        merged as task vectors of the base model)
 set -euo pipefail
 W=${1:?work folder}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,6 +12,7 @@ lt=${LT:-$ROOT/target/release/localtune}
 DATA=${DATA:-$ROOT/.cache/data/sentiment}
 mkdir -p "$W" && cd "$W"
 export MATMUL_NUM_THREADS=${MATMUL_NUM_THREADS:-1}
+METHOD=${METHOD:-lora} LR=${LR:-1e-3} EPOCHS=${EPOCHS:-3}
 python3 - "$DATA" <<'PY'
 import random, sys, json, os
 all_train = []
@@ -26,7 +29,7 @@ open('all-train.jsonl', 'w').writelines(all_train)
 PY
 for d in yelp amazon imdb all; do
   [ -f adapters/$d/adapter_model.safetensors ] && continue
-  $lt train --data $d-train.jsonl --method lora --out adapters/$d --device cpu --epochs 3 --lr 1e-3 --batch 16 \
+  $lt train --data $d-train.jsonl --method $METHOD --out adapters/$d --device cpu --epochs $EPOCHS --lr $LR --batch 16 \
     --max-len 64 --valid-fraction 0.05 --seed 0 --json > train-$d.log 2>&1
 done
 evaluate() { # name adapter split

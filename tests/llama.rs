@@ -37,7 +37,8 @@ fn check_prompts(dev: &Device, atol: f32) {
         // ending at its end-of-text).
         let greedy = fixture_ids(&st, &format!("prompt{p}_greedy32"));
         let stop = [2];
-        let got = futures::executor::block_on(generate(&m, &ids, 32, &Sampling::greedy(), &stop, |_| true)).unwrap();
+        let got =
+            futures::executor::block_on(generate(&m, None, &ids, 32, &Sampling::greedy(), &stop, |_| true)).unwrap();
         assert_eq!(got, greedy, "prompt {p}: greedy continuation");
     }
 }
@@ -102,15 +103,15 @@ fn the_cache_gives_the_logits_of_the_whole_sequence() {
     let ids = [504, 3575, 282, 4649, 314, 7042, 30];
     let whole = host(&m.forward(&ids).unwrap());
     let mut cache = KvCache::default();
-    let first = host(&m.forward_cached(&ids[..4], &mut cache, false).unwrap());
-    let next = host(&m.forward_cached(&ids[4..6], &mut cache, false).unwrap());
-    let last = host(&m.forward_cached(&ids[6..], &mut cache, true).unwrap());
+    let first = host(&m.forward_cached(&ids[..4], &mut cache, false, None).unwrap());
+    let next = host(&m.forward_cached(&ids[4..6], &mut cache, false, None).unwrap());
+    let last = host(&m.forward_cached(&ids[6..], &mut cache, true, None).unwrap());
     let v = m.cfg.vocab;
     assert_eq!(cache.len, 7);
     assert_close("first 4", &first, &whole[..4 * v], 1e-4, 1e-4);
     assert_close("next 2", &next, &whole[4 * v..6 * v], 1e-4, 1e-4);
     assert_close("last", &last, &whole[6 * v..], 1e-4, 1e-4);
-    let e = m.forward_cached(&vec![1; m.cfg.context], &mut cache, true).err().unwrap().to_string();
+    let e = m.forward_cached(&vec![1; m.cfg.context], &mut cache, true, None).err().unwrap().to_string();
     assert!(e.contains("context"), "{e}");
 }
 

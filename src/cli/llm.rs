@@ -6,7 +6,8 @@ use futures::executor::block_on;
 use localtune::model::bpe::{BpeTokenizer, Message};
 use localtune::model::generate::{generate, Sampling};
 use localtune::model::gguf::Gguf;
-use localtune::model::llama::{KvCache, Llama};
+use localtune::model::llama::{KvCache, LinearDelta, Llama};
+use localtune::peft::causal_lora::CausalLora;
 use localtune::{Device, Error, Result};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,15 @@ fn load(path: &Path, dev: &Device) -> Result<(Llama, BpeTokenizer)> {
     Ok((Llama::from_gguf(&g, &bytes, dev)?, tok))
 }
 
+impl GenArgs {
+    /// The model, its tokenizer and the adapter when one is given.
+    fn load(&self) -> Result<(Llama, BpeTokenizer, Option<CausalLora>)> {
+        let (model, tok) = load(&llm_path(&self.model)?, &open_device(self.device)?)?;
+        let adapter = self.adapter.as_ref().map(|d| CausalLora::load(d, &model.cfg, &model.device)).transpose()?;
+        Ok((model, tok, adapter))
+    }
+}
+
 fn out_line(out: &mut impl Write, v: serde_json::Value) -> Result<()> {
     writeln!(out, "{v}").map_err(|e| Error::file("<stdout>", e))
 }
@@ -60,6 +70,9 @@ pub struct GenArgs {
     /// The GGUF model file (default: $LOCALTUNE_LLM, else SmolLM2-135M-Instruct from scripts/fetch-assets.sh).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// A PEFT LoRA folder (CAUSAL_LM) for this model, trained here or by PEFT, applied over the base.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Wrap each prompt in the model's chat template as one user turn (and answer as the assistant).
     #[arg(long)]
     chat: bool,
@@ -120,13 +133,14 @@ impl SamplingArgs {
 /// `generate`: one `{"ids", "text"}` line per prompt.
 pub fn generate_cmd(a: &GenArgs, s: &SamplingArgs) -> Result<()> {
     let sampling = s.sampling()?;
-    let (model, tok) = load(&llm_path(&a.model)?, &open_device(a.device)?)?;
+    let (model, tok, adapter) = a.load()?;
+    let delta = adapter.as_ref().map(|a| a as &dyn LinearDelta);
     let stop = tok.stop_ids();
     let mut out = std::io::stdout().lock();
     for_each_input(a.jsonl, 1, |texts| {
         for t in texts {
             let prompt = a.prompt_ids(&tok, t)?;
-            let ids = block_on(generate(&model, &prompt, s.max_new_tokens, &sampling, &stop, |_| true))?;
+            let ids = block_on(generate(&model, delta, &prompt, s.max_new_tokens, &sampling, &stop, |_| true))?;
             let text = tok.decode(&ids, true);
             out_line(&mut out, serde_json::json!({ "ids": ids, "text": text }))?;
         }
@@ -139,7 +153,8 @@ pub fn logits_cmd(a: &GenArgs, top: usize) -> Result<()> {
     if top == 0 {
         return Err(Error::invalid("--top must be at least 1"));
     }
-    let (model, tok) = load(&llm_path(&a.model)?, &open_device(a.device)?)?;
+    let (model, tok, adapter) = a.load()?;
+    let delta = adapter.as_ref().map(|a| a as &dyn LinearDelta);
     let mut out = std::io::stdout().lock();
     for_each_input(a.jsonl, 1, |texts| {
         for t in texts {
@@ -147,7 +162,7 @@ pub fn logits_cmd(a: &GenArgs, top: usize) -> Result<()> {
             if prompt.is_empty() {
                 return Err(Error::invalid(format!("{t:?} has no tokens")));
             }
-            let row = model.forward_cached(&prompt, &mut KvCache::default(), true)?.to_vec_blocking()?;
+            let row = model.forward_cached(&prompt, &mut KvCache::default(), true, delta)?.to_vec_blocking()?;
             let mut order: Vec<usize> = (0..row.len()).collect();
             order.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
             order.truncate(top);
@@ -161,7 +176,8 @@ pub fn logits_cmd(a: &GenArgs, top: usize) -> Result<()> {
 /// `chat`: an interactive conversation on stdin/stdout, the answer streamed token by token.
 pub fn chat_cmd(a: &GenArgs, s: &SamplingArgs, system: Option<String>) -> Result<()> {
     let sampling = s.sampling()?;
-    let (model, tok) = load(&llm_path(&a.model)?, &open_device(a.device)?)?;
+    let (model, tok, adapter) = a.load()?;
+    let delta = adapter.as_ref().map(|a| a as &dyn LinearDelta);
     let stop = tok.stop_ids();
     let mut messages: Vec<Message> =
         system.into_iter().map(|c| Message { role: "system".into(), content: c }).collect();
@@ -178,7 +194,7 @@ pub fn chat_cmd(a: &GenArgs, s: &SamplingArgs, system: Option<String>) -> Result
         let mut shown = String::new();
         let mut ids = Vec::new();
         let mut err = None;
-        block_on(generate(&model, &prompt, s.max_new_tokens, &sampling, &stop, |id| {
+        block_on(generate(&model, delta, &prompt, s.max_new_tokens, &sampling, &stop, |id| {
             ids.push(id);
             // Print what the ids decode to so far beyond what is shown (a character may span tokens).
             let text = tok.decode(&ids, true);

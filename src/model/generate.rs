@@ -2,7 +2,7 @@
 //! top-k and top-p (nucleus) as transformers' `generate` applies them (temperature, then top-k, then
 //! top-p), stopping after a stop token (kept in the output, as transformers does) or at the limit.
 
-use super::llama::{KvCache, Llama};
+use super::llama::{KvCache, LinearDelta, Llama};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -89,6 +89,7 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
 /// Async for the browser's read-back; native code blocks on it (`futures::executor::block_on`).
 pub async fn generate(
     model: &Llama,
+    adapter: Option<&dyn LinearDelta>,
     prompt: &[u32],
     max_new: usize,
     s: &Sampling,
@@ -104,7 +105,7 @@ pub async fn generate(
         if cache.len + next.len() > model.cfg.context {
             break;
         }
-        let logits = model.forward_cached(&next, &mut cache, true)?.to_vec().await?;
+        let logits = model.forward_cached(&next, &mut cache, true, adapter)?.to_vec().await?;
         let id = pick(&logits, s, &mut rng);
         out.push(id);
         if !on_token(id) || stop.contains(&id) {

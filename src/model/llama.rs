@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use super::gguf::{Gguf, TensorInfo};
+use super::param_set::ParamSet;
 use crate::error::{Error, Result};
 use crate::ops::{self, llama as lops, qmatmul::QWeight, AttnMask};
 use crate::quant::{dequantize, GgmlType};
@@ -110,6 +111,14 @@ impl Linear {
         }
     }
 
+    /// dx = dy W for the input x (the frozen base needs no dW).
+    pub fn backward_dx(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Quant(w) => ops::qmatmul::qlinear_dx(dy, w),
+            Linear::F32(w) => Ok(ops::linear_backward(None, None, dy, x, w, true)?.unwrap()),
+        }
+    }
+
     /// Bytes the weight takes on its device.
     pub fn device_bytes(&self) -> usize {
         match self {
@@ -118,6 +127,25 @@ impl Linear {
         }
     }
 }
+
+/// What a fine-tuning method adds to the decoder's linears (LoRA: `peft::causal_lora`), numbered as
+/// `Block::linear` numbers them.
+pub trait LinearDelta {
+    /// What it adds to layer `l`'s linear `m` for the input x, if anything.
+    fn forward(&self, l: usize, m: usize, x: &Tensor) -> Result<Option<Tensor>>;
+    /// Backward of `forward` for the output gradient dy: accumulates its own gradients into `grads`
+    /// and returns the part of dx it adds.
+    fn backward(&self, l: usize, m: usize, dy: &Tensor, x: &Tensor, grads: &mut ParamSet) -> Result<Option<Tensor>>;
+}
+
+/// The linears of a layer by number: q, k, v, o, gate, up, down.
+pub const Q: usize = 0;
+pub const K: usize = 1;
+pub const V: usize = 2;
+pub const O: usize = 3;
+pub const GATE: usize = 4;
+pub const UP: usize = 5;
+pub const DOWN: usize = 6;
 
 /// One decoder layer's weights.
 pub struct Block {
@@ -130,6 +158,31 @@ pub struct Block {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+}
+
+impl Block {
+    /// Linear `m` (Q … DOWN).
+    pub fn linear(&self, m: usize) -> &Linear {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down][m]
+    }
+}
+
+/// What a layer's backward reads: its input and activations, recomputed from the input.
+struct Acts {
+    x0: Tensor,
+    h1: Tensor,
+    r1: Tensor,
+    q: Tensor,
+    kr: Tensor,
+    vr: Tensor,
+    probs: Tensor,
+    a: Tensor,
+    x1: Tensor,
+    h2: Tensor,
+    r2: Tensor,
+    g: Tensor,
+    u: Tensor,
+    m: Tensor,
 }
 
 /// A Llama model on a device.
@@ -229,6 +282,64 @@ impl Llama {
         Ok(Llama { norm: vector("output_norm.weight")?, cfg, device: device.clone(), embed, blocks, head })
     }
 
+    /// A model of `cfg` with seeded random weights (tests and benchmarks): linears as `kind` (F32 or
+    /// Q8_0 blocks of random codes and scales), norms near one, an f32 embedding tied as the head.
+    pub fn random(cfg: LlamaConfig, kind: GgmlType, seed: u64, device: &Device) -> Result<Llama> {
+        use crate::rng::Rng;
+        fn linear(rng: &mut Rng, kind: GgmlType, rows: usize, cols: usize, device: &Device) -> Result<Linear> {
+            let std = 1.0 / (cols as f64).sqrt();
+            match kind {
+                GgmlType::F32 => Ok(Linear::F32(device.tensor(&rng.vec_normal(rows * cols, std), &[rows, cols])?)),
+                GgmlType::Q8_0 if cols % 32 == 0 => {
+                    let mut bytes = Vec::with_capacity(rows * cols / 32 * 34);
+                    for _ in 0..rows * cols / 32 {
+                        let d = half::f16::from_f32((std * 2.0 / 127.0 * (0.5 + rng.uniform())) as f32);
+                        bytes.extend(d.to_le_bytes());
+                        bytes.extend((0..32).map(|_| (rng.below(255) as i32 - 127) as i8 as u8));
+                    }
+                    Ok(Linear::Quant(QWeight::new(device, kind, rows, cols, &bytes)?))
+                }
+                _ => Err(Error::invalid(format!(
+                    "random models are F32 or Q8_0 (columns a multiple of 32), not {}",
+                    kind.name()
+                ))),
+            }
+        }
+        fn norm(rng: &mut Rng, c: usize, device: &Device) -> Result<Tensor> {
+            let v: Vec<f32> = (0..c).map(|_| (0.8 + 0.4 * rng.uniform()) as f32).collect();
+            device.tensor(&v, &[c])
+        }
+        let mut rng = Rng::new(seed);
+        let r = &mut rng;
+        let (c, kv, f) = (cfg.hidden, cfg.kv_heads * cfg.head_dim, cfg.ffn);
+        let mut blocks = Vec::with_capacity(cfg.layers);
+        for _ in 0..cfg.layers {
+            blocks.push(Block {
+                attn_norm: norm(r, c, device)?,
+                q: linear(r, kind, c, c, device)?,
+                k: linear(r, kind, kv, c, device)?,
+                v: linear(r, kind, kv, c, device)?,
+                o: linear(r, kind, c, c, device)?,
+                ffn_norm: norm(r, c, device)?,
+                gate: linear(r, kind, f, c, device)?,
+                up: linear(r, kind, f, c, device)?,
+                down: linear(r, kind, c, f, device)?,
+            });
+        }
+        let final_norm = norm(r, c, device)?;
+        let table = r.vec_normal(cfg.vocab * c, 0.5);
+        let head = Linear::F32(device.tensor(&table, &[cfg.vocab, c])?);
+        let bytes: Vec<u8> = table.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok(Llama {
+            cfg,
+            device: device.clone(),
+            embed: (GgmlType::F32, Arc::new(bytes)),
+            blocks,
+            norm: final_norm,
+            head,
+        })
+    }
+
     /// Bytes the model's weights take on its device.
     pub fn device_bytes(&self) -> usize {
         let lin = |b: &Block| {
@@ -257,12 +368,120 @@ impl Llama {
 
     /// Logits (T, vocab) at every position of one sequence of token ids.
     pub fn forward(&self, ids: &[u32]) -> Result<Tensor> {
-        self.forward_cached(ids, &mut KvCache::default(), false)
+        self.forward_cached(ids, &mut KvCache::default(), false, None)
+    }
+
+    /// RoPE's cos and sin tables (T, D/2) on the device for positions first … first + t − 1.
+    fn rope(&self, first: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let d = self.cfg.head_dim;
+        let (cos, sin) = lops::rope_tables(first, t, d, self.cfg.rope_base);
+        Ok((self.device.tensor(&cos, &[t, d / 2])?, self.device.tensor(&sin, &[t, d / 2])?))
+    }
+
+    /// Layer `l`'s linear `m` applied to x, with what `delta` adds.
+    fn lin(&self, l: usize, m: usize, x: &Tensor, delta: Option<&dyn LinearDelta>) -> Result<Tensor> {
+        let y = self.blocks[l].linear(m).forward(x)?;
+        match delta.map(|d| d.forward(l, m, x)).transpose()?.flatten() {
+            Some(dy) => ops::add(&y, &dy),
+            None => Ok(y),
+        }
+    }
+
+    /// Backward of `lin`: dx, and `delta`'s gradients accumulated into `grads`.
+    fn lin_backward(
+        &self,
+        l: usize,
+        m: usize,
+        dy: &Tensor,
+        x: &Tensor,
+        delta: &dyn LinearDelta,
+        grads: &mut ParamSet,
+    ) -> Result<Tensor> {
+        let dx = self.blocks[l].linear(m).backward_dx(dy, x)?;
+        match delta.backward(l, m, dy, x, grads)? {
+            Some(d) => ops::add(&dx, &d),
+            None => Ok(dx),
+        }
+    }
+
+    /// Layer `l` on x (1, T, C) at the positions of `rope`, reading and extending `kv` when given;
+    /// the activations for the backward too when `keep`.
+    fn block(
+        &self,
+        l: usize,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        delta: Option<&dyn LinearDelta>,
+        keep: bool,
+    ) -> Result<(Tensor, Option<Acts>)> {
+        let (cfg, b) = (&self.cfg, &self.blocks[l]);
+        let (d, groups, (cos, sin)) = (cfg.head_dim, cfg.heads / cfg.kv_heads, rope);
+        let (h1, r1) = lops::rmsnorm(x, &b.attn_norm, cfg.eps)?;
+        let q = lops::rope(&self.lin(l, Q, &h1, delta)?, cos, sin, d, false)?;
+        let mut k = lops::rope(&self.lin(l, K, &h1, delta)?, cos, sin, d, false)?;
+        let mut v = self.lin(l, V, &h1, delta)?;
+        if let Some(kv) = kv {
+            if let Some((pk, pv)) = kv.take() {
+                let shape = [1, pk.dim(1) + k.dim(1), k.dim(2)];
+                k = ops::concat_rows(&pk, &k, &shape)?;
+                v = ops::concat_rows(&pv, &v, &shape)?;
+            }
+            *kv = Some((k.clone(), v.clone()));
+        }
+        let (kr, vr) = (lops::repeat_kv(&k, d, groups)?, lops::repeat_kv(&v, d, groups)?);
+        // Query i sees the cached keys and new keys up to its own position.
+        let (a, probs) = ops::attention_masked(&q, &kr, &vr, AttnMask::Causal(None), cfg.heads, None)?;
+        let x1 = ops::add(x, &self.lin(l, O, &a, delta)?)?;
+        let (h2, r2) = lops::rmsnorm(&x1, &b.ffn_norm, cfg.eps)?;
+        let (g, u) = (self.lin(l, GATE, &h2, delta)?, self.lin(l, UP, &h2, delta)?);
+        let m = lops::swiglu(&g, &u)?;
+        let out = ops::add(&x1, &self.lin(l, DOWN, &m, delta)?)?;
+        let acts = keep.then(|| Acts { x0: x.clone(), h1, r1, q, kr, vr, probs, a, x1, h2, r2, g, u, m });
+        Ok((out, acts))
+    }
+
+    /// Backward of `block` for the output gradient dx (1, T, C): returns the input's gradient and
+    /// accumulates `delta`'s gradients into `grads`.
+    fn block_backward(
+        &self,
+        l: usize,
+        s: &Acts,
+        dx: &Tensor,
+        rope: &(Tensor, Tensor),
+        delta: &dyn LinearDelta,
+        grads: &mut ParamSet,
+    ) -> Result<Tensor> {
+        let (cfg, b) = (&self.cfg, &self.blocks[l]);
+        let (d, groups, (cos, sin)) = (cfg.head_dim, cfg.heads / cfg.kv_heads, rope);
+        let dm = self.lin_backward(l, DOWN, dx, &s.m, delta, grads)?;
+        let (dg, du) = lops::swiglu_backward(&dm, &s.g, &s.u)?;
+        let dh2 = ops::add(
+            &self.lin_backward(l, GATE, &dg, &s.h2, delta, grads)?,
+            &self.lin_backward(l, UP, &du, &s.h2, delta, grads)?,
+        )?;
+        let dx1 = ops::add(dx, &lops::rmsnorm_backward(None, &dh2, &s.x1, &s.r2, &b.ffn_norm)?)?;
+        let da = self.lin_backward(l, O, &dx1, &s.a, delta, grads)?;
+        let (dq, dkr, dvr) = ops::attention_backward(&da, &s.q, &s.kr, &s.vr, &s.probs, cfg.heads, None)?;
+        let dk = lops::rope(&lops::repeat_kv_backward(&dkr, d, groups)?, cos, sin, d, true)?;
+        let dv = lops::repeat_kv_backward(&dvr, d, groups)?;
+        let dq = lops::rope(&dq, cos, sin, d, true)?;
+        let mut dh1 = self.lin_backward(l, Q, &dq, &s.h1, delta, grads)?;
+        dh1 = ops::add(&dh1, &self.lin_backward(l, K, &dk, &s.h1, delta, grads)?)?;
+        dh1 = ops::add(&dh1, &self.lin_backward(l, V, &dv, &s.h1, delta, grads)?)?;
+        ops::add(&dx1, &lops::rmsnorm_backward(None, &dh1, &s.x0, &s.r1, &b.attn_norm)?)
     }
 
     /// The logits of `ids` following the tokens already in `cache` (which then holds them too): every
-    /// position's (T, vocab), or only the last one's (1, vocab) when `last_only`.
-    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache, last_only: bool) -> Result<Tensor> {
+    /// position's (T, vocab), or only the last one's (1, vocab) when `last_only`; `delta` (an adapter)
+    /// added to the linears.
+    pub fn forward_cached(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        last_only: bool,
+        delta: Option<&dyn LinearDelta>,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (t, past) = (ids.len(), cache.len);
         if t == 0 || past + t > cfg.context {
@@ -275,34 +494,61 @@ impl Llama {
         if cache.layers.is_empty() {
             cache.layers = vec![None; cfg.layers];
         }
-        let (d, groups) = (cfg.head_dim, cfg.heads / cfg.kv_heads);
-        let kv = cfg.kv_heads * d;
-        let (cos, sin) = lops::rope_tables(past, t, d, cfg.rope_base);
-        let cos = self.device.tensor(&cos, &[t, d / 2])?;
-        let sin = self.device.tensor(&sin, &[t, d / 2])?;
+        let rope = self.rope(past, t)?;
         let mut x = self.embed(ids)?;
-        for (b, kv_cache) in self.blocks.iter().zip(&mut cache.layers) {
-            let (h, _) = lops::rmsnorm(&x, &b.attn_norm, cfg.eps)?;
-            let q = lops::rope(&b.q.forward(&h)?, &cos, &sin, d, false)?;
-            let mut k = lops::rope(&b.k.forward(&h)?, &cos, &sin, d, false)?;
-            let mut v = b.v.forward(&h)?;
-            if let Some((pk, pv)) = kv_cache.take() {
-                k = ops::concat_rows(&pk, &k, &[1, past + t, kv])?;
-                v = ops::concat_rows(&pv, &v, &[1, past + t, kv])?;
-            }
-            *kv_cache = Some((k.clone(), v.clone()));
-            let (k, v) = (lops::repeat_kv(&k, d, groups)?, lops::repeat_kv(&v, d, groups)?);
-            // Query i sees the cached keys and new keys up to its own position.
-            let (a, _) = ops::attention_masked(&q, &k, &v, AttnMask::Causal(None), cfg.heads, None)?;
-            ops::add_into(&mut x, &b.o.forward(&a)?, 1.0)?;
-            let (h, _) = lops::rmsnorm(&x, &b.ffn_norm, cfg.eps)?;
-            let m = lops::swiglu(&b.gate.forward(&h)?, &b.up.forward(&h)?)?;
-            ops::add_into(&mut x, &b.down.forward(&m)?, 1.0)?;
+        for (l, kv) in cache.layers.iter_mut().enumerate() {
+            x = self.block(l, &x, &rope, Some(kv), delta, false)?.0;
         }
         cache.len += t;
         let x = if last_only { ops::slice_rows(&x, t - 1, 1)? } else { x.reshape(&[t, cfg.hidden])? };
         let (h, _) = lops::rmsnorm(&x, &self.norm, cfg.eps)?;
         self.head.forward(&h)
+    }
+
+    /// Causal-LM training on one sequence: the cross-entropy of predicting `ids[p + 1]` at each
+    /// position p of `positions` (the tokens that train: an assistant's answer), its gradient times
+    /// `grad_scale` accumulated into `grads` through `delta`. Returns the per-position losses.
+    ///
+    /// Memory: only each layer's input is kept through the forward; the backward recomputes one
+    /// layer's activations at a time from it.
+    pub fn loss_backward(
+        &self,
+        ids: &[u32],
+        positions: &[u32],
+        delta: &dyn LinearDelta,
+        grads: &mut ParamSet,
+        grad_scale: f32,
+    ) -> Result<Tensor> {
+        let (cfg, t) = (&self.cfg, ids.len());
+        if t < 2 || t > cfg.context {
+            return Err(Error::invalid(format!("{t} tokens: training needs 2 to {} (the context)", cfg.context)));
+        }
+        if positions.is_empty() || positions.iter().any(|&p| p as usize + 1 >= t) {
+            return Err(Error::invalid(format!("the positions that train must be in 0..{} and not empty", t - 1)));
+        }
+        let rope = self.rope(0, t)?;
+        let mut x = self.embed(ids)?;
+        let mut inputs = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let next = self.block(l, &x, &rope, None, Some(delta), false)?.0;
+            inputs.push(std::mem::replace(&mut x, next));
+        }
+        let xf = x.reshape(&[t, cfg.hidden])?;
+        let (hf, rf) = lops::rmsnorm(&xf, &self.norm, cfg.eps)?;
+        let pos = self.device.tensor_u32(positions, &[positions.len()])?;
+        let hs = ops::embedding(&pos, &hf)?;
+        let targets: Vec<u32> = positions.iter().map(|&p| ids[p as usize + 1]).collect();
+        let labels = self.device.tensor_u32(&targets, &[targets.len()])?;
+        let (loss, dlogits) = ops::cross_entropy(&self.head.forward(&hs)?, &labels, &targets, grad_scale)?;
+        let dhs = self.head.backward_dx(&dlogits, &hs)?;
+        let mut dhf = self.device.zeros(&[t, cfg.hidden])?;
+        ops::embedding_backward(&mut dhf, &dhs, &pos)?;
+        let mut dx = lops::rmsnorm_backward(None, &dhf, &xf, &rf, &self.norm)?.reshape(&[1, t, cfg.hidden])?;
+        for l in (0..cfg.layers).rev() {
+            let acts = self.block(l, &inputs[l], &rope, None, Some(delta), true)?.1.unwrap();
+            dx = self.block_backward(l, &acts, &dx, &rope, delta, grads)?;
+        }
+        Ok(loss)
     }
 }
 

@@ -21,6 +21,7 @@
 
 pub mod adapter;
 pub mod bitfit;
+pub mod causal_lora;
 pub mod format;
 pub mod full;
 pub mod head;

@@ -275,6 +275,44 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
     );
     assert.equal(await page.isHidden('#error'), true, await page.textContent('#error'));
   };
+  // Full fine-tunes (every weight), two seeds, merged by TIES as task vectors of the loaded model.
+  phase = 'full';
+  await page.selectOption('#method', 'full');
+  await page.fill('#epochs', '1');
+  for (const [seed, name] of [['0', 'tiny-full-a'], ['1', 'tiny-full-b']]) {
+    await page.fill('#seed', seed);
+    await finishRun('#train-start');
+    await page.fill('#save-name', name);
+    await page.click('#save-run');
+    await page.waitForSelector(`#saved li[data-name="${name}"]`);
+  }
+  const full = await page.evaluate(async () => {
+    const dec = (b) => new TextDecoder().decode(b);
+    const read = (name) => new Promise((resolve, reject) => {
+      const r = indexedDB.open('localtune', 1);
+      r.onsuccess = () => {
+        const g = r.result.transaction('adapters').objectStore('adapters').get(name);
+        g.onsuccess = () => resolve(g.result);
+        g.onerror = () => reject(g.error);
+      };
+    });
+    const header = (st) => JSON.parse(dec(st.subarray(8, 8 + Number(new DataView(st.buffer, st.byteOffset, 8).getBigUint64(0, true)))));
+    const args = async (name) => {
+      const it = await read(name);
+      const f = (n) => it.files.find((x) => x.name === n).bytes;
+      return { name, config: dec(f('adapter_config.json')), weights: f('adapter_model.safetensors'), meta: dec(f('localtune.json')) };
+    };
+    const adapters = [await args('tiny-full-a'), await args('tiny-full-b')];
+    const r = await window.__localtuneCall('merge', { adapters, method: 'ties', settings: { density: 0.5 } });
+    const st = r.adapters[0].find((f) => f.name === 'adapter_model.safetensors').bytes;
+    return { report: r.report, peft: JSON.parse(adapters[0].config).peft_type, keys: Object.keys(header(st)).length, inKeys: Object.keys(header(adapters[0].weights)).length };
+  });
+  console.log(`full merge: ${JSON.stringify(full.report)}`);
+  assert.equal(full.peft, 'LOCALTUNE_FULL');
+  assert.equal(full.report.method, 'ties');
+  assert.equal(full.report.heads, 'merged');
+  assert.equal(full.keys, full.inKeys, 'the merged full fine-tune holds every weight of its inputs');
+
   await page.selectOption('#method', 'adapter');
   await page.selectOption('#placement', 'pfeiffer');
   await page.fill('#reduction', '4');

@@ -1,0 +1,192 @@
+//! LoRA over the frozen (4-bit) Llama: a PEFT CAUSAL_LM adapter applied to SmolLM2's GGUF gives the
+//! logits PEFT gave on transformers' model of the same file (tests/fixtures/llama/lora_logits, made
+//! with PEFT 0.21.2), on both devices; the causal-LM loss's gradient through every layer matches
+//! finite differences on a tiny random Llama (f32 and Q8_0 linears) and the GPU path matches the
+//! CPU; adapters round-trip through PEFT's files; bad adapter folders are named.
+
+mod common;
+
+use common::*;
+use localtune::model::gguf::Gguf;
+use localtune::model::llama::{KvCache, LinearDelta, Llama, LlamaConfig};
+use localtune::peft::causal_lora::{key, CausalLora, MODULES};
+use localtune::quant::GgmlType;
+use localtune::Device;
+use std::path::Path;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama");
+
+fn smollm2(dev: &Device) -> Option<Llama> {
+    let path = llm_file()?;
+    let bytes = std::fs::read(&path).unwrap();
+    let g = Gguf::from_bytes(&bytes, &path.display().to_string()).unwrap();
+    Some(Llama::from_gguf(&g, &bytes, dev).unwrap())
+}
+
+#[test]
+fn a_peft_adapter_gives_the_logits_peft_gave() {
+    let raw = std::fs::read(format!("{FIXTURES}/lora_logits.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
+    for dev in devices() {
+        let Some(m) = smollm2(&dev) else { return };
+        let lora = CausalLora::load(&Path::new(FIXTURES).join("peft_lora"), &m.cfg, &dev).unwrap();
+        assert_eq!((lora.r, lora.targets.len()), (4, 7));
+        for p in [0, 1] {
+            let ids = fixture_ids(&st, &format!("prompt{p}_input_ids"));
+            let want = fixture_f32(&st, &format!("prompt{p}_logits_lora"));
+            let got = host(&m.forward_cached(&ids, &mut KvCache::default(), false, Some(&lora)).unwrap());
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            eprintln!("prompt {p} with the adapter on {}: max |logit − PEFT| = {worst:.2e}", dev.describe());
+            assert!(worst <= 1e-3, "prompt {p}: {worst}");
+            // The adapter changes the logits by more than the tolerance, so the check has teeth.
+            let base = host(&m.forward(&ids).unwrap());
+            let moved = base.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(moved > 1e-2, "the adapter moves the logits by only {moved}");
+        }
+    }
+}
+
+fn tiny_cfg() -> LlamaConfig {
+    LlamaConfig {
+        layers: 2,
+        hidden: 64,
+        ffn: 96,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        vocab: 40,
+        rope_base: 10000.0,
+        eps: 1e-5,
+        context: 32,
+    }
+}
+
+/// A tiny adapter on every module with B drawn too (PEFT's B starts at zero, which hides dA).
+fn tiny_lora(cfg: &LlamaConfig, dev: &Device) -> CausalLora {
+    let mut lora = CausalLora::new(cfg, 2, 4.0, false, &[0, 1, 2, 3, 4, 5, 6], 7, dev).unwrap();
+    let mut rng = Rng(11);
+    for id in 0..lora.params.len() {
+        if lora.params.name(id).ends_with("lora_B.weight") {
+            let shape = lora.params[id].shape().to_vec();
+            let t = dev.tensor(&rng.vec(shape.iter().product(), 0.3), &shape).unwrap();
+            lora.params.set(id, t).unwrap();
+        }
+    }
+    lora
+}
+
+/// Σ over `positions` of −log p(ids[p + 1]) from the plain forward's logits, in f64.
+fn loss(m: &Llama, lora: &CausalLora, ids: &[u32], positions: &[u32]) -> f64 {
+    let logits = host(&m.forward_cached(ids, &mut KvCache::default(), false, Some(lora as &dyn LinearDelta)).unwrap());
+    let v = m.cfg.vocab;
+    positions
+        .iter()
+        .map(|&p| {
+            let row: Vec<f64> = logits[p as usize * v..(p as usize + 1) * v].iter().map(|&x| x as f64).collect();
+            let max = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            lse - row[ids[p as usize + 1] as usize]
+        })
+        .sum()
+}
+
+fn grads(m: &Llama, lora: &CausalLora, ids: &[u32], positions: &[u32]) -> (f64, localtune::model::ParamSet) {
+    let mut g = lora.params.zeros_like(&m.device).unwrap();
+    let l = m.loss_backward(ids, positions, lora, &mut g, 1.0).unwrap();
+    (host(&l).iter().map(|&x| x as f64).sum(), g)
+}
+
+#[test]
+fn the_causal_lm_gradient_matches_finite_differences() {
+    let cfg = tiny_cfg();
+    let ids: Vec<u32> = vec![1, 5, 9, 3, 30, 12, 7, 7, 22, 39, 0, 14];
+    // Only the answer trains: positions whose next token is one of the last five.
+    let positions: Vec<u32> = (6..11).collect();
+    for kind in [GgmlType::F32, GgmlType::Q8_0] {
+        let m = Llama::random(cfg.clone(), kind, 3, &Device::Cpu).unwrap();
+        let mut lora = tiny_lora(&cfg, &Device::Cpu);
+        let (l, g) = grads(&m, &lora, &ids, &positions);
+        let want = loss(&m, &lora, &ids, &positions);
+        assert!((l - want).abs() < 1e-4 * want.abs().max(1.0), "{kind:?}: loss {l} against the forward's {want}");
+        let mut rng = Rng(5);
+        let mut checked = 0;
+        for layer in 0..cfg.layers {
+            for (mi, name) in MODULES.iter().enumerate() {
+                for ab in ['A', 'B'] {
+                    let id = lora.params.id(&key(layer, mi, ab)).unwrap();
+                    let shape = lora.params[id].shape().to_vec();
+                    let base = host(&lora.params[id]);
+                    let gh = host(&g[id]);
+                    for _ in 0..2 {
+                        let i = rng.below(base.len() as u32) as usize;
+                        let h = 1e-2;
+                        let mut at = |d: f32| {
+                            let mut v = base.clone();
+                            v[i] += d;
+                            lora.params.set(id, Device::Cpu.tensor(&v, &shape).unwrap()).unwrap();
+                            loss(&m, &lora, &ids, &positions)
+                        };
+                        let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+                        lora.params.set(id, Device::Cpu.tensor(&base, &shape).unwrap()).unwrap();
+                        let an = gh[i] as f64;
+                        assert!(
+                            (fd - an).abs() <= 2e-3 + 2e-2 * fd.abs().max(an.abs()),
+                            "{kind:?} layer {layer} {name} lora_{ab}[{i}]: finite difference {fd}, backward {an}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 2 * 7 * 2 * 2);
+        // Every tensor got a gradient: no module's backward was skipped.
+        for (id, name) in lora.params.names().enumerate() {
+            assert!(host(&g[id]).iter().any(|&x| x != 0.0), "{kind:?}: no gradient for {name}");
+        }
+    }
+}
+
+#[test]
+fn the_gpu_backward_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cfg = tiny_cfg();
+    let ids: Vec<u32> = vec![2, 8, 13, 21, 34, 5, 8, 13, 1, 2, 3, 4, 5, 6];
+    let positions: Vec<u32> = (4..13).collect();
+    let mut results = Vec::new();
+    for dev in [Device::Cpu, gpu] {
+        let m = Llama::random(cfg.clone(), GgmlType::Q8_0, 9, &dev).unwrap();
+        let lora = tiny_lora(&cfg, &dev);
+        results.push(grads(&m, &lora, &ids, &positions));
+    }
+    let ((lc, gc), (lg, gg)) = (&results[0], &results[1]);
+    assert!((lc - lg).abs() < 1e-4 * lc.abs(), "loss cpu {lc}, gpu {lg}");
+    for (id, name) in gc.names().enumerate() {
+        assert_close(name, &host(&gg[id]), &host(&gc[id]), 1e-4, 1e-3);
+    }
+}
+
+#[test]
+fn adapters_round_trip_through_peft_files_and_bad_ones_are_named() {
+    let cfg = tiny_cfg();
+    let dir = std::env::temp_dir().join(format!("localtune-qlora-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let lora = tiny_lora(&cfg, &Device::Cpu);
+    futures::executor::block_on(lora.save(&dir)).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((c["peft_type"].as_str(), c["task_type"].as_str()), (Some("LORA"), Some("CAUSAL_LM")));
+    assert_eq!(c["target_modules"].as_array().unwrap().len(), 7);
+    let back = CausalLora::load(&dir, &cfg, &Device::Cpu).unwrap();
+    for (name, t) in lora.params.iter() {
+        assert_eq!(host(back.params.get(name).unwrap()), host(t), "{name}");
+    }
+    // The PEFT fixture is for 30 layers of 576: on the tiny model its first tensor has the wrong shape.
+    let e = CausalLora::load(&Path::new(FIXTURES).join("peft_lora"), &cfg, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("adapter_model.safetensors") && e.contains("lora_A.weight") && e.contains("shape"), "{e}");
+    // A sequence-classification adapter is refused by its task type.
+    let mut other = c.clone();
+    other["task_type"] = "SEQ_CLS".into();
+    std::fs::write(dir.join("adapter_config.json"), other.to_string()).unwrap();
+    let e = CausalLora::load(&dir, &cfg, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("adapter_config.json") && e.contains("SEQ_CLS"), "{e}");
+}
