@@ -197,9 +197,14 @@ mod cli {
     struct TrainArgs {
         #[command(flatten)]
         model: ModelArgs,
-        /// Training data: CSV (header with `text` and `label`), JSONL ({"text", "label"}) or a JSON array.
+        /// Training data: CSV (header with `text` and `label`), JSONL ({"text", "label"}) or a JSON array;
+        /// for `--task causal-lm`, JSONL chats ({"messages": [{"role", "content"}, …]} or {"prompt", "completion"}).
         #[arg(long)]
         data: PathBuf,
+        /// classify (a sentence classifier over a BERT-family model) | causal-lm (LoRA over a chat model's
+        /// GGUF weights, 4-bit ones kept as they are: QLoRA; --model FILE.gguf; only the assistant's tokens train).
+        #[arg(long, default_value = "classify")]
+        task: String,
         /// lora | ia3 | adapter | parallel-adapter | prefix | mam (prefix + parallel adapter) | bitfit | full (every weight) | head
         /// | scalearn | scalearn-uniform | scalearn++ | scalearn-uniform++ (over --sources)
         #[arg(long, default_value = "lora")]
@@ -954,7 +959,45 @@ mod cli {
         }
 
         pub fn train(a: &TrainArgs) -> Result<()> {
-            train_with(a, None)
+            match a.task.as_str() {
+                "classify" => train_with(a, None),
+                "causal-lm" => {
+                    if a.method != "lora" {
+                        return Err(Error::invalid(format!(
+                            "--task causal-lm trains LoRA; --method {} is for classify",
+                            a.method
+                        )));
+                    }
+                    // The classifier's default targets mean "every linear" here.
+                    let targets = if a.targets == "query,value" { None } else { Some(a.targets.as_str()) };
+                    let opts = super::llm::CausalTrainArgs {
+                        model: a.model.model.clone(),
+                        data: a.data.clone(),
+                        out: a.out.clone(),
+                        device: a.device,
+                        eval: a.eval.clone(),
+                        max_len: a.model.max_len,
+                        epochs: a.epochs,
+                        batch: a.batch,
+                        seed: a.seed,
+                        valid_fraction: a.valid_fraction,
+                        r: a.r,
+                        alpha: a.alpha,
+                        rslora: a.rslora,
+                        targets,
+                        optim: localtune::train::OptimConfig {
+                            lr: a.lr.unwrap_or(2e-4),
+                            weight_decay: a.weight_decay,
+                            max_grad_norm: a.max_grad_norm,
+                            warmup_ratio: a.warmup,
+                            ..Default::default()
+                        },
+                        json: a.json,
+                    };
+                    super::llm::train_causal(&opts)
+                }
+                t => Err(Error::invalid(format!("--task {t}: the tasks are classify and causal-lm"))),
+            }
         }
 
         /// Extra training texts and a target distribution (n × K) for every training example, given

@@ -215,3 +215,89 @@ pub fn chat_cmd(a: &GenArgs, s: &SamplingArgs, system: Option<String>) -> Result
     }
     Ok(())
 }
+
+/// `train --task causal-lm`: the settings it reads from `train`'s arguments.
+pub struct CausalTrainArgs<'a> {
+    pub model: Option<PathBuf>,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub device: DeviceArg,
+    pub eval: Option<PathBuf>,
+    pub max_len: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub valid_fraction: f64,
+    pub r: usize,
+    pub alpha: f32,
+    pub rslora: bool,
+    /// Comma-separated modules (q_proj … down_proj, or q … down); None: all seven.
+    pub targets: Option<&'a str>,
+    pub optim: localtune::train::OptimConfig,
+    pub json: bool,
+}
+
+/// QLoRA: LoRA over the frozen (quantised) model on chat data, written as a PEFT CAUSAL_LM folder.
+pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
+    use localtune::train::causal::{load_chats, mean_loss, train, CausalSettings};
+    let path = llm_path(&a.model)?;
+    let dev = open_device(a.device)?;
+    let (model, tok) = load(&path, &dev)?;
+    let max_len = a.max_len.min(model.cfg.context);
+    let mut data = load_chats(&a.data, &tok, max_len)?;
+    let mut rng = localtune::rng::Rng::new(a.seed ^ 0x5eed);
+    rng.shuffle(&mut data);
+    let valid = match &a.eval {
+        Some(p) => load_chats(p, &tok, max_len)?,
+        None => {
+            if !(0.0..1.0).contains(&a.valid_fraction) {
+                return Err(Error::invalid(format!("--valid-fraction {} must be in [0, 1)", a.valid_fraction)));
+            }
+            let n = (data.len() as f64 * a.valid_fraction).round() as usize;
+            data.split_off(data.len() - n.min(data.len().saturating_sub(1)))
+        }
+    };
+    let targets: Vec<usize> = match a.targets {
+        None => (0..7).collect(),
+        Some(t) => t.split(',').map(localtune::peft::causal_lora::parse_module).collect::<Result<_>>()?,
+    };
+    let mut lora = CausalLora::new(&model.cfg, a.r, a.alpha, a.rslora, &targets, a.seed, &dev)?;
+    lora.base = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    if a.out.is_file() {
+        return Err(Error::file(&a.out, "is a file; --out is the adapter folder to write"));
+    }
+    let tokens: usize = data.iter().map(|e| e.positions.len()).sum();
+    eprintln!(
+        "QLoRA on {} ({}): {} trainable values, {} training chats ({tokens} answer tokens) / {} held out",
+        path.display(),
+        dev.describe(),
+        lora.params.count(),
+        data.len(),
+        valid.len()
+    );
+    if !valid.is_empty() {
+        let before = block_on(mean_loss(&model, &lora, &valid))?;
+        if a.json {
+            println!("{}", serde_json::json!({ "epoch": 0, "valid_loss": before }));
+        } else {
+            eprintln!("held-out loss before training: {before:.4}");
+        }
+    }
+    let s = CausalSettings { epochs: a.epochs, batch: a.batch, seed: a.seed, optim: a.optim.clone() };
+    block_on(train(&model, &mut lora, &data, &valid, &s, |r| {
+        if a.json {
+            println!("{}", serde_json::to_string(r).unwrap());
+        } else {
+            eprintln!(
+                "epoch {}: train loss {:.4}{}, {:.0} tokens/s",
+                r.epoch,
+                r.train_loss,
+                r.valid_loss.map(|v| format!(", held-out loss {v:.4}")).unwrap_or_default(),
+                r.tokens_per_s
+            );
+        }
+    }))?;
+    block_on(lora.save(&a.out))?;
+    eprintln!("adapter written to {}", a.out.display());
+    Ok(())
+}

@@ -505,6 +505,20 @@ impl Llama {
         self.head.forward(&h)
     }
 
+    /// The cross-entropy of predicting `ids[p + 1]` at each position p of `positions`, with `delta`
+    /// on the linears (held-out loss; no backward).
+    pub fn loss(&self, ids: &[u32], positions: &[u32], delta: &dyn LinearDelta) -> Result<Tensor> {
+        let t = ids.len();
+        if positions.is_empty() || positions.iter().any(|&p| p as usize + 1 >= t) {
+            return Err(Error::invalid(format!("the positions scored must be in 0..{} and not empty", t.max(1) - 1)));
+        }
+        let logits = self.forward_cached(ids, &mut KvCache::default(), false, Some(delta))?;
+        let pos = self.device.tensor_u32(positions, &[positions.len()])?;
+        let targets: Vec<u32> = positions.iter().map(|&p| ids[p as usize + 1]).collect();
+        let labels = self.device.tensor_u32(&targets, &[targets.len()])?;
+        Ok(ops::cross_entropy(&ops::embedding(&pos, &logits)?, &labels, &targets, 1.0)?.0)
+    }
+
     /// Causal-LM training on one sequence: the cross-entropy of predicting `ids[p + 1]` at each
     /// position p of `positions` (the tokens that train: an assistant's answer), its gradient times
     /// `grad_scale` accumulated into `grads` through `delta`. Returns the per-position losses.

@@ -135,13 +135,22 @@ impl CausalLora {
         })
     }
 
+    /// The adapter's files: (name, bytes).
+    pub async fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        Ok(vec![
+            ("adapter_config.json", serde_json::to_vec_pretty(&self.peft_config()).unwrap()),
+            ("adapter_model.safetensors", self.params.to_safetensors(None).await?),
+        ])
+    }
+
     /// Writes the adapter folder (each file replaced atomically).
+    #[cfg(not(target_arch = "wasm32"))]
     pub async fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-        let weights = self.params.to_safetensors(None).await?;
-        let config = serde_json::to_vec_pretty(&self.peft_config()).unwrap();
-        crate::peft::format::write_atomic(&dir.join("adapter_model.safetensors"), &weights)?;
-        crate::peft::format::write_atomic(&dir.join("adapter_config.json"), &config)
+        for (name, bytes) in self.to_files().await? {
+            crate::peft::format::write_atomic(&dir.join(name), &bytes)?;
+        }
+        Ok(())
     }
 
     /// Reads a PEFT LoRA folder for a model of `cfg`: every target module of every layer must be

@@ -1,5 +1,6 @@
 //! Training: data, the optimiser, the training loop with checkpoints, and metrics.
 
+pub mod causal;
 pub mod data;
 pub mod metrics;
 pub mod optim;
