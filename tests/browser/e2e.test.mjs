@@ -296,7 +296,10 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
         g.onerror = () => reject(g.error);
       };
     });
-    const header = (st) => JSON.parse(dec(st.subarray(8, 8 + Number(new DataView(st.buffer, st.byteOffset, 8).getBigUint64(0, true)))));
+    const header = (b) => {
+      const st = b instanceof Uint8Array ? b : new Uint8Array(b);
+      return JSON.parse(dec(st.subarray(8, 8 + Number(new DataView(st.buffer, st.byteOffset, 8).getBigUint64(0, true)))));
+    };
     const args = async (name) => {
       const it = await read(name);
       const f = (n) => it.files.find((x) => x.name === n).bytes;
