@@ -290,7 +290,7 @@ impl Llama {
             let std = 1.0 / (cols as f64).sqrt();
             match kind {
                 GgmlType::F32 => Ok(Linear::F32(device.tensor(&rng.vec_normal(rows * cols, std), &[rows, cols])?)),
-                GgmlType::Q8_0 if cols % 32 == 0 => {
+                GgmlType::Q8_0 if cols.is_multiple_of(32) => {
                     let mut bytes = Vec::with_capacity(rows * cols / 32 * 34);
                     for _ in 0..rows * cols / 32 {
                         let d = half::f16::from_f32((std * 2.0 / 127.0 * (0.5 + rng.uniform())) as f32);
