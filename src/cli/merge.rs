@@ -2,7 +2,7 @@
 //! adapters merged in memory (they are small), outputs written beside the old ones and swapped in.
 
 use super::{model_dir, open_device, DeviceArg};
-use localtune::merge::adapters::{delta_w, merge_adapters, needs_base, LoraOutput};
+use localtune::merge::adapters::{base_tensor, delta_w, merge_adapters, needs_base, LoraOutput};
 use localtune::merge::folder::{merge_all, plan, FileSource, Recipe, TensorSource};
 use localtune::merge::params::Setting;
 use localtune::merge::{Method, Semantics, SignRule};
@@ -487,18 +487,7 @@ fn param_deltas(files: &AdapterFiles, base: &NamedTensors) -> Result<Vec<(String
         if name.starts_with("classifier.") {
             continue;
         }
-        let b = base
-            .tensors
-            .get(name)
-            .or_else(|| name.split_once('.').and_then(|(_, rest)| base.tensors.get(rest)))
-            .ok_or_else(|| Error::tensor(&base.origin, name, format!("missing; {} trains it", files.tensors.origin)))?;
-        if b.shape != t.shape {
-            return Err(Error::tensor(
-                &files.tensors.origin,
-                k,
-                format!("has shape {:?}, the base model's {:?}", t.shape, b.shape),
-            ));
-        }
+        let b = base_tensor(base, k, &t.shape, &files.tensors.origin)?;
         deltas.push((
             name.to_string(),
             HostTensor::new(t.shape.clone(), t.data.iter().zip(&b.data).map(|(x, y)| x - y).collect()),

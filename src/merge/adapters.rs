@@ -369,31 +369,33 @@ enum Base<'a> {
 }
 
 impl Base<'_> {
-    fn values(&self, key: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {
+    fn values(&self, key: &str, shape: &[usize]) -> Result<Option<std::borrow::Cow<'_, [f32]>>> {
         let n = shape.iter().product();
         match self {
             Base::Zeros => Ok(None),
-            Base::Constant(v) => Ok(Some(vec![*v; n])),
-            Base::Model(m) => {
-                let k = key.strip_prefix("base_model.model.").unwrap_or(key);
-                let t = m
-                    .tensors
-                    .get(k)
-                    .or_else(|| k.split_once('.').and_then(|(_, rest)| m.tensors.get(rest)))
-                    .ok_or_else(|| {
-                        Error::tensor(&m.origin, k, "missing from the base model (the adapter trains it)")
-                    })?;
-                if t.shape != shape {
-                    return Err(Error::tensor(
-                        &m.origin,
-                        k,
-                        format!("has shape {:?} in the base model, {shape:?} in the adapters", t.shape),
-                    ));
-                }
-                Ok(Some(t.data.clone()))
-            }
+            Base::Constant(v) => Ok(Some(vec![*v; n].into())),
+            Base::Model(m) => Ok(Some(base_tensor(m, key, shape, "the adapters")?.data.as_slice().into())),
         }
     }
+}
+
+/// The base model's tensor that an adapter key trains: the key less `base_model.model.` and, where
+/// the checkpoint lacks it, the architecture's prefix (`bert.`); its shape must be `shape`.
+pub fn base_tensor<'a>(base: &'a NamedTensors, key: &str, shape: &[usize], what: &str) -> Result<&'a HostTensor> {
+    let k = key.strip_prefix("base_model.model.").unwrap_or(key);
+    let t = base
+        .tensors
+        .get(k)
+        .or_else(|| k.split_once('.').and_then(|(_, rest)| base.tensors.get(rest)))
+        .ok_or_else(|| Error::tensor(&base.origin, k, format!("missing from the base model ({what} train it)")))?;
+    if t.shape != shape {
+        return Err(Error::tensor(
+            &base.origin,
+            k,
+            format!("has shape {:?} in the base model, {shape:?} in {what}", t.shape),
+        ));
+    }
+    Ok(t)
 }
 
 /// Every non-head tensor merged by name (same names and shapes in every input) over `base`.

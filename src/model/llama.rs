@@ -505,18 +505,40 @@ impl Llama {
         self.head.forward(&h)
     }
 
-    /// The cross-entropy of predicting `ids[p + 1]` at each position p of `positions`, with `delta`
-    /// on the linears (held-out loss; no backward).
-    pub fn loss(&self, ids: &[u32], positions: &[u32], delta: &dyn LinearDelta) -> Result<Tensor> {
+    /// The positions' next-token targets, checked: (positions, labels) on the device, and the labels.
+    fn targets(&self, ids: &[u32], positions: &[u32]) -> Result<(Tensor, Tensor, Vec<u32>)> {
         let t = ids.len();
-        if positions.is_empty() || positions.iter().any(|&p| p as usize + 1 >= t) {
-            return Err(Error::invalid(format!("the positions scored must be in 0..{} and not empty", t.max(1) - 1)));
+        if t < 2 || t > self.cfg.context {
+            return Err(Error::invalid(format!("{t} tokens: a loss needs 2 to {} (the context)", self.cfg.context)));
         }
-        let logits = self.forward_cached(ids, &mut KvCache::default(), false, Some(delta))?;
-        let pos = self.device.tensor_u32(positions, &[positions.len()])?;
+        if positions.is_empty() || positions.iter().any(|&p| p as usize + 1 >= t) {
+            return Err(Error::invalid(format!("the positions scored must be in 0..{} and not empty", t - 1)));
+        }
         let targets: Vec<u32> = positions.iter().map(|&p| ids[p as usize + 1]).collect();
-        let labels = self.device.tensor_u32(&targets, &[targets.len()])?;
-        Ok(ops::cross_entropy(&ops::embedding(&pos, &logits)?, &labels, &targets, 1.0)?.0)
+        let pos = self.device.tensor_u32(positions, &[positions.len()])?;
+        Ok((pos, self.device.tensor_u32(&targets, &[targets.len()])?, targets))
+    }
+
+    /// The last hidden states (T, C) of one sequence with `delta` on the linears, and every layer's
+    /// input (what the backward recomputes from).
+    fn trunk(&self, ids: &[u32], rope: &(Tensor, Tensor), delta: &dyn LinearDelta) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut x = self.embed(ids)?;
+        let mut inputs = Vec::with_capacity(self.cfg.layers);
+        for l in 0..self.cfg.layers {
+            let next = self.block(l, &x, rope, None, Some(delta), false)?.0;
+            inputs.push(std::mem::replace(&mut x, next));
+        }
+        Ok((x.reshape(&[ids.len(), self.cfg.hidden])?, inputs))
+    }
+
+    /// The cross-entropy of predicting `ids[p + 1]` at each position p of `positions`, with `delta`
+    /// on the linears (held-out loss; no backward). The head runs on those rows only.
+    pub fn loss(&self, ids: &[u32], positions: &[u32], delta: &dyn LinearDelta) -> Result<Tensor> {
+        let (pos, labels, targets) = self.targets(ids, positions)?;
+        let (xf, _) = self.trunk(ids, &self.rope(0, ids.len())?, delta)?;
+        let (hf, _) = lops::rmsnorm(&xf, &self.norm, self.cfg.eps)?;
+        let logits = self.head.forward(&ops::embedding(&pos, &hf)?)?;
+        Ok(ops::cross_entropy(&logits, &labels, &targets, 1.0)?.0)
     }
 
     /// Causal-LM training on one sequence: the cross-entropy of predicting `ids[p + 1]` at each
@@ -534,25 +556,11 @@ impl Llama {
         grad_scale: f32,
     ) -> Result<Tensor> {
         let (cfg, t) = (&self.cfg, ids.len());
-        if t < 2 || t > cfg.context {
-            return Err(Error::invalid(format!("{t} tokens: training needs 2 to {} (the context)", cfg.context)));
-        }
-        if positions.is_empty() || positions.iter().any(|&p| p as usize + 1 >= t) {
-            return Err(Error::invalid(format!("the positions that train must be in 0..{} and not empty", t - 1)));
-        }
+        let (pos, labels, targets) = self.targets(ids, positions)?;
         let rope = self.rope(0, t)?;
-        let mut x = self.embed(ids)?;
-        let mut inputs = Vec::with_capacity(cfg.layers);
-        for l in 0..cfg.layers {
-            let next = self.block(l, &x, &rope, None, Some(delta), false)?.0;
-            inputs.push(std::mem::replace(&mut x, next));
-        }
-        let xf = x.reshape(&[t, cfg.hidden])?;
+        let (xf, inputs) = self.trunk(ids, &rope, delta)?;
         let (hf, rf) = lops::rmsnorm(&xf, &self.norm, cfg.eps)?;
-        let pos = self.device.tensor_u32(positions, &[positions.len()])?;
         let hs = ops::embedding(&pos, &hf)?;
-        let targets: Vec<u32> = positions.iter().map(|&p| ids[p as usize + 1]).collect();
-        let labels = self.device.tensor_u32(&targets, &[targets.len()])?;
         let (loss, dlogits) = ops::cross_entropy(&self.head.forward(&hs)?, &labels, &targets, grad_scale)?;
         let dhs = self.head.backward_dx(&dlogits, &hs)?;
         let mut dhf = self.device.zeros(&[t, cfg.hidden])?;

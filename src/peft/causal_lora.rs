@@ -224,8 +224,9 @@ impl LinearDelta for CausalLora {
     /// s · (x Aᵀ) Bᵀ for layer `l`'s module `m`, or None where it has no LoRA.
     fn forward(&self, l: usize, m: usize, x: &Tensor) -> Result<Option<Tensor>> {
         let Some((a, b)) = self.ids.get(l).and_then(|row| row[m]) else { return Ok(None) };
-        let xa = ops::linear(x, &self.params[a], None)?;
-        Ok(Some(ops::scale(&ops::linear(&xa, &self.params[b], None)?, self.scaling())?))
+        // The scale on the (T, r) product, the narrow side.
+        let xa = ops::scale(&ops::linear(x, &self.params[a], None)?, self.scaling())?;
+        Ok(Some(ops::linear(&xa, &self.params[b], None)?))
     }
 
     /// Backward of `forward` for the output gradient `dy` and input `x`: accumulates dA and dB into
@@ -233,9 +234,9 @@ impl LinearDelta for CausalLora {
     fn backward(&self, l: usize, m: usize, dy: &Tensor, x: &Tensor, grads: &mut ParamSet) -> Result<Option<Tensor>> {
         let Some((a, b)) = self.ids.get(l).and_then(|row| row[m]) else { return Ok(None) };
         let (at, bt) = (&self.params[a], &self.params[b]);
-        let xa = ops::linear(x, at, None)?;
-        let dys = ops::scale(dy, self.scaling())?;
-        let dxa = ops::linear_backward(Some(&mut grads[b]), None, &dys, &xa, bt, true)?.unwrap();
-        ops::linear_backward(Some(&mut grads[a]), None, &dxa, x, at, true)
+        let s = self.scaling();
+        let xa = ops::scale(&ops::linear(x, at, None)?, s)?;
+        let dxa = ops::linear_backward(Some(&mut grads[b]), None, dy, &xa, bt, true)?.unwrap();
+        ops::linear_backward(Some(&mut grads[a]), None, &ops::scale(&dxa, s)?, x, at, true)
     }
 }

@@ -243,6 +243,7 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
       const f = (n) => it.files.find((x) => x.name === n).bytes;
       return { name, config: dec(f('adapter_config.json')), weights: f('adapter_model.safetensors'), meta: dec(f('localtune.json')) };
     };
+    window.__storedAdapterArgs = args; // for the full fine-tunes' merge below
     const adapters = [await args('tiny-lora'), await args('tiny-lora-2')];
     const r = await window.__localtuneCall('merge', { adapters, method: 'task-arithmetic', settings: { weights: [0.5, 0.5], lambda: 1, rank: 4 } });
     const config = JSON.parse(dec(r.adapters[0].find((f) => f.name === 'adapter_config.json').bytes));
@@ -288,22 +289,10 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   }
   const full = await page.evaluate(async () => {
     const dec = (b) => new TextDecoder().decode(b);
-    const read = (name) => new Promise((resolve, reject) => {
-      const r = indexedDB.open('localtune', 1);
-      r.onsuccess = () => {
-        const g = r.result.transaction('adapters').objectStore('adapters').get(name);
-        g.onsuccess = () => resolve(g.result);
-        g.onerror = () => reject(g.error);
-      };
-    });
+    const args = window.__storedAdapterArgs;
     const header = (b) => {
       const st = b instanceof Uint8Array ? b : new Uint8Array(b);
       return JSON.parse(dec(st.subarray(8, 8 + Number(new DataView(st.buffer, st.byteOffset, 8).getBigUint64(0, true)))));
-    };
-    const args = async (name) => {
-      const it = await read(name);
-      const f = (n) => it.files.find((x) => x.name === n).bytes;
-      return { name, config: dec(f('adapter_config.json')), weights: f('adapter_model.safetensors'), meta: dec(f('localtune.json')) };
     };
     const adapters = [await args('tiny-full-a'), await args('tiny-full-b')];
     const r = await window.__localtuneCall('merge', { adapters, method: 'ties', settings: { density: 0.5 } });
