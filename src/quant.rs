@@ -82,29 +82,50 @@ fn f16(b: &[u8]) -> f32 {
 /// The f32 values of a tensor of type `kind` from its bytes.
 pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
     let (per, size) = kind.block();
-    let mut out = Vec::with_capacity(bytes.len() / size * per);
+    let mut out = vec![0f32; bytes.len() / size * per];
+    dequantize_into(kind, bytes, &mut out);
+    out
+}
+
+/// De-quantises `bytes` (whole blocks of `kind`) into `out`, which holds exactly their values.
+#[inline]
+pub fn dequantize_into(kind: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    let (per, size) = kind.block();
+    debug_assert_eq!(out.len(), bytes.len() / size * per);
     match kind {
-        GgmlType::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()))),
-        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(f16)),
-        GgmlType::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        GgmlType::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes(b.try_into().unwrap());
+            }
+        }
+        GgmlType::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16(b);
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            for b in bytes.chunks_exact(size) {
+            for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(size)) {
                 let d = f16(&b[0..2]);
                 let (m, qs) = if kind == GgmlType::Q4_1 { (f16(&b[2..4]), &b[4..20]) } else { (-8.0 * d, &b[2..18]) };
-                let mut block = [0f32; 32];
-                for (j, &q) in qs.iter().enumerate() {
-                    block[j] = (q & 0x0F) as f32 * d + m;
-                    block[j + 16] = (q >> 4) as f32 * d + m;
+                let (lo, hi) = o.split_at_mut(16);
+                for j in 0..16 {
+                    lo[j] = (qs[j] & 0x0F) as f32 * d + m;
+                    hi[j] = (qs[j] >> 4) as f32 * d + m;
                 }
-                out.extend_from_slice(&block);
             }
         }
         GgmlType::Q8_0 => {
-            for b in bytes.chunks_exact(size) {
+            for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(size)) {
                 let d = f16(&b[0..2]);
-                out.extend(b[2..34].iter().map(|&q| q as i8 as f32 * d));
+                for j in 0..32 {
+                    o[j] = b[2 + j] as i8 as f32 * d;
+                }
             }
         }
     }
-    out
 }

@@ -140,15 +140,18 @@ fn real_quantised_weights_multiply_as_their_dequantised_values() {
             let q = qmatmul::QWeight::new(&dev, t.kind, rows, cols, raw).unwrap();
             // The device holds the blocks as they are: the file's bytes, not 4 bytes per value.
             assert_eq!(q.device_bytes(), raw.len().div_ceil(4) * 4);
-            let x = dev.tensor(&r.vec(3 * cols, 1.0), &[3, cols]).unwrap();
-            let want = ops::matmul(&x, &dev.tensor(&w, &[rows, cols]).unwrap(), false, true).unwrap();
-            common::assert_close(
-                name,
-                &common::host(&qmatmul::qlinear(&x, &q).unwrap()),
-                &common::host(&want),
-                1e-4,
-                1e-4,
-            );
+            // 3 rows: one token's dot products; 9: a prompt's, through the GEMM.
+            for n in [3, 9] {
+                let x = dev.tensor(&r.vec(n * cols, 1.0), &[n, cols]).unwrap();
+                let want = ops::matmul(&x, &dev.tensor(&w, &[rows, cols]).unwrap(), false, true).unwrap();
+                common::assert_close(
+                    &format!("{name} × {n} rows"),
+                    &common::host(&qmatmul::qlinear(&x, &q).unwrap()),
+                    &common::host(&want),
+                    1e-4,
+                    1e-4,
+                );
+            }
         }
     }
 }
