@@ -213,3 +213,79 @@ fn training_lowers_the_loss_of_the_answer_tokens() {
     assert_eq!(reports.last().unwrap().steps, 40);
     assert!(after < 0.5 * before, "held-out loss {before} -> {after}");
 }
+
+/// Runs the CLI; panics with its stderr when it fails.
+fn localtune(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_localtune"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "localtune {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn peft_loads_our_trained_adapter_and_gives_our_logits() {
+    // An adapter trained here (train --task causal-lm on SmolLM2) loads with PeftModel.from_pretrained onto
+    // transformers' de-quantised model of the same GGUF and gives the logits our `logits` prints, where the
+    // reference tools are installed (.cache/ref-venv; a fresh CI machine has no torch).
+    let Some(gguf) = llm_file() else { return };
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/ref-venv/bin/python");
+    if !py.exists() {
+        eprintln!("skipping the PEFT check: no {}", py.display());
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("localtune-peft-causal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let q = "Is this review positive or negative? Answer with one word.\\n";
+    let chats: String = [("Loved every minute.", "positive"), ("Cold food, rude staff.", "negative")]
+        .iter()
+        .cycle()
+        .take(4)
+        .map(|(t, a)| {
+            format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"{q}{t}\"}}, {{\"role\": \"assistant\", \"content\": \"{a}\"}}]}}\n")
+        })
+        .collect();
+    let data = dir.join("chats.jsonl");
+    std::fs::write(&data, chats).unwrap();
+    let adapter = dir.join("lora");
+    let (g, d, a) = (gguf.to_str().unwrap(), data.to_str().unwrap(), adapter.to_str().unwrap());
+    let train = ["train", "--task", "causal-lm", "--model", g, "--data", d, "--out", a, "--device", "cpu"];
+    localtune(&[&train[..], &["--epochs", "1", "--batch", "4", "--lr", "1e-3"]].concat(), "");
+    let prompt = format!("\"{q}The food was cold.\"\n");
+    let logits = |extra: &[&str]| -> serde_json::Value {
+        let args = [&["logits", "--model", g, "--top", "8", "--jsonl", "--device", "cpu"][..], extra].concat();
+        serde_json::from_str(localtune(&args, &prompt).lines().next().unwrap()).unwrap()
+    };
+    let ours = logits(&["--adapter", a]);
+    let base = logits(&[]);
+    assert_ne!(ours["logits"], base["logits"], "the adapter changed nothing");
+    let script = format!(
+        "import json, os, torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\nfrom peft import PeftModel\n\
+         d, f = os.path.split({g:?})\n\
+         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)\n\
+         m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).eval()\n\
+         m = PeftModel.from_pretrained(m, {a:?}).eval()\n\
+         ours = json.loads({ours:?})\n\
+         ids = tok(json.loads({p:?})).input_ids\n\
+         with torch.no_grad():\n    l = m(torch.tensor([ids])).logits[0, -1]\n\
+         print(json.dumps({{'top': l.topk(8).indices.tolist(), 'max_abs_diff': max(abs(float(l[i]) - v) for i, v in zip(ours['ids'], ours['logits']))}}))\n",
+        ours = ours.to_string(),
+        p = prompt.trim(),
+    );
+    let r = std::process::Command::new(&py).args(["-c", &script]).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&r.stdout).trim().lines().last().unwrap()).unwrap();
+    eprintln!("PEFT on our adapter: {v}");
+    assert_eq!(v["top"], ours["ids"], "PEFT's top tokens");
+    assert!(v["max_abs_diff"].as_f64().unwrap() <= 1e-3, "PEFT's logits on our adapter: {v}");
+    std::fs::remove_dir_all(&dir).ok();
+}
