@@ -161,12 +161,22 @@ mod cli {
             /// Folder of example data (*.jsonl); default: .cache/data/sentiment.
             #[arg(long)]
             data: Option<PathBuf>,
-            /// Also offer a tiny random model (for tests and quick tries).
+            /// The default chat model (GGUF; default: $LOCALTUNE_LLM, else SmolLM2 from scripts/fetch-assets.sh).
+            #[arg(long)]
+            chat_model: Option<PathBuf>,
+            /// Also offer a tiny random model and a tiny random chat model (for tests and quick tries).
             #[arg(long)]
             tiny: bool,
-            /// Serve without the default model (only --tiny).
+            /// Serve without the default models (only --tiny).
             #[arg(long)]
             no_default_model: bool,
+        },
+        /// Write a tiny random Llama chat model (one GGUF file, Q8_0 linears) for tests.
+        TinyLlama {
+            #[arg(long)]
+            out: PathBuf,
+            #[arg(long, default_value_t = 1)]
+            seed: u64,
         },
         /// Write a tiny random BERT (config.json, model.safetensors, tokenizer.json) for tests.
         TinyModel {
@@ -402,9 +412,10 @@ mod cli {
             Command::Fisher(a) => merge::fisher(&a),
             Command::RankSources(a) => transfer::rank_sources(&a),
             Command::Distill(a) => transfer::distill(&a),
-            Command::Serve { port, www, model, data, tiny, no_default_model } => {
-                serve(port, www, model, data, tiny, no_default_model)
+            Command::Serve { port, www, model, chat_model, data, tiny, no_default_model } => {
+                serve(port, www, model, chat_model, data, tiny, no_default_model)
             }
+            Command::TinyLlama { out, seed } => write_tiny_llama(&out, seed),
             Command::TinyModel { out, seed } => write_tiny(&out, seed),
             Command::Eval { model, adapter, data, device, skip_bad_rows, json } => {
                 train::eval(&model, &adapter, &data, device, skip_bad_rows, json)
@@ -743,10 +754,15 @@ mod cli {
         Ok(())
     }
 
+    fn write_tiny_llama(out: &Path, seed: u64) -> Result<()> {
+        localtune::peft::format::write_atomic(out, &localtune::model::tiny_llama::tiny_llama_gguf(seed)?)
+    }
+
     fn serve(
         port: u16,
         www: PathBuf,
         model: Option<PathBuf>,
+        chat_model: Option<PathBuf>,
         data: Option<PathBuf>,
         tiny: bool,
         no_default: bool,
@@ -768,6 +784,24 @@ mod cli {
             let dir = std::env::temp_dir().join(format!("localtune-tiny-{}", std::process::id()));
             write_tiny(&dir, 1)?;
             models.push(("tiny".to_string(), "tiny random BERT (for tests)".to_string(), dir));
+        }
+        let mut llms = vec![];
+        if !no_default {
+            // The chat model is optional: without SmolLM2 fetched, the page offers the classifier only.
+            match llm::llm_path(&chat_model) {
+                Ok(p) if p.is_file() => {
+                    let name = p.file_stem().and_then(|n| n.to_str()).unwrap_or("chat model").to_string();
+                    llms.push(("default".to_string(), name, p));
+                }
+                Ok(p) => return Err(Error::file(&p, "no such GGUF file (--chat-model)")),
+                Err(e) if chat_model.is_some() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if tiny {
+            let file = std::env::temp_dir().join(format!("localtune-tiny-llama-{}.gguf", std::process::id()));
+            write_tiny_llama(&file, 1)?;
+            llms.push(("tiny".to_string(), "tiny random Llama (for tests)".to_string(), file));
         }
         let data_dir = data.unwrap_or_else(|| {
             let rel = PathBuf::from(".cache/data/sentiment");
@@ -791,7 +825,13 @@ mod cli {
         println!("open {url} in a browser with WebGPU (Chrome/Edge 113+, or any browser on the CPU fallback)");
         use std::io::Write as _;
         std::io::stdout().flush().ok();
-        serve::serve(listener, serve::Site { www, models, data: files })
+        if !llms.is_empty() {
+            println!(
+                "chat models: {}",
+                llms.iter().map(|(id, n, _)| format!("{id} ({n})")).collect::<Vec<_>>().join(", ")
+            );
+        }
+        serve::serve(listener, serve::Site { www, models, data: files, llms })
     }
 
     fn describe(model: &Option<PathBuf>) -> Result<()> {

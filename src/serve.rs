@@ -1,5 +1,6 @@
 //! A small static file server for the web app, bound to 127.0.0.1: it serves `www/` (with the wasm
-//! package in `www/pkg/`), the models under `/models/<id>/` and the example data under `/data/`.
+//! package in `www/pkg/`), the models under `/models/<id>/`, the chat models (GGUF) as `/llm/<id>.gguf`
+//! and the example data under `/data/`.
 //! It only answers GET and HEAD of known files; the page itself makes no other requests.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,6 +19,8 @@ pub struct Site {
     pub models: Vec<(String, String, PathBuf)>,
     /// Example data files: served as /data/<file name>.
     pub data: Vec<PathBuf>,
+    /// Chat models (GGUF files) by id: served as /llm/<id>.gguf.
+    pub llms: Vec<(String, String, PathBuf)>,
 }
 
 const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
@@ -66,7 +69,15 @@ impl Site {
                     .map(|n| serde_json::json!({"name": n, "url": format!("data/{n}")}))
             })
             .collect();
-        serde_json::json!({"models": models, "data": data})
+        let chat_models: Vec<serde_json::Value> = self
+            .llms
+            .iter()
+            .map(|(id, name, file)| {
+                let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+                serde_json::json!({"id": id, "name": name, "bytes": bytes, "url": format!("llm/{id}.gguf")})
+            })
+            .collect();
+        serde_json::json!({"models": models, "data": data, "chat_models": chat_models})
     }
 
     /// Maps a request path to a file, refusing anything outside the served folders.
@@ -82,6 +93,10 @@ impl Site {
             let (id, file) = rest.split_once('/')?;
             let (_, _, dir) = self.models.iter().find(|(i, _, _)| i == id)?;
             return (MODEL_FILES.contains(&file) || POOLING_FILES.contains(&file)).then(|| dir.join(file));
+        }
+        if let Some(file) = rel.strip_prefix("llm/") {
+            let id = file.strip_suffix(".gguf")?;
+            return self.llms.iter().find(|(i, _, _)| i == id).map(|(_, _, p)| p.clone());
         }
         if let Some(name) = rel.strip_prefix("data/") {
             return self.data.iter().find(|p| p.file_name().and_then(|n| n.to_str()) == Some(name)).cloned();

@@ -53,7 +53,7 @@ pub struct BpeTokenizer {
 }
 
 /// GPT-2's map of bytes to printable characters: printable Latin-1 stays, the rest go to 256 + n.
-fn bytes_to_chars() -> [char; 256] {
+pub(crate) fn bytes_to_chars() -> [char; 256] {
     let mut out = ['\0'; 256];
     let keep = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut n = 0;

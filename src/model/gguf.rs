@@ -273,3 +273,96 @@ impl Gguf {
             .ok_or_else(|| Error::tensor(&self.origin, &t.name, "truncated: its bytes are past the end of the file"))
     }
 }
+
+impl Value {
+    /// The GGUF type id of this value.
+    fn type_id(&self) -> u32 {
+        match self {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::Str(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::U8(v) => out.push(*v),
+            Value::I8(v) => out.push(*v as u8),
+            Value::U16(v) => out.extend(v.to_le_bytes()),
+            Value::I16(v) => out.extend(v.to_le_bytes()),
+            Value::U32(v) => out.extend(v.to_le_bytes()),
+            Value::I32(v) => out.extend(v.to_le_bytes()),
+            Value::U64(v) => out.extend(v.to_le_bytes()),
+            Value::I64(v) => out.extend(v.to_le_bytes()),
+            Value::F32(v) => out.extend(v.to_le_bytes()),
+            Value::F64(v) => out.extend(v.to_le_bytes()),
+            Value::Bool(v) => out.push(*v as u8),
+            Value::Str(s) => write_string(out, s),
+            Value::Array(a) => {
+                // An empty array is written as one of strings.
+                out.extend(a.first().map_or(8, Value::type_id).to_le_bytes());
+                out.extend((a.len() as u64).to_le_bytes());
+                a.iter().for_each(|v| v.write(out));
+            }
+        }
+    }
+}
+
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+/// A GGUF version 3 file: the metadata, then each tensor (name, GGML dims with dims[0] innermost, type,
+/// its bytes in that type's layout), aligned to 32 bytes. Refuses a tensor whose bytes do not fit its
+/// shape, or an array mixing value types.
+pub fn write_gguf(metadata: &[(&str, Value)], tensors: &[(&str, Vec<u64>, GgmlType, &[u8])]) -> Result<Vec<u8>> {
+    const ALIGN: usize = 32;
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (key, v) in metadata {
+        if let Value::Array(a) = v {
+            if a.iter().any(|x| x.type_id() != a[0].type_id()) {
+                return Err(Error::invalid(format!("metadata `{key}`: an array mixes value types")));
+            }
+        }
+        write_string(&mut out, key);
+        out.extend(v.type_id().to_le_bytes());
+        v.write(&mut out);
+    }
+    let mut offset = 0usize;
+    for (name, dims, kind, bytes) in tensors {
+        let t = TensorInfo { name: name.to_string(), dims: dims.clone(), kind: *kind, offset: offset as u64 };
+        if !t.numel().is_multiple_of(kind.block().0 as u64) || t.bytes() != bytes.len() as u64 {
+            return Err(Error::tensor(
+                "<new GGUF>",
+                name,
+                format!("{} bytes do not make a {} tensor of shape {dims:?}", bytes.len(), kind.name()),
+            ));
+        }
+        write_string(&mut out, name);
+        out.extend((dims.len() as u32).to_le_bytes());
+        dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+        out.extend(kind.id().to_le_bytes());
+        out.extend((offset as u64).to_le_bytes());
+        offset += bytes.len().div_ceil(ALIGN) * ALIGN;
+    }
+    out.resize(out.len().div_ceil(ALIGN) * ALIGN, 0);
+    for (_, _, _, bytes) in tensors {
+        out.extend(*bytes);
+        out.resize(out.len().div_ceil(ALIGN) * ALIGN, 0);
+    }
+    Ok(out)
+}

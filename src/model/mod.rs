@@ -14,6 +14,7 @@ pub mod param_set;
 pub mod pooling;
 pub mod stream;
 pub mod tiny;
+pub mod tiny_llama;
 pub mod tokenizer;
 pub mod weights;
 
