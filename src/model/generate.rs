@@ -85,6 +85,58 @@ pub fn pick(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     *order.last().unwrap()
 }
 
+/// A generation in progress, one token per `next` call (the page streams them and can stop between
+/// any two): the key/value cache, the sampler's random state and the tokens so far.
+pub struct Generator {
+    cache: KvCache,
+    rng: Rng,
+    sampling: Sampling,
+    stop: Vec<u32>,
+    max_new: usize,
+    /// The ids the next forward takes: the prompt first, then the last token.
+    next: Vec<u32>,
+    pub out: Vec<u32>,
+    finished: bool,
+}
+
+impl Generator {
+    pub fn new(prompt: &[u32], max_new: usize, s: &Sampling, stop: &[u32]) -> Result<Generator> {
+        s.check()?;
+        if prompt.is_empty() {
+            return Err(Error::invalid("the prompt has no tokens"));
+        }
+        Ok(Generator {
+            cache: KvCache::default(),
+            rng: Rng::new(s.seed),
+            sampling: s.clone(),
+            stop: stop.to_vec(),
+            max_new,
+            next: prompt.to_vec(),
+            out: Vec::new(),
+            finished: max_new == 0,
+        })
+    }
+
+    /// Whether a stop token, the limit or the model's context ended the generation.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The next token, or None once finished. `model` and `adapter` must be the same on every call.
+    pub async fn next(&mut self, model: &Llama, adapter: Option<&dyn LinearDelta>) -> Result<Option<u32>> {
+        if self.finished || self.cache.len + self.next.len() > model.cfg.context {
+            self.finished = true;
+            return Ok(None);
+        }
+        let logits = model.forward_cached(&self.next, &mut self.cache, true, adapter)?.to_vec().await?;
+        let id = pick(&logits, &self.sampling, &mut self.rng);
+        self.out.push(id);
+        self.next = vec![id];
+        self.finished = self.out.len() >= self.max_new || self.stop.contains(&id);
+        Ok(Some(id))
+    }
+}
+
 /// Up to `max_new` tokens after `prompt`, each passed to `on_token` as it comes (return false to stop).
 /// Async for the browser's read-back; native code blocks on it (`futures::executor::block_on`).
 pub async fn generate(
@@ -96,22 +148,11 @@ pub async fn generate(
     stop: &[u32],
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
-    s.check()?;
-    let mut rng = Rng::new(s.seed);
-    let mut cache = KvCache::default();
-    let mut out = Vec::new();
-    let mut next = prompt.to_vec();
-    while out.len() < max_new {
-        if cache.len + next.len() > model.cfg.context {
+    let mut g = Generator::new(prompt, max_new, s, stop)?;
+    while let Some(id) = g.next(model, adapter).await? {
+        if !on_token(id) {
             break;
         }
-        let logits = model.forward_cached(&next, &mut cache, true, adapter)?.to_vec().await?;
-        let id = pick(&logits, s, &mut rng);
-        out.push(id);
-        if !on_token(id) || stop.contains(&id) {
-            break;
-        }
-        next = vec![id];
     }
-    Ok(out)
+    Ok(g.out)
 }

@@ -158,36 +158,47 @@ impl CausalLora {
     pub fn load(dir: &Path, cfg: &LlamaConfig, device: &Device) -> Result<CausalLora> {
         let cfg_path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?;
+        let path = dir.join("adapter_model.safetensors");
+        let bytes = std::fs::read(&path).map_err(|e| Error::file(&path, e))?;
+        Self::from_files(&text, &cfg_path.display().to_string(), &bytes, &path.display().to_string(), cfg, device)
+    }
+
+    /// The same from the two files' contents (`cfg_path`, `path`: their names for errors).
+    pub fn from_files(
+        text: &str,
+        cfg_path: &str,
+        bytes: &[u8],
+        path: &str,
+        cfg: &LlamaConfig,
+        device: &Device,
+    ) -> Result<CausalLora> {
         let c: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::file(&cfg_path, format!("is not JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| Error::file(cfg_path, format!("is not JSON: {e}")))?;
         let field = |k: &str| c.get(k).filter(|v| !v.is_null());
         let peft_type = field("peft_type").and_then(|v| v.as_str()).unwrap_or("");
         if peft_type != "LORA" {
-            return Err(Error::file(
-                &cfg_path,
-                format!("peft_type is `{peft_type}`; a chat model takes LORA adapters"),
-            ));
+            return Err(Error::file(cfg_path, format!("peft_type is `{peft_type}`; a chat model takes LORA adapters")));
         }
         if let Some(t) = field("task_type").and_then(|v| v.as_str()).filter(|t| *t != "CAUSAL_LM") {
             return Err(Error::file(
-                &cfg_path,
+                cfg_path,
                 format!("task_type is `{t}`, not CAUSAL_LM: it is not for a chat model"),
             ));
         }
         for k in ["use_dora", "fan_in_fan_out"] {
             if field(k).and_then(|v| v.as_bool()) == Some(true) {
-                return Err(Error::file(&cfg_path, format!("`{k}` is not supported")));
+                return Err(Error::file(cfg_path, format!("`{k}` is not supported")));
             }
         }
         for k in ["layers_to_transform", "rank_pattern", "alpha_pattern"] {
             if field(k).is_some_and(|v| !(v.as_object().is_some_and(|o| o.is_empty()))) {
                 return Err(Error::file(
-                    &cfg_path,
+                    cfg_path,
                     format!("`{k}` is not supported (one rank and alpha for all layers)"),
                 ));
             }
         }
-        let r = field("r").and_then(|v| v.as_u64()).ok_or_else(|| Error::file(&cfg_path, "has no `r`"))? as usize;
+        let r = field("r").and_then(|v| v.as_u64()).ok_or_else(|| Error::file(cfg_path, "has no `r`"))? as usize;
         let alpha = field("lora_alpha").and_then(|v| v.as_f64()).unwrap_or(8.0) as f32;
         let rslora = field("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
         let targets: Vec<usize> = match field("target_modules") {
@@ -195,26 +206,21 @@ impl CausalLora {
                 .iter()
                 .map(|v| {
                     v.as_str()
-                        .ok_or_else(|| Error::file(&cfg_path, "target_modules holds a non-string"))
+                        .ok_or_else(|| Error::file(cfg_path, "target_modules holds a non-string"))
                         .and_then(parse_module)
                 })
                 .collect::<Result<_>>()
-                .map_err(|e| Error::file(&cfg_path, e.to_string()))?,
+                .map_err(|e| Error::file(cfg_path, e.to_string()))?,
             _ => {
-                return Err(Error::file(
-                    &cfg_path,
-                    "target_modules must be a list of module names (q_proj … down_proj)",
-                ))
+                return Err(Error::file(cfg_path, "target_modules must be a list of module names (q_proj … down_proj)"))
             }
         };
         let mut lora = CausalLora::new(cfg, r, alpha, rslora, &targets, 0, device)?;
         lora.base = field("base_model_name_or_path").and_then(|v| v.as_str()).unwrap_or("").to_string();
-        let path = dir.join("adapter_model.safetensors");
-        let bytes = std::fs::read(&path).map_err(|e| Error::file(&path, e))?;
-        let mut host = NamedTensors::from_bytes(&bytes, &path.display().to_string())?;
+        let mut host = NamedTensors::from_bytes(bytes, path)?;
         lora.params.load_from(&mut host)?;
         if let Some(k) = host.tensors.keys().next() {
-            return Err(Error::tensor(&path, k, "is not a LoRA tensor of the configured target modules"));
+            return Err(Error::tensor(path, k, "is not a LoRA tensor of the configured target modules"));
         }
         Ok(lora)
     }

@@ -9,6 +9,7 @@ use crate::model::bpe::{BpeTokenizer, Message};
 use crate::model::llama::{LinearDelta, Llama};
 use crate::peft::causal_lora::CausalLora;
 use crate::rng::Rng;
+use crate::tensor::Device;
 use crate::train::optim::{AdamW, OptimConfig};
 
 /// One training sequence: its ids and the positions p whose next token ids[p + 1] trains.
@@ -54,6 +55,11 @@ impl ChatExample {
 /// `max_len` tokens are refused by line.
 pub fn load_chats(path: &Path, tok: &BpeTokenizer, max_len: usize) -> Result<Vec<ChatExample>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+    parse_chats(&text, path, tok, max_len)
+}
+
+/// The same from a file's text (`path` names it in errors).
+pub fn parse_chats(text: &str, path: &Path, tok: &BpeTokenizer, max_len: usize) -> Result<Vec<ChatExample>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -134,7 +140,134 @@ pub async fn mean_loss(model: &Llama, delta: &dyn LinearDelta, data: &[ChatExamp
     Ok(sum / n.max(1) as f64)
 }
 
-/// Trains `params` (the adapter's, read through `delta` each step) on `train`; `on_epoch` sees each
+/// What one optimiser step reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepReport {
+    pub epoch: usize,
+    /// Optimiser steps taken so far, and in the whole run.
+    pub step: u64,
+    pub total_steps: u64,
+    /// Mean loss per trained token of this step's batch.
+    pub loss: f64,
+    /// Set on the last step of an epoch.
+    pub epoch_end: Option<EpochReport>,
+    pub done: bool,
+}
+
+/// A causal-LM run taken one optimiser step at a time (the page's progress, a Stop between steps):
+/// the optimiser, the gradients, the seeded order and where the run is in it.
+pub struct CausalRun {
+    pub settings: CausalSettings,
+    opt: AdamW,
+    grads: crate::model::ParamSet,
+    rng: Rng,
+    order: Vec<usize>,
+    epoch: usize,
+    /// The next batch's start in `order`.
+    at: usize,
+    epoch_start: web_time::Instant,
+    loss_sum: f64,
+    tokens: usize,
+    seen: usize,
+}
+
+impl CausalRun {
+    pub fn new(adapter: &CausalLora, train: &[ChatExample], s: &CausalSettings, device: &Device) -> Result<CausalRun> {
+        if s.batch == 0 || s.epochs == 0 || train.is_empty() {
+            return Err(Error::invalid("training needs a batch and epochs of at least 1, and data"));
+        }
+        let steps_per_epoch = train.len().div_ceil(s.batch) as u64;
+        let total = steps_per_epoch.checked_mul(s.epochs as u64).ok_or_else(|| Error::invalid("too many epochs"))?;
+        Ok(CausalRun {
+            settings: s.clone(),
+            opt: AdamW::new(s.optim.clone(), &adapter.params, total, device)?,
+            grads: adapter.params.zeros_like(device)?,
+            rng: Rng::new(s.seed),
+            order: (0..train.len()).collect(),
+            epoch: 0,
+            at: 0,
+            epoch_start: web_time::Instant::now(),
+            loss_sum: 0.0,
+            tokens: 0,
+            seen: 0,
+        })
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.opt.total_steps
+    }
+
+    pub fn done(&self) -> bool {
+        self.opt.step >= self.opt.total_steps
+    }
+
+    /// One optimiser step on the next batch; at an epoch's end, the held-out loss too.
+    pub async fn step(
+        &mut self,
+        model: &Llama,
+        adapter: &mut CausalLora,
+        train: &[ChatExample],
+        valid: &[ChatExample],
+    ) -> Result<StepReport> {
+        if self.done() {
+            return Err(Error::invalid("the run is finished"));
+        }
+        if self.at == 0 {
+            self.epoch += 1;
+            self.rng.shuffle(&mut self.order);
+            self.epoch_start = web_time::Instant::now();
+            (self.loss_sum, self.tokens, self.seen) = (0.0, 0, 0);
+        }
+        let chunk = &self.order[self.at..(self.at + self.settings.batch).min(self.order.len())];
+        self.grads.zero()?;
+        let n_tok: usize = chunk.iter().map(|&i| train[i].positions.len()).sum();
+        let mut losses = Vec::new();
+        for &i in chunk {
+            let ex = &train[i];
+            losses.push(model.loss_backward(&ex.ids, &ex.positions, &*adapter, &mut self.grads, 1.0 / n_tok as f32)?);
+            self.seen += ex.ids.len();
+        }
+        self.opt.step(&mut adapter.params, &self.grads)?;
+        let mut loss = 0.0;
+        for l in losses {
+            loss += l.to_vec().await?.iter().map(|&x| x as f64).sum::<f64>();
+        }
+        self.loss_sum += loss;
+        self.tokens += n_tok;
+        self.at += chunk.len();
+        let loss = loss / n_tok.max(1) as f64;
+        if !loss.is_finite() {
+            return Err(Error::invalid(format!(
+                "the loss diverged at step {} ({loss}); lower the learning rate",
+                self.opt.step
+            )));
+        }
+        let epoch_end = if self.at >= self.order.len() {
+            self.at = 0;
+            let secs = self.epoch_start.elapsed().as_secs_f64();
+            let valid_loss = if valid.is_empty() { None } else { Some(mean_loss(model, &*adapter, valid).await?) };
+            Some(EpochReport {
+                epoch: self.epoch,
+                train_loss: self.loss_sum / self.tokens.max(1) as f64,
+                valid_loss,
+                steps: self.opt.step,
+                tokens_per_s: self.seen as f64 / secs.max(1e-9),
+            })
+        } else {
+            None
+        };
+        Ok(StepReport {
+            epoch: self.epoch,
+            step: self.opt.step,
+            total_steps: self.opt.total_steps,
+            loss,
+            epoch_end,
+            done: self.done(),
+        })
+    }
+}
+
+/// Trains `adapter` on `train`; `on_epoch` sees each
 /// epoch's report. The loss of a step is the mean over its trained tokens, as transformers computes it.
 pub async fn train(
     model: &Llama,
@@ -144,46 +277,13 @@ pub async fn train(
     s: &CausalSettings,
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<Vec<EpochReport>> {
-    if s.batch == 0 || s.epochs == 0 || train.is_empty() {
-        return Err(Error::invalid("training needs a batch and epochs of at least 1, and data"));
-    }
-    let steps_per_epoch = train.len().div_ceil(s.batch) as u64;
-    let mut opt = AdamW::new(s.optim.clone(), &adapter.params, steps_per_epoch * s.epochs as u64, &model.device)?;
-    let mut grads = adapter.params.zeros_like(&model.device)?;
-    let mut rng = Rng::new(s.seed);
-    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut run = CausalRun::new(adapter, train, s, &model.device)?;
     let mut reports = Vec::new();
-    for epoch in 1..=s.epochs {
-        rng.shuffle(&mut order);
-        let start = web_time::Instant::now();
-        let (mut loss_sum, mut tokens, mut seen) = (0.0, 0usize, 0usize);
-        for chunk in order.chunks(s.batch) {
-            grads.zero()?;
-            let n_tok: usize = chunk.iter().map(|&i| train[i].positions.len()).sum();
-            let mut losses = Vec::new();
-            for &i in chunk {
-                let ex = &train[i];
-                losses.push(model.loss_backward(&ex.ids, &ex.positions, &*adapter, &mut grads, 1.0 / n_tok as f32)?);
-                seen += ex.ids.len();
-            }
-            opt.step(&mut adapter.params, &grads)?;
-            for l in losses {
-                loss_sum += l.to_vec().await?.iter().map(|&x| x as f64).sum::<f64>();
-            }
-            tokens += n_tok;
+    while !run.done() {
+        if let Some(r) = run.step(model, adapter, train, valid).await?.epoch_end {
+            on_epoch(&r);
+            reports.push(r);
         }
-        let secs = start.elapsed().as_secs_f64();
-        let valid_loss = if valid.is_empty() { None } else { Some(mean_loss(model, &*adapter, valid).await?) };
-        let train_loss = loss_sum / tokens as f64;
-        if !train_loss.is_finite() {
-            return Err(Error::invalid(format!(
-                "the loss diverged in epoch {epoch} ({train_loss}); lower the learning rate"
-            )));
-        }
-        let r =
-            EpochReport { epoch, train_loss, valid_loss, steps: opt.step, tokens_per_s: seen as f64 / secs.max(1e-9) };
-        on_epoch(&r);
-        reports.push(r);
     }
     Ok(reports)
 }
