@@ -14,10 +14,16 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::model::bpe::{BpeTokenizer, Message};
+use crate::model::generate::{Generator, Sampling};
+use crate::model::gguf::Gguf;
+use crate::model::llama::{LinearDelta, Llama};
 use crate::model::{Model, Pooling};
+use crate::peft::causal_lora::CausalLora;
 use crate::peft::format::AdapterFiles;
 use crate::peft::{Adapted, HeadKind, LoraConfig, Method, Target};
 use crate::tensor::Device;
+use crate::train::causal::{parse_chats, CausalRun, CausalSettings, ChatExample};
 use crate::train::trainer::{metrics_from_logits, predict_logits};
 use crate::train::{Dataset, Examples, OptimConfig, RunSettings, TrainConfig, Trainer};
 use crate::transfer::{self, distill::Weighting, Score};
@@ -34,6 +40,28 @@ struct State {
     valid: Option<Examples>,
     /// Unlabelled target texts for distillation (`loadUnlabelled`).
     unlabelled: Vec<String>,
+    /// The chat model mode: its own model, data, run and adapter, beside the classifier's.
+    chat: Option<Chat>,
+}
+
+/// The chat model, its tokenizer, the chat data and the QLoRA run or adapter on it.
+struct Chat {
+    model: Llama,
+    tok: BpeTokenizer,
+    name: String,
+    train: Vec<ChatExample>,
+    valid: Vec<ChatExample>,
+    /// The trained (or loaded) adapter, applied when a reply asks for it.
+    adapter: Option<CausalLora>,
+    run: Option<CausalRun>,
+    /// The reply being generated.
+    reply: Option<Reply>,
+}
+
+struct Reply {
+    gen: Generator,
+    use_adapter: bool,
+    start: web_time::Instant,
 }
 
 thread_local! {
@@ -788,4 +816,276 @@ async fn benchmark_inner(s: &State, reps: usize, train_batch: usize) -> Result<S
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     rows.push(serde_json::json!({"what": "lora_train_step", "batch": train_batch, "tokens": 64, "ms": mean * 1e3, "examples_per_s": train_batch as f64 / mean}));
     Ok(json(serde_json::json!({"device": dev.describe(), "model": s.model_name, "reps": reps, "results": rows})))
+}
+
+// ---- The chat model mode: a GGUF decoder, replies streamed token by token, QLoRA on the user's chats.
+
+fn chat_ref(s: &State) -> Result<&Chat> {
+    s.chat.as_ref().ok_or_else(|| Error::invalid("load a chat model first"))
+}
+
+/// Loads a chat model from its GGUF file's bytes. Returns {name, layers, hidden, heads, kv_heads,
+/// vocab, context, file_bytes, device_bytes, device}.
+#[wasm_bindgen(js_name = loadChatModel)]
+pub fn load_chat_model(bytes: Vec<u8>, name: String) -> std::result::Result<String, JsError> {
+    let mut s = take()?;
+    let r = (|| -> Result<String> {
+        let dev = s.device.clone().ok_or_else(|| Error::invalid("call initDevice first"))?;
+        let g = Gguf::from_bytes(&bytes, &name)?;
+        let tok = BpeTokenizer::from_gguf(&g)?;
+        tok.apply_chat_template(&[], true)?;
+        let model = Llama::from_gguf(&g, &bytes, &dev)?;
+        let c = &model.cfg;
+        let info = serde_json::json!({
+            "name": name, "layers": c.layers, "hidden": c.hidden, "heads": c.heads, "kv_heads": c.kv_heads,
+            "vocab": c.vocab, "context": c.context, "file_bytes": bytes.len(),
+            "device_bytes": model.device_bytes(), "device": dev.describe(),
+        });
+        s.chat = Some(Chat { model, tok, name, train: vec![], valid: vec![], adapter: None, run: None, reply: None });
+        Ok(json(info))
+    })();
+    put(s);
+    r.map_err(js_error)
+}
+
+#[derive(serde::Deserialize)]
+struct ReplySettings {
+    #[serde(default)]
+    temperature: f32,
+    #[serde(default)]
+    top_k: usize,
+    #[serde(default = "one")]
+    top_p: f32,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "default_new_tokens")]
+    max_new_tokens: usize,
+    /// Apply the trained or loaded adapter.
+    #[serde(default)]
+    use_adapter: bool,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn default_new_tokens() -> usize {
+    128
+}
+
+/// Starts the assistant's next turn after `messages` (JSON [{role, content}…]); `settings` JSON
+/// {temperature (0: greedy), top_k, top_p, seed, max_new_tokens, use_adapter}. Then `chatReplyNext`
+/// gives one token at a time. Returns {prompt_tokens}.
+#[wasm_bindgen(js_name = chatReplyStart)]
+pub fn chat_reply_start(messages: String, settings: String) -> std::result::Result<String, JsError> {
+    let mut s = take()?;
+    let r = (|| -> Result<String> {
+        let c = s.chat.as_mut().ok_or_else(|| Error::invalid("load a chat model first"))?;
+        let messages: Vec<Message> = serde_json::from_str(&messages)
+            .map_err(|e| Error::invalid(format!("messages must be [{{role, content}}…]: {e}")))?;
+        let st: ReplySettings =
+            serde_json::from_str(&settings).map_err(|e| Error::invalid(format!("reply settings: {e}")))?;
+        if st.use_adapter && c.adapter.is_none() {
+            return Err(Error::invalid("no adapter yet: fine-tune or load one first"));
+        }
+        let sampling = Sampling { temperature: st.temperature, top_k: st.top_k, top_p: st.top_p, seed: st.seed };
+        let prompt = c.tok.encode(&c.tok.apply_chat_template(&messages, true)?);
+        if prompt.len() >= c.model.cfg.context {
+            return Err(Error::invalid(format!(
+                "the conversation is {} tokens, the model's context is {}: start a new chat",
+                prompt.len(),
+                c.model.cfg.context
+            )));
+        }
+        let g = Generator::new(&prompt, st.max_new_tokens, &sampling, &c.tok.stop_ids())?;
+        c.reply = Some(Reply { gen: g, use_adapter: st.use_adapter, start: web_time::Instant::now() });
+        Ok(json(serde_json::json!({ "prompt_tokens": prompt.len() })))
+    })();
+    put(s);
+    r.map_err(js_error)
+}
+
+/// The reply's next token: {text (the whole reply so far), ids, done, seconds, adapter}.
+#[wasm_bindgen(js_name = chatReplyNext)]
+pub async fn chat_reply_next() -> std::result::Result<String, JsError> {
+    with_state(|mut s| async move {
+        let r = async {
+            let c = s.chat.as_mut().ok_or_else(|| Error::invalid("load a chat model first"))?;
+            let reply = c.reply.as_mut().ok_or_else(|| Error::invalid("no reply in progress"))?;
+            let delta = if reply.use_adapter { c.adapter.as_ref().map(|a| a as &dyn LinearDelta) } else { None };
+            reply.gen.next(&c.model, delta).await?;
+            let done = reply.gen.finished();
+            let v = serde_json::json!({
+                "text": c.tok.decode(&reply.gen.out, true), "ids": reply.gen.out, "done": done,
+                "seconds": reply.start.elapsed().as_secs_f64(), "adapter": delta.is_some(),
+            });
+            if done {
+                c.reply = None;
+            }
+            Ok(json(v))
+        }
+        .await;
+        (s, r)
+    })
+    .await
+}
+
+/// Reads chat data (JSONL of {"messages": [...]} or {"prompt", "completion"}) for fine-tuning, a
+/// seeded `valid_fraction` held out. Returns {name, chats, train, valid, answer_tokens, preview:
+/// [{user, assistant}…]}.
+#[wasm_bindgen(js_name = loadChatData)]
+pub fn load_chat_data(bytes: Vec<u8>, name: String, valid_fraction: f64) -> std::result::Result<String, JsError> {
+    let mut s = take()?;
+    let r = (|| -> Result<String> {
+        let c = s.chat.as_mut().ok_or_else(|| Error::invalid("load a chat model first"))?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::file(&name, "is not UTF-8 text"))?;
+        let mut data = parse_chats(&text, std::path::Path::new(&name), &c.tok, c.model.cfg.context)?;
+        if !(0.0..1.0).contains(&valid_fraction) {
+            return Err(Error::invalid(format!("the held-out share {valid_fraction} must be in [0, 1)")));
+        }
+        let preview: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(5)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                let turn = |role: &str, key: &str| {
+                    v.get("messages")
+                        .and_then(|m| m.as_array())
+                        .and_then(|m| m.iter().find(|x| x["role"] == role))
+                        .and_then(|x| x["content"].as_str())
+                        .or_else(|| v.get(key).and_then(|x| x.as_str()))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                serde_json::json!({"user": turn("user", "prompt"), "assistant": turn("assistant", "completion")})
+            })
+            .collect();
+        let chats = data.len();
+        crate::rng::Rng::new(0x5eed).shuffle(&mut data);
+        let n = ((chats as f64 * valid_fraction).round() as usize).min(chats - 1);
+        c.valid = data.split_off(chats - n);
+        c.train = data;
+        c.run = None;
+        let answer_tokens: usize = c.train.iter().map(|e| e.positions.len()).sum();
+        Ok(json(serde_json::json!({
+            "name": name, "chats": chats, "train": c.train.len(), "valid": c.valid.len(),
+            "answer_tokens": answer_tokens, "preview": preview,
+        })))
+    })();
+    put(s);
+    r.map_err(js_error)
+}
+
+#[derive(serde::Deserialize)]
+struct ChatTrainSettings {
+    epochs: usize,
+    batch: usize,
+    lr: f32,
+    r: usize,
+    alpha: f32,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    warmup: f32,
+}
+
+/// Starts QLoRA (LoRA on all seven linears of every layer over the frozen, quantised model) on the
+/// loaded chats; `settings` JSON {epochs, batch, lr, r, alpha, seed?, warmup?}. Returns {trainable,
+/// total_steps, train, valid, answer_tokens}.
+#[wasm_bindgen(js_name = startChatTraining)]
+pub fn start_chat_training(settings: String) -> std::result::Result<String, JsError> {
+    let mut s = take()?;
+    let r = (|| -> Result<String> {
+        let c = s.chat.as_mut().ok_or_else(|| Error::invalid("load a chat model first"))?;
+        if c.train.is_empty() {
+            return Err(Error::invalid("load a chat file (JSONL) to fine-tune on first"));
+        }
+        let st: ChatTrainSettings =
+            serde_json::from_str(&settings).map_err(|e| Error::invalid(format!("training settings: {e}")))?;
+        if !(st.lr > 0.0 && st.lr < 1.0) {
+            return Err(Error::invalid(format!("learning rate {} must be in (0, 1)", st.lr)));
+        }
+        let mut lora = CausalLora::new(
+            &c.model.cfg,
+            st.r,
+            st.alpha,
+            false,
+            &(0..7).collect::<Vec<_>>(),
+            st.seed,
+            &c.model.device,
+        )?;
+        lora.base = c.name.clone();
+        let optim = OptimConfig { lr: st.lr, warmup_ratio: st.warmup, ..OptimConfig::default() };
+        let settings = CausalSettings { epochs: st.epochs, batch: st.batch, seed: st.seed, optim };
+        let run = CausalRun::new(&lora, &c.train, &settings, &c.model.device)?;
+        let info = serde_json::json!({
+            "trainable": lora.params.count(), "total_steps": run.total_steps(), "train": c.train.len(),
+            "valid": c.valid.len(), "answer_tokens": c.train.iter().map(|e| e.positions.len()).sum::<usize>(),
+        });
+        c.adapter = Some(lora);
+        c.run = Some(run);
+        Ok(json(info))
+    })();
+    put(s);
+    r.map_err(js_error)
+}
+
+/// One QLoRA step. Returns {epoch, step, total_steps, loss, epoch_end?: {train_loss, valid_loss,
+/// tokens_per_s, …}, done}.
+#[wasm_bindgen(js_name = chatTrainStep)]
+pub async fn chat_train_step() -> std::result::Result<String, JsError> {
+    with_state(|mut s| async move {
+        let r = async {
+            let c = s.chat.as_mut().ok_or_else(|| Error::invalid("load a chat model first"))?;
+            let (Some(run), Some(adapter)) = (c.run.as_mut(), c.adapter.as_mut()) else {
+                return Err(Error::invalid("no fine-tuning run: start one first"));
+            };
+            let report = run.step(&c.model, adapter, &c.train, &c.valid).await?;
+            Ok(json(serde_json::to_value(&report).unwrap()))
+        }
+        .await;
+        (s, r)
+    })
+    .await
+}
+
+/// The chat adapter as PEFT files: an array of [name, Uint8Array] (adapter_config.json,
+/// adapter_model.safetensors), which PeftModel.from_pretrained loads onto the same GGUF model.
+#[wasm_bindgen(js_name = exportChatAdapter)]
+pub async fn export_chat_adapter() -> std::result::Result<js_sys::Array, JsError> {
+    let files = with_state(|s| async move {
+        let r = async {
+            let a = chat_ref(&s)?.adapter.as_ref().ok_or_else(|| Error::invalid("no adapter: fine-tune first"))?;
+            a.to_files().await
+        }
+        .await;
+        (s, r)
+    })
+    .await?;
+    Ok(files_to_js(&files))
+}
+
+/// Loads a saved chat adapter (PEFT LoRA, CAUSAL_LM) for the loaded chat model. Returns {r, alpha,
+/// targets, trainable}.
+#[wasm_bindgen(js_name = loadChatAdapter)]
+pub fn load_chat_adapter(config_json: String, weights: Vec<u8>, name: String) -> std::result::Result<String, JsError> {
+    let mut s = take()?;
+    let r = (|| -> Result<String> {
+        let c = s.chat.as_mut().ok_or_else(|| Error::invalid("load a chat model first"))?;
+        let a = CausalLora::from_files(
+            &config_json,
+            &format!("{name}/adapter_config.json"),
+            &weights,
+            &format!("{name}/adapter_model.safetensors"),
+            &c.model.cfg,
+            &c.model.device,
+        )?;
+        let info = serde_json::json!({"r": a.r, "alpha": a.alpha, "targets": a.peft_config()["target_modules"], "trainable": a.params.count()});
+        c.adapter = Some(a);
+        c.run = None;
+        Ok(json(info))
+    })();
+    put(s);
+    r.map_err(js_error)
 }

@@ -1,5 +1,6 @@
 // The page: UI on the main thread; all model work happens in worker.js.
 import { makeZip } from './zip.js';
+import { initChat } from './chat.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -1145,8 +1146,19 @@ showScoreHelp();
 showScaLearnHelp();
 drawChart();
 refreshButtons();
+// The two modes: the sentence classifier (steps 1–8) and the chat model.
+function showMode(mode) {
+  $('classify-mode').hidden = mode !== 'classify';
+  $('chat-mode').hidden = mode !== 'chat';
+  $('mode-classify').setAttribute('aria-selected', String(mode === 'classify'));
+  $('mode-chat').setAttribute('aria-selected', String(mode === 'chat'));
+}
+$('mode-classify').addEventListener('click', () => showMode('classify'));
+$('mode-chat').addEventListener('click', () => showMode('chat'));
+showMode(params.get('mode') === 'chat' ? 'chat' : 'classify');
 await startDevice();
 await loadIndex();
+initChat({ call, listeners, index, el, fmtBytes, fmtSecs, download });
 await showSaved();
 document.body.dataset.ready = 'yes';
 if (params.get('autoload') === '1') await loadServedModel();

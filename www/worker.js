@@ -6,6 +6,8 @@ import init, * as lt from './pkg/localtune.js';
 const ready = init();
 let stopRequested = false;
 let training = false;
+let replying = false;
+let replyStop = false;
 
 // Lets queued messages (a Stop) run between steps, also on the CPU fallback, whose steps never wait.
 const yieldToEvents = () => new Promise((resolve) => setTimeout(resolve, 0));
@@ -116,6 +118,67 @@ const commands = {
     const r = await lt.mergeAdapters(adapterInputs(adapters), method, JSON.stringify(settings || {}));
     return { report: JSON.parse(r.report), adapters: r.adapters.map((files) => files.map(([name, bytes]) => ({ name, bytes }))) };
   },
+  // The chat model mode. A chat model comes as {url} (served with the page) or {bytes} (a GGUF file).
+  async loadChatModel({ url, bytes, name }) {
+    if (url) bytes = await fetchBytes(url);
+    return JSON.parse(lt.loadChatModel(new Uint8Array(bytes), name));
+  },
+  // The assistant's reply to messages [{role, content}], streamed as {event: "chat-text", text} after
+  // every token; stops on chatStop. Returns {text, ids, prompt_tokens, seconds, adapter, stopped}.
+  async chatReply({ messages, settings }) {
+    if (replying) throw new Error('a reply is already being written');
+    replying = true;
+    replyStop = false;
+    try {
+      const start = JSON.parse(lt.chatReplyStart(JSON.stringify(messages), JSON.stringify(settings || {})));
+      for (;;) {
+        const r = JSON.parse(await lt.chatReplyNext());
+        postMessage({ event: 'chat-text', text: r.text });
+        if (r.done || replyStop) return { ...r, prompt_tokens: start.prompt_tokens, stopped: !r.done };
+        await yieldToEvents();
+      }
+    } finally {
+      replying = false;
+    }
+  },
+  async chatStop() {
+    replyStop = true;
+    return { stopping: replying };
+  },
+  async loadChatData({ bytes, name, valid }) {
+    return JSON.parse(lt.loadChatData(new Uint8Array(bytes), name, valid ?? 0.1));
+  },
+  async startChatTraining({ settings }) {
+    return JSON.parse(lt.startChatTraining(JSON.stringify(settings)));
+  },
+  // Runs the started fine-tuning to its end or a Stop, posting {event: "chat-progress", ...} per step.
+  async chatTrain() {
+    if (training) throw new Error('training is already running');
+    training = true;
+    stopRequested = false;
+    const started = performance.now();
+    let last = null;
+    try {
+      for (;;) {
+        if (stopRequested) return { stopped: true, last, elapsed: (performance.now() - started) / 1000 };
+        const r = JSON.parse(await lt.chatTrainStep());
+        last = r;
+        const elapsed = (performance.now() - started) / 1000;
+        postMessage({ event: 'chat-progress', ...r, elapsed });
+        if (r.done) return { stopped: false, last, elapsed };
+        await yieldToEvents();
+      }
+    } finally {
+      training = false;
+    }
+  },
+  async exportChatAdapter() {
+    const files = await lt.exportChatAdapter();
+    return files.map(([name, bytes]) => ({ name, bytes }));
+  },
+  async loadChatAdapter({ config, weights, name }) {
+    return JSON.parse(lt.loadChatAdapter(config, new Uint8Array(weights), name));
+  },
   async benchmark({ reps, trainBatch }) {
     return JSON.parse(await lt.benchmark(reps ?? 3, trainBatch ?? 16));
   },
@@ -125,14 +188,15 @@ const commands = {
 const refusedWhileTraining = new Set([
   'init', 'loadModel', 'loadData', 'startTraining', 'train', 'loadAdapter', 'merge', 'benchmark',
   'rankSources', 'loadUnlabelled', 'clearUnlabelled', 'startDistill',
+  'loadChatModel', 'chatReply', 'loadChatData', 'startChatTraining', 'chatTrain', 'loadChatAdapter',
 ]);
 let broken = null;
 
 onmessage = async (e) => {
   const { id, cmd, args } = e.data;
   // A Stop must not wait behind the running training loop.
-  if (cmd === 'stop') {
-    postMessage({ id, ok: true, result: await commands.stop() });
+  if (cmd === 'stop' || cmd === 'chatStop') {
+    postMessage({ id, ok: true, result: await commands[cmd]() });
     return;
   }
   try {

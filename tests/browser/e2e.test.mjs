@@ -540,3 +540,121 @@ test('a sentence-transformers folder pools as its files say', { timeout: 5 * 60 
   got.flat().forEach((x, i) => assert.ok(Math.abs(x - ref[i]) <= 1e-5 + 1e-4 * Math.abs(ref[i]), `embedding value ${i}: ${x} vs ${ref[i]}`));
   await context.close();
 });
+
+// The chat model mode on the tiny random Llama (GGUF, Q8_0 linears, written by `localtune tiny-llama`
+// inside `serve --tiny`): a streamed reply, a bad chat file refused by line, QLoRA steps on a chat file
+// with the loss falling, a reply with the adapter that differs, the adapter downloaded as a PEFT
+// folder, loaded back; no request at all while the chats are loaded, replying or fine-tuning, and none
+// off the origin.
+for (const dev of ['cpu', 'gpu'])
+test(`a chat model: reply, fine-tune on private chats, reply with the adapter (${dev})`, { timeout: 15 * 60 * 1000 }, async () => {
+  const context = await browser.newContext({ acceptDownloads: true });
+  const page = await context.newPage();
+  const origin = new URL(url).origin;
+  let phase = 'load';
+  const requests = [];
+  context.on('request', (r) => requests.push({ url: r.url(), phase }));
+  const consoleErrors = [];
+  page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  const shot = (name) => page.screenshot({ path: path.join(out, `${name}.png`), fullPage: true });
+  await page.goto(`${url}?mode=chat&chat_model=tiny&device=${dev}`);
+  await page.waitForSelector('body[data-ready=yes]', { timeout: 120000 });
+  assert.equal(await page.isVisible('#chat-mode'), true);
+  assert.equal(await page.isVisible('#classify-mode'), false);
+  await page.click('#chat-model-load');
+  await page.waitForFunction(() => /layers/.test(document.querySelector('#chat-model-info').textContent), null, { timeout: 120000 });
+  assert.match(await page.textContent('#chat-model-info'), /2 layers, hidden 64, 4 heads \(2 key\/value\)/);
+  assert.match(await page.textContent('#chat-model-info'), dev === 'gpu' ? /on (?!cpu)/i : /on cpu/i);
+
+  // A streamed greedy reply: the text grows token by token (chat-text events), then the turn ends.
+  phase = 'reply';
+  // One user turn in a new chat each time, so that replies compare.
+  const reply = async () => {
+    await page.click('#chat-clear');
+    await page.fill('#chat-input', 'is item 99 good');
+    await page.click('#chat-send');
+    await page.waitForFunction(() => window.__localtuneChat.messages.length === 2, null, { timeout: 120000 });
+    return page.evaluate(() => window.__localtuneChat.lastReply);
+  };
+  await page.fill('#chat-max-new', '12');
+  const base = await reply();
+  assert.equal(base.ids.length, 12, `12 tokens (the random model never ends its turn): ${JSON.stringify(base)}`);
+  assert.equal(await page.evaluate(() => window.__localtuneChat.textEvents), 12, 'one streamed update per token');
+  assert.equal(base.adapter, false);
+  assert.match(await page.textContent('#chat-status'), /12 tokens in/);
+  assert.equal((await page.$$('#chat-log .msg')).length, 2);
+  await shot('chat-1-reply');
+
+  // A chat file with a message missing its role: refused, naming the line.
+  phase = 'data';
+  await page.setInputFiles('#chat-data-file', { name: 'bad.jsonl', mimeType: 'application/x-ndjson', buffer: Buffer.from('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]}\n{"messages": [{"content": "no role"}]}\n') });
+  await page.waitForSelector('#chat-train-error:not([hidden])');
+  assert.match(await page.textContent('#chat-train-error'), /bad\.jsonl.*line 2.*role/);
+  // 24 chats that answer every question with one of two words.
+  const lines = [];
+  for (let i = 0; i < 24; i++) {
+    const [q, a] = i % 2 ? [`is item ${i} good`, 'yes'] : [`is item ${i} bad`, 'no'];
+    lines.push(JSON.stringify({ messages: [{ role: 'user', content: q }, { role: 'assistant', content: a }] }));
+  }
+  await page.fill('#chat-valid', '0.25');
+  await page.setInputFiles('#chat-data-file', { name: 'chats.jsonl', mimeType: 'application/x-ndjson', buffer: Buffer.from(lines.join('\n') + '\n') });
+  await page.waitForFunction(() => /24 chats, 18 to train on/.test(document.querySelector('#chat-data-info').textContent));
+  assert.equal(await page.isHidden('#chat-train-error'), true);
+
+  phase = 'train';
+  await page.fill('#chat-epochs', '4');
+  await page.fill('#chat-batch', '6');
+  await page.fill('#chat-lr', '0.01');
+  await page.click('#chat-train');
+  await page.waitForFunction(() => /Done: 12 steps/.test(document.querySelector('#chat-train-status').textContent), null, { timeout: 10 * 60 * 1000 });
+  const steps = await page.evaluate(() => window.__localtuneChat.steps);
+  const ends = steps.filter((s) => s.epoch_end).map((s) => s.epoch_end);
+  console.log(`chat epochs: ${ends.map((e) => `${e.train_loss.toFixed(3)}/${e.valid_loss.toFixed(3)}`).join(' ')}`);
+  assert.equal(steps.length, 12);
+  assert.equal(ends.length, 4);
+  assert.ok(ends[3].train_loss < ends[0].train_loss * 0.8, `the training loss must fall: ${ends[0].train_loss} -> ${ends[3].train_loss}`);
+  assert.ok(ends[3].valid_loss < ends[0].valid_loss, `the held-out loss must fall: ${ends[0].valid_loss} -> ${ends[3].valid_loss}`);
+  assert.equal(await page.isChecked('#chat-use-adapter'), true);
+  await shot('chat-2-trained');
+
+  phase = 'reply-adapter';
+  const tuned = await reply();
+  assert.equal(tuned.adapter, true);
+  assert.notDeepEqual(tuned.ids, base.ids, 'the adapter changed nothing');
+  await shot('chat-3-adapter-reply');
+  phase = 'save';
+  const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#chat-download')]);
+  const zipPath = path.join(out, 'chat-lora.zip');
+  await dl.saveAs(zipPath);
+  const files = unzip(fs.readFileSync(zipPath));
+  const cfg = JSON.parse(files['chat-lora/adapter_config.json'].toString());
+  assert.equal(cfg.peft_type, 'LORA');
+  assert.equal(cfg.task_type, 'CAUSAL_LM');
+  assert.deepEqual(cfg.target_modules, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']);
+  const st = files['chat-lora/adapter_model.safetensors'];
+  const header = JSON.parse(st.subarray(8, 8 + Number(st.readBigUInt64LE(0))).toString());
+  assert.deepEqual(header['base_model.model.model.layers.1.mlp.down_proj.lora_B.weight'].shape, [64, 8]);
+
+  // The downloaded files load back; with the same settings the reply is the tuned one.
+  phase = 'reload-adapter';
+  await page.click('#chat-model-load');
+  await page.waitForFunction(() => /layers/.test(document.querySelector('#chat-model-info').textContent) && !window.__localtuneChat.trained, null, { timeout: 120000 });
+  await page.setInputFiles('#chat-adapter-files', [
+    { name: 'adapter_config.json', mimeType: 'application/json', buffer: files['chat-lora/adapter_config.json'] },
+    { name: 'adapter_model.safetensors', mimeType: 'application/octet-stream', buffer: files['chat-lora/adapter_model.safetensors'] },
+  ]);
+  await page.waitForFunction(() => /Loaded a LoRA adapter of rank 8/.test(document.querySelector('#chat-save-info').textContent));
+  phase = 'reply-loaded';
+  await page.fill('#chat-max-new', '12');
+  const loaded = await reply();
+  assert.deepEqual(loaded.ids, tuned.ids, 'the reloaded adapter gives the tuned reply');
+
+  const quiet = ['data', 'train', 'reply', 'reply-adapter', 'reply-loaded', 'save'];
+  const during = requests.filter((r) => quiet.includes(r.phase));
+  assert.deepEqual(during, [], `requests during ${quiet.join('/')}`);
+  const outside = requests.filter((r) => !r.url.startsWith(origin) && !r.url.startsWith('blob:') && !r.url.startsWith('data:'));
+  assert.deepEqual(outside, [], 'requests that left the origin');
+  assert.deepEqual(consoleErrors, [], 'errors in the console');
+  await context.close();
+});
