@@ -1033,6 +1033,8 @@ mod cli {
                             ..Default::default()
                         },
                         json: a.json,
+                        save_every: a.save_every,
+                        resume: a.resume.clone(),
                     };
                     super::llm::train_causal(&opts)
                 }

@@ -1,7 +1,7 @@
 //! A small seeded generator (SplitMix64) for initialisation, data splits and shuffles: the same seed
 //! gives the same numbers on every platform.
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rng {
     state: u64,
 }

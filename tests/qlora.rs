@@ -289,3 +289,63 @@ fn peft_loads_our_trained_adapter_and_gives_our_logits() {
     assert!(v["max_abs_diff"].as_f64().unwrap() <= 1e-3, "PEFT's logits on our adapter: {v}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Runs the CLI expecting it to fail; returns its stderr.
+fn localtune_fails(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_localtune")).args(args).output().unwrap();
+    assert!(!out.status.success(), "localtune {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_interrupted_causal_run_resumes_to_the_same_adapter_and_refuses_other_settings() {
+    // A run with --save-every 1 leaves the checkpoint of its next-to-last step; resuming from it must
+    // give the uninterrupted run's adapter byte for byte (same order, moments, schedule).
+    let dir = std::env::temp_dir().join(format!("localtune-causal-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    localtune(&["tiny-llama", "--out", &p("tiny.gguf")], "");
+    let chats: String = (0..6)
+        .map(|i| {
+            format!("{{\"prompt\": \"question {i}: is {i} even?\", \"completion\": \"{}\"}}\n", ["yes", "no"][i % 2])
+        })
+        .collect();
+    std::fs::write(dir.join("chats.jsonl"), &chats).unwrap();
+    std::fs::write(dir.join("other.jsonl"), chats.replace("even", "odd")).unwrap();
+    let (m, d) = (p("tiny.gguf"), p("chats.jsonl"));
+    let args = |out: &str, data: &str, lr: &str| -> Vec<String> {
+        ["train", "--task", "causal-lm", "--model", &m, "--data", data, "--eval", data, "--out", out, "--device", "cpu"]
+            .iter()
+            .chain(&["--epochs", "2", "--batch", "4", "--lr", lr, "--warmup", "0.2", "--seed", "3"])
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |extra: &[&str], out: &str, data: &str| {
+        let a = [args(out, data, "1e-2"), extra.iter().map(|s| s.to_string()).collect()].concat();
+        localtune(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "")
+    };
+    run(&["--save-every", "1"], &p("a"), &d);
+    let ck = p("a/checkpoint");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("a/checkpoint/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["optimizer_step"], 3, "the checkpoint of step 3 of 4: {state}");
+    run(&["--resume", &ck], &p("b"), &d);
+    let weights = |n: &str| std::fs::read(dir.join(n).join("adapter_model.safetensors")).unwrap();
+    assert!(weights("a") == weights("b"), "the resumed run's adapter differs from the uninterrupted one");
+    assert!(weights("a") != weights("a/checkpoint"), "the checkpoint is the finished adapter");
+    // Other settings or other data: refused, naming what differs.
+    let fails = |extra: &[&str], data: &str, lr: &str| {
+        let a =
+            [args(&p("c"), data, lr), ["--resume", ck.as_str()].iter().chain(extra).map(|s| s.to_string()).collect()]
+                .concat();
+        localtune_fails(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    };
+    let e = fails(&[], &d, "5e-3");
+    assert!(e.contains("--lr 0.01 (asked: 0.005)"), "{e}");
+    let e = fails(&["--r", "4"], &d, "1e-2");
+    assert!(e.contains("--r 8 (asked: 4)"), "{e}");
+    let e = fails(&[], &p("other.jsonl"), "1e-2");
+    assert!(e.contains("other data"), "{e}");
+    assert!(!dir.join("c").exists(), "a refused resume wrote its --out");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -235,11 +235,16 @@ pub struct CausalTrainArgs<'a> {
     pub targets: Option<&'a str>,
     pub optim: localtune::train::OptimConfig,
     pub json: bool,
+    /// A checkpoint into OUT/checkpoint every N optimiser steps.
+    pub save_every: Option<u64>,
+    /// A checkpoint folder to continue from.
+    pub resume: Option<PathBuf>,
 }
 
 /// QLoRA: LoRA over the frozen (quantised) model on chat data, written as a PEFT CAUSAL_LM folder.
 pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
-    use localtune::train::causal::{load_chats, mean_loss, train, CausalSettings};
+    use localtune::train::causal::{load_chats, mean_loss, CausalCheckpoint, CausalRun, CausalSettings};
+    use localtune::train::trainer::save_checkpoint;
     let path = llm_path(&a.model)?;
     let dev = open_device(a.device)?;
     let (model, tok) = load(&path, &dev)?;
@@ -275,28 +280,73 @@ pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
         data.len(),
         valid.len()
     );
-    if !valid.is_empty() {
-        let before = block_on(mean_loss(&model, &lora, &valid))?;
-        if a.json {
-            println!("{}", serde_json::json!({ "epoch": 0, "valid_loss": before }));
-        } else {
-            eprintln!("held-out loss before training: {before:.4}");
+    let s = CausalSettings { epochs: a.epochs, batch: a.batch, seed: a.seed, optim: a.optim.clone() };
+    let mut run = match &a.resume {
+        Some(dir) => {
+            let (run, adapter) = CausalRun::resume(&CausalCheckpoint::load(dir)?, &lora, &model.cfg, &data, &s, &dev)?;
+            lora = adapter;
+            eprintln!("resuming {} at step {} of {}", dir.display(), run.step_count(), run.total_steps());
+            run
+        }
+        None => {
+            if !valid.is_empty() {
+                let before = block_on(mean_loss(&model, &lora, &valid))?;
+                if a.json {
+                    println!("{}", serde_json::json!({ "epoch": 0, "valid_loss": before }));
+                } else {
+                    eprintln!("held-out loss before training: {before:.4}");
+                }
+            }
+            CausalRun::new(&lora, &data, &s, &dev)?
+        }
+    };
+    let checkpoint_dir = a.out.join("checkpoint");
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let start = std::time::Instant::now();
+    while !run.done() {
+        let r = block_on(run.step(&model, &mut lora, &data, &valid)).map_err(|e| match a.save_every {
+            Some(_) if checkpoint_dir.exists() => {
+                Error::invalid(format!("{e}; the last good checkpoint is in {}", checkpoint_dir.display()))
+            }
+            _ => e,
+        })?;
+        if !a.json && (tty || r.step % 10 == 0) && r.epoch_end.is_none() {
+            let line = format!(
+                "epoch {} step {}/{} loss {:.4} ({:.0} s)",
+                r.epoch,
+                r.step,
+                r.total_steps,
+                r.loss,
+                start.elapsed().as_secs_f64()
+            );
+            if tty {
+                eprint!("\r{line}\x1b[K");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+        if let Some(e) = &r.epoch_end {
+            if tty && !a.json {
+                eprint!("\r\x1b[K");
+            }
+            if a.json {
+                println!("{}", serde_json::to_string(e).unwrap());
+            } else {
+                eprintln!(
+                    "epoch {}: train loss {:.4}{}, {:.0} tokens/s",
+                    e.epoch,
+                    e.train_loss,
+                    e.valid_loss.map(|v| format!(", held-out loss {v:.4}")).unwrap_or_default(),
+                    e.tokens_per_s
+                );
+            }
+        }
+        if let Some(every) = a.save_every {
+            if r.step % every.max(1) == 0 && !r.done {
+                save_checkpoint(&checkpoint_dir, &block_on(run.checkpoint_files(&lora))?)?;
+            }
         }
     }
-    let s = CausalSettings { epochs: a.epochs, batch: a.batch, seed: a.seed, optim: a.optim.clone() };
-    block_on(train(&model, &mut lora, &data, &valid, &s, |r| {
-        if a.json {
-            println!("{}", serde_json::to_string(r).unwrap());
-        } else {
-            eprintln!(
-                "epoch {}: train loss {:.4}{}, {:.0} tokens/s",
-                r.epoch,
-                r.train_loss,
-                r.valid_loss.map(|v| format!(", held-out loss {v:.4}")).unwrap_or_default(),
-                r.tokens_per_s
-            );
-        }
-    }))?;
     block_on(lora.save(&a.out))?;
     eprintln!("adapter written to {}", a.out.display());
     Ok(())

@@ -108,7 +108,7 @@ pub fn parse_chats(text: &str, path: &Path, tok: &BpeTokenizer, max_len: usize) 
 }
 
 /// Settings of a causal-LM run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CausalSettings {
     pub epochs: usize,
     /// Sequences per optimiser step.
@@ -154,21 +154,68 @@ pub struct StepReport {
     pub done: bool,
 }
 
-/// A causal-LM run taken one optimiser step at a time (the page's progress, a Stop between steps):
-/// the optimiser, the gradients, the seeded order and where the run is in it.
+/// Where a causal-LM run stands between steps; saved in checkpoints.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct RunState {
+    /// The order of the current epoch (each epoch shuffles the previous one) and the generator.
+    order: Vec<usize>,
+    rng: Rng,
+    epoch: usize,
+    /// The next batch's start in `order`.
+    at: usize,
+    /// This epoch's sum of token losses, trained tokens and tokens seen so far.
+    loss_sum: f64,
+    tokens: usize,
+    seen: usize,
+    /// A hash of the training ids and trained positions, to check that a resumed run has the same data.
+    data: u64,
+}
+
+/// A hash (FNV-1a) of the training sequences.
+fn fingerprint(train: &[ChatExample]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for ex in train {
+        for x in ex.ids.iter().chain([&u32::MAX]).chain(&ex.positions).chain([&u32::MAX]) {
+            for b in x.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    h
+}
+
+/// The files of a causal-LM checkpoint (`CausalRun::checkpoint_files` writes them).
+pub struct CausalCheckpoint {
+    /// The folder (or other origin) for errors.
+    pub origin: String,
+    pub adapter_config: Vec<u8>,
+    pub adapter_weights: Vec<u8>,
+    pub optimizer: Vec<u8>,
+    pub trainer_state: Vec<u8>,
+}
+
+impl CausalCheckpoint {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(dir: &Path) -> Result<CausalCheckpoint> {
+        let read = |n: &str| std::fs::read(dir.join(n)).map_err(|e| Error::file(dir.join(n), e));
+        Ok(CausalCheckpoint {
+            origin: dir.display().to_string(),
+            adapter_config: read("adapter_config.json")?,
+            adapter_weights: read("adapter_model.safetensors")?,
+            optimizer: read("optimizer.safetensors")?,
+            trainer_state: read("trainer_state.json")?,
+        })
+    }
+}
+
+/// A causal-LM run taken one optimiser step at a time (the page's progress, a Stop between steps,
+/// checkpoints): the optimiser, the gradients, the seeded order and where the run is in it.
 pub struct CausalRun {
     pub settings: CausalSettings,
     opt: AdamW,
     grads: crate::model::ParamSet,
-    rng: Rng,
-    order: Vec<usize>,
-    epoch: usize,
-    /// The next batch's start in `order`.
-    at: usize,
+    st: RunState,
     epoch_start: web_time::Instant,
-    loss_sum: f64,
-    tokens: usize,
-    seen: usize,
 }
 
 impl CausalRun {
@@ -182,15 +229,115 @@ impl CausalRun {
             settings: s.clone(),
             opt: AdamW::new(s.optim.clone(), &adapter.params, total, device)?,
             grads: adapter.params.zeros_like(device)?,
-            rng: Rng::new(s.seed),
-            order: (0..train.len()).collect(),
-            epoch: 0,
-            at: 0,
+            st: RunState {
+                order: (0..train.len()).collect(),
+                rng: Rng::new(s.seed),
+                epoch: 0,
+                at: 0,
+                loss_sum: 0.0,
+                tokens: 0,
+                seen: 0,
+                data: fingerprint(train),
+            },
             epoch_start: web_time::Instant::now(),
-            loss_sum: 0.0,
-            tokens: 0,
-            seen: 0,
         })
+    }
+
+    /// Everything a checkpoint holds: the adapter's PEFT files, optimizer.safetensors (the moments) and
+    /// trainer_state.json (settings, step, position in the data). Taken between steps.
+    pub async fn checkpoint_files(&self, adapter: &CausalLora) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut files: Vec<(String, Vec<u8>)> =
+            adapter.to_files().await?.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
+        files.push(("optimizer.safetensors".into(), self.opt.moments_to_bytes().await?));
+        let state = serde_json::json!({
+            "task": "causal-lm",
+            "settings": self.settings,
+            "optimizer_step": self.opt.step,
+            "total_steps": self.opt.total_steps,
+            "state": self.st,
+        });
+        files.push(("trainer_state.json".into(), serde_json::to_vec_pretty(&state).unwrap()));
+        Ok(files)
+    }
+
+    /// Restores a run and its adapter from a checkpoint. `fresh` is the adapter the caller would have
+    /// started with and `s` its settings: a checkpoint made with another rank, alpha, targets or settings,
+    /// or on other data, is refused (naming what differs) rather than silently continued otherwise.
+    pub fn resume(
+        ck: &CausalCheckpoint,
+        fresh: &CausalLora,
+        cfg: &crate::model::llama::LlamaConfig,
+        train: &[ChatExample],
+        s: &CausalSettings,
+        device: &Device,
+    ) -> Result<(CausalRun, CausalLora)> {
+        let origin = &ck.origin;
+        let state_file = format!("{origin}/trainer_state.json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&ck.trainer_state).map_err(|e| Error::file(&state_file, e))?;
+        let bad = |what: &str| Error::file(&state_file, format!("missing or invalid `{what}`"));
+        if v["task"] != "causal-lm" {
+            return Err(Error::file(&state_file, "is not the checkpoint of a causal-lm run"));
+        }
+        let saved: CausalSettings = serde_json::from_value(v["settings"].clone()).map_err(|_| bad("settings"))?;
+        let st: RunState = serde_json::from_value(v["state"].clone()).map_err(|_| bad("state"))?;
+        let mut differ = vec![];
+        let o = (&saved.optim, &s.optim);
+        for (name, a, b) in [
+            ("epochs", saved.epochs.to_string(), s.epochs.to_string()),
+            ("batch", saved.batch.to_string(), s.batch.to_string()),
+            ("seed", saved.seed.to_string(), s.seed.to_string()),
+            ("lr", o.0.lr.to_string(), o.1.lr.to_string()),
+            ("weight-decay", o.0.weight_decay.to_string(), o.1.weight_decay.to_string()),
+            ("max-grad-norm", o.0.max_grad_norm.to_string(), o.1.max_grad_norm.to_string()),
+            ("warmup", o.0.warmup_ratio.to_string(), o.1.warmup_ratio.to_string()),
+        ] {
+            if a != b {
+                differ.push(format!("--{name} {a} (asked: {b})"));
+            }
+        }
+        if saved.optim != s.optim && differ.is_empty() {
+            differ.push("the optimiser's betas or eps".into());
+        }
+        let config_file = format!("{origin}/adapter_config.json");
+        let text = std::str::from_utf8(&ck.adapter_config).map_err(|_| Error::file(&config_file, "is not UTF-8"))?;
+        let weights_file = format!("{origin}/adapter_model.safetensors");
+        let mut adapter = CausalLora::from_files(text, &config_file, &ck.adapter_weights, &weights_file, cfg, device)?;
+        for (name, a, b) in [
+            ("r", adapter.r.to_string(), fresh.r.to_string()),
+            ("alpha", adapter.alpha.to_string(), fresh.alpha.to_string()),
+            ("rslora", adapter.rslora.to_string(), fresh.rslora.to_string()),
+            ("targets", format!("{:?}", adapter.targets), format!("{:?}", fresh.targets)),
+        ] {
+            if a != b {
+                differ.push(format!("--{name} {a} (asked: {b})"));
+            }
+        }
+        if !differ.is_empty() {
+            return Err(Error::invalid(format!(
+                "{origin}: this checkpoint was made with {}; resume with the settings it was made with",
+                differ.join(", ")
+            )));
+        }
+        if st.data != fingerprint(train) || st.order.len() != train.len() {
+            return Err(Error::invalid(format!(
+                "{origin}: this checkpoint was made on other data (or another split): resume with the same --data, --eval, --valid-fraction, --max-len and --seed"
+            )));
+        }
+        adapter.base = fresh.base.clone();
+        let mut run = CausalRun::new(&adapter, train, s, device)?;
+        run.opt.load_moments(&ck.optimizer, &format!("{origin}/optimizer.safetensors"), device)?;
+        run.opt.step = v["optimizer_step"].as_u64().ok_or_else(|| bad("optimizer_step"))?;
+        if run.opt.step > run.opt.total_steps {
+            return Err(bad("optimizer_step"));
+        }
+        run.st = st;
+        Ok((run, adapter))
+    }
+
+    /// Optimiser steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.opt.step
     }
 
     pub fn total_steps(&self) -> u64 {
@@ -212,29 +359,30 @@ impl CausalRun {
         if self.done() {
             return Err(Error::invalid("the run is finished"));
         }
-        if self.at == 0 {
-            self.epoch += 1;
-            self.rng.shuffle(&mut self.order);
+        let st = &mut self.st;
+        if st.at == 0 {
+            st.epoch += 1;
+            st.rng.shuffle(&mut st.order);
             self.epoch_start = web_time::Instant::now();
-            (self.loss_sum, self.tokens, self.seen) = (0.0, 0, 0);
+            (st.loss_sum, st.tokens, st.seen) = (0.0, 0, 0);
         }
-        let chunk = &self.order[self.at..(self.at + self.settings.batch).min(self.order.len())];
+        let chunk = &st.order[st.at..(st.at + self.settings.batch).min(st.order.len())];
         self.grads.zero()?;
         let n_tok: usize = chunk.iter().map(|&i| train[i].positions.len()).sum();
         let mut losses = Vec::new();
         for &i in chunk {
             let ex = &train[i];
             losses.push(model.loss_backward(&ex.ids, &ex.positions, &*adapter, &mut self.grads, 1.0 / n_tok as f32)?);
-            self.seen += ex.ids.len();
+            st.seen += ex.ids.len();
         }
         self.opt.step(&mut adapter.params, &self.grads)?;
         let mut loss = 0.0;
         for l in losses {
             loss += l.to_vec().await?.iter().map(|&x| x as f64).sum::<f64>();
         }
-        self.loss_sum += loss;
-        self.tokens += n_tok;
-        self.at += chunk.len();
+        st.loss_sum += loss;
+        st.tokens += n_tok;
+        st.at += chunk.len();
         let loss = loss / n_tok.max(1) as f64;
         if !loss.is_finite() {
             return Err(Error::invalid(format!(
@@ -242,22 +390,22 @@ impl CausalRun {
                 self.opt.step
             )));
         }
-        let epoch_end = if self.at >= self.order.len() {
-            self.at = 0;
+        let epoch_end = if st.at >= st.order.len() {
+            st.at = 0;
             let secs = self.epoch_start.elapsed().as_secs_f64();
             let valid_loss = if valid.is_empty() { None } else { Some(mean_loss(model, &*adapter, valid).await?) };
             Some(EpochReport {
-                epoch: self.epoch,
-                train_loss: self.loss_sum / self.tokens.max(1) as f64,
+                epoch: st.epoch,
+                train_loss: st.loss_sum / st.tokens.max(1) as f64,
                 valid_loss,
                 steps: self.opt.step,
-                tokens_per_s: self.seen as f64 / secs.max(1e-9),
+                tokens_per_s: st.seen as f64 / secs.max(1e-9),
             })
         } else {
             None
         };
         Ok(StepReport {
-            epoch: self.epoch,
+            epoch: self.st.epoch,
             step: self.opt.step,
             total_steps: self.opt.total_steps,
             loss,

@@ -2,6 +2,7 @@
 //! global-norm gradient clipping (torch's clip_grad_norm_), computed on the device without a readback.
 
 use crate::error::Result;
+use crate::model::weights::NamedTensors;
 use crate::model::ParamSet;
 use crate::ops::{self, AdamWStep};
 use crate::tensor::{Device, Tensor};
@@ -109,5 +110,36 @@ impl AdamW {
     pub fn step(&mut self, params: &mut ParamSet, grads: &ParamSet) -> Result<()> {
         self.compute_norm(grads)?;
         self.apply(params, grads, 1.0)
+    }
+
+    /// The moments as optimizer.safetensors of a checkpoint (`m.<name>`, `v.<name>`).
+    pub async fn moments_to_bytes(&self) -> Result<Vec<u8>> {
+        let mut opt = NamedTensors { origin: "optimizer.safetensors".into(), ..Default::default() };
+        for (which, t) in [("m", &self.m), ("v", &self.v)] {
+            for (name, x) in t.to_host("optimizer.safetensors").await?.tensors {
+                opt.insert(format!("{which}.{name}"), x);
+            }
+        }
+        opt.to_bytes(None)
+    }
+
+    /// Restores the moments from `moments_to_bytes`'s file (`origin` names it in errors).
+    pub fn load_moments(&mut self, bytes: &[u8], origin: &str, device: &Device) -> Result<()> {
+        let mut opt = NamedTensors::from_bytes(bytes, origin)?;
+        for (which, target) in [("m", &mut self.m), ("v", &mut self.v)] {
+            for id in 0..target.len() {
+                let shape = target[id].shape().to_vec();
+                let key = format!("{which}.{}", target.name(id));
+                // Checkpoints before the parameters kept PEFT's shapes stored (IA)³'s moments flat.
+                if let Some(t) = opt.tensors.get_mut(&key) {
+                    if t.shape != shape && t.shape.iter().product::<usize>() == shape.iter().product::<usize>() {
+                        t.shape = shape.clone();
+                    }
+                }
+                let data = opt.take(&key, &shape)?;
+                target.set(id, device.tensor(&data, &shape)?)?;
+            }
+        }
+        Ok(())
     }
 }

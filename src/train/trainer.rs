@@ -8,7 +8,6 @@ use super::metrics::{argmax_rows, Metrics};
 use super::optim::{AdamW, OptimConfig};
 use crate::error::{Error, Result};
 use crate::model::hooks::Dropout;
-use crate::model::weights::NamedTensors;
 use crate::model::{Model, ParamSet};
 use crate::ops;
 use crate::peft::format::AdapterFiles;
@@ -362,13 +361,7 @@ impl Trainer {
             .into_iter()
             .map(|(n, b)| (n.to_string(), b))
             .collect();
-        let mut opt = NamedTensors { origin: "optimizer.safetensors".into(), ..Default::default() };
-        for (which, t) in [("m", &self.opt.m), ("v", &self.opt.v)] {
-            for (name, x) in t.to_host("optimizer.safetensors").await?.tensors {
-                opt.insert(format!("{which}.{name}"), x);
-            }
-        }
-        files.push(("optimizer.safetensors".into(), opt.to_bytes(None)?));
+        files.push(("optimizer.safetensors".into(), self.opt.moments_to_bytes().await?));
         let state = serde_json::json!({
             "config": self.config,
             "labels": self.labels,
@@ -409,21 +402,7 @@ impl Trainer {
         let mut t = Trainer::new(model.clone(), config, labels, train, valid)?;
         t.params = adapter.to_adapted(&model.encoder)?;
         let dev = model.encoder.device.clone();
-        let mut opt = NamedTensors::from_bytes(&files.optimizer, &format!("{origin}/optimizer.safetensors"))?;
-        for (which, target) in [("m", &mut t.opt.m), ("v", &mut t.opt.v)] {
-            for id in 0..target.len() {
-                let shape = target[id].shape().to_vec();
-                let key = format!("{which}.{}", target.name(id));
-                // Checkpoints before the parameters kept PEFT's shapes stored (IA)³'s moments flat.
-                if let Some(t) = opt.tensors.get_mut(&key) {
-                    if t.shape != shape && t.shape.iter().product::<usize>() == shape.iter().product::<usize>() {
-                        t.shape = shape.clone();
-                    }
-                }
-                let data = opt.take(&key, &shape)?;
-                target.set(id, dev.tensor(&data, &shape)?)?;
-            }
-        }
+        t.opt.load_moments(&files.optimizer, &format!("{origin}/optimizer.safetensors"), &dev)?;
         t.opt.step = st["optimizer_step"].as_u64().ok_or_else(|| bad("optimizer_step"))?;
         t.state = state;
         Ok(t)
