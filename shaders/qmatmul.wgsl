@@ -8,10 +8,21 @@
 //
 // Q4_0 block: f16 d, 16 bytes; byte j holds value j (low nibble) and j + 16 (high): (q − 8) · d.
 // Q4_1 block: f16 d, f16 m, 16 bytes as Q4_0: q · d + m.      Q8_0 block: f16 d, 32 i8: q · d.
+// NF4 (bitsandbytes; src/quant/nf4.rs): over the flat weight, two codes a byte (the first in the high
+// nibble), n / 2 bytes; then an f32 absmax per 64 values, or (double) a u8 code per 64 values padded to
+// a word, an f32 scale per 256 codes, the f32 offset and the 256-value f32 code: NF4[q] · s.
 
 const Q4_0: u32 = 2u;
 const Q4_1: u32 = 3u;
 const Q8_0: u32 = 8u;
+const NF4: u32 = 100u;
+const NF4_DOUBLE: u32 = 101u;
+
+const NF4_CODE = array<f32, 16>(
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0);
 
 struct Params {
     n: u32, rows: u32, cols: u32, kind: u32,
@@ -48,8 +59,34 @@ fn block_bytes() -> u32 {
     return 34u;
 }
 
+fn f32_at(i: u32) -> f32 {
+    return bitcast<f32>(wq[i >> 2u]);
+}
+
+// NF4's W[r, c].
+fn weight_nf4(r: u32, c: u32) -> f32 {
+    let n = p.rows * p.cols;
+    let i = r * p.cols + c;
+    let byte = byte_at(i >> 1u);
+    let q = select(byte >> 4u, byte & 0xFu, (i & 1u) == 1u);
+    let b = i / 64u;
+    var s: f32;
+    if (p.kind == NF4) {
+        s = f32_at(n / 2u + 4u * b);
+    } else {
+        let nb = n / 64u;
+        let scales = n / 2u + ((nb + 3u) & ~3u);
+        let offset_at = scales + 4u * ((nb + 255u) / 256u);
+        let code = byte_at(n / 2u + b);
+        s = f32_at(offset_at + 4u + 4u * code) * f32_at(scales + 4u * (b / 256u)) + f32_at(offset_at);
+    }
+    var levels = NF4_CODE;
+    return levels[q] * s;
+}
+
 // W[r, c].
 fn weight(r: u32, c: u32) -> f32 {
+    if (p.kind >= NF4) { return weight_nf4(r, c); }
     let blocks = p.cols / 32u;
     let base = (r * blocks + c / 32u) * block_bytes();
     let j = c % 32u;

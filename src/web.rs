@@ -889,7 +889,7 @@ pub fn chat_reply_start(messages: String, settings: String) -> std::result::Resu
             return Err(Error::invalid("no adapter yet: fine-tune or load one first"));
         }
         let sampling = Sampling { temperature: st.temperature, top_k: st.top_k, top_p: st.top_p, seed: st.seed };
-        let prompt = c.tok.encode(&c.tok.apply_chat_template(&messages, true)?);
+        let prompt = c.tok.encode_chat(&messages, true)?;
         if prompt.len() >= c.model.cfg.context {
             return Err(Error::invalid(format!(
                 "the conversation is {} tokens, the model's context is {}: start a new chat",

@@ -87,7 +87,7 @@ impl GenArgs {
     fn prompt_ids(&self, tok: &BpeTokenizer, text: &str) -> Result<Vec<u32>> {
         if self.chat {
             let m = [Message { role: "user".into(), content: text.to_string() }];
-            Ok(tok.encode(&tok.apply_chat_template(&m, true)?))
+            tok.encode_chat(&m, true)
         } else {
             Ok(tok.encode(text))
         }
@@ -190,7 +190,7 @@ pub fn chat_cmd(a: &GenArgs, s: &SamplingArgs, system: Option<String>) -> Result
             break;
         }
         messages.push(Message { role: "user".into(), content: line });
-        let prompt = tok.encode(&tok.apply_chat_template(&messages, true)?);
+        let prompt = tok.encode_chat(&messages, true)?;
         let mut shown = String::new();
         let mut ids = Vec::new();
         let mut err = None;

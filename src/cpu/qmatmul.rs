@@ -7,7 +7,7 @@
 //! panel of rows at a time into a small f32 buffer and hand it to the f32 GEMM, so the cost is the
 //! GEMM's with the weight never held in f32 whole.
 
-use crate::quant::{dequantize_into, GgmlType};
+use crate::quant::{dequantize_into, nf4, GgmlType};
 
 /// Up to this many rows of x take the dot-product path.
 const GEMV_MAX_N: usize = 4;
@@ -23,19 +23,28 @@ fn row_bytes(kind: GgmlType, cols: usize) -> usize {
     cols / per * size
 }
 
+/// Rows r0 .. r0 + out.len() / cols of W (rows, cols) into `out`.
+fn dequantize_rows(kind: GgmlType, wq: &[u8], rows: usize, cols: usize, r0: usize, out: &mut [f32]) {
+    if kind.is_nf4() {
+        nf4::dequantize_range(wq, rows * cols, kind == GgmlType::Nf4Double, r0 * cols, out);
+    } else {
+        let rb = row_bytes(kind, cols);
+        dequantize_into(kind, &wq[r0 * rb..r0 * rb + out.len() / cols * rb], out);
+    }
+}
+
 /// y (n, rows) = x (n, cols) Wᵀ.
 pub fn qmatmul_forward(y: &mut [f32], x: &[f32], wq: &[u8], kind: GgmlType, rows: usize, cols: usize) {
     let n = x.len() / cols;
     if n <= GEMV_MAX_N {
         return gemv(y, x, wq, kind, rows, cols, n);
     }
-    let rb = row_bytes(kind, cols);
     let per_panel = panel_rows(cols).min(rows);
     let mut panel = vec![0f32; per_panel * cols];
     for p0 in (0..rows).step_by(per_panel) {
         let p = per_panel.min(rows - p0);
         let w = &mut panel[..p * cols];
-        dequantize_into(kind, &wq[p0 * rb..(p0 + p) * rb], w);
+        dequantize_rows(kind, wq, rows, cols, p0, w);
         // SAFETY: x is (n, cols) row-major, the panel (p, cols) row-major read as its transpose, and
         // C = y[:, p0..p0 + p] with row stride `rows`: every element addressed lies in its slice, and
         // y aliases neither input.
@@ -63,13 +72,12 @@ pub fn qmatmul_forward(y: &mut [f32], x: &[f32], wq: &[u8], kind: GgmlType, rows
 /// dx (n, cols) = dy (n, rows) W.
 pub fn qmatmul_dx(dx: &mut [f32], dy: &[f32], wq: &[u8], kind: GgmlType, rows: usize, cols: usize) {
     let n = dy.len() / rows;
-    let rb = row_bytes(kind, cols);
     let per_panel = panel_rows(cols).min(rows);
     let mut panel = vec![0f32; per_panel * cols];
     for p0 in (0..rows).step_by(per_panel) {
         let p = per_panel.min(rows - p0);
         let w = &mut panel[..p * cols];
-        dequantize_into(kind, &wq[p0 * rb..(p0 + p) * rb], w);
+        dequantize_rows(kind, wq, rows, cols, p0, w);
         let beta = if p0 == 0 { 0.0 } else { 1.0 };
         // SAFETY: A = dy[:, p0..p0 + p] (row stride `rows`), B = the panel (p, cols) row-major, C = dx
         // (n, cols) row-major; all in bounds, dx aliases neither input.
@@ -100,12 +108,12 @@ fn gemv(y: &mut [f32], x: &[f32], wq: &[u8], kind: GgmlType, rows: usize, cols: 
     let threads = super::threads().min(rows * cols * n / MIN_VALUES_PER_THREAD).clamp(1, rows);
     let mut yt = vec![0f32; rows * n];
     if threads == 1 || cfg!(target_arch = "wasm32") {
-        gemv_rows(&mut yt, 0, x, wq, kind, cols, n);
+        gemv_rows(&mut yt, 0, x, wq, kind, rows, cols, n);
     } else {
         let per = rows.div_ceil(threads);
         std::thread::scope(|s| {
             for (i, block) in yt.chunks_mut(per * n).enumerate() {
-                s.spawn(move || gemv_rows(block, i * per, x, wq, kind, cols, n));
+                s.spawn(move || gemv_rows(block, i * per, x, wq, kind, rows, cols, n));
             }
         });
     }
@@ -117,20 +125,31 @@ fn gemv(y: &mut [f32], x: &[f32], wq: &[u8], kind: GgmlType, rows: usize, cols: 
 }
 
 /// yt (rows', n) for W's rows r0.. (as many as `yt` holds), with the widest instructions this CPU has.
-fn gemv_rows(yt: &mut [f32], r0: usize, x: &[f32], wq: &[u8], kind: GgmlType, cols: usize, n: usize) {
+#[allow(clippy::too_many_arguments)]
+fn gemv_rows(yt: &mut [f32], r0: usize, x: &[f32], wq: &[u8], kind: GgmlType, rows: usize, cols: usize, n: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is built for (checked just above).
-        unsafe { gemv_rows_avx2(yt, r0, x, wq, kind, cols, n) };
+        unsafe { gemv_rows_avx2(yt, r0, x, wq, kind, rows, cols, n) };
         return;
     }
-    gemv_rows_impl::<false>(yt, r0, x, wq, kind, cols, n)
+    gemv_rows_impl::<false>(yt, r0, x, wq, kind, rows, cols, n)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_rows_avx2(yt: &mut [f32], r0: usize, x: &[f32], wq: &[u8], kind: GgmlType, cols: usize, n: usize) {
-    gemv_rows_impl::<true>(yt, r0, x, wq, kind, cols, n)
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_rows_avx2(
+    yt: &mut [f32],
+    r0: usize,
+    x: &[f32],
+    wq: &[u8],
+    kind: GgmlType,
+    rows: usize,
+    cols: usize,
+    n: usize,
+) {
+    gemv_rows_impl::<true>(yt, r0, x, wq, kind, rows, cols, n)
 }
 
 /// One block's 32 values (a quantised `kind`).
@@ -159,23 +178,34 @@ fn block_values(kind: GgmlType, b: &[u8], w: &mut [f32; 32]) {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn gemv_rows_impl<const FMA: bool>(
     yt: &mut [f32],
     r0: usize,
     x: &[f32],
     wq: &[u8],
     kind: GgmlType,
+    rows: usize,
     cols: usize,
     n: usize,
 ) {
     let (_, size) = kind.block();
     let rb = row_bytes(kind, cols);
     let mut w = [0f32; 32];
+    // NF4 rows are de-quantised whole (their scales lie apart from the blocks), then read 32 at a time.
+    let mut row_f32 = if kind.is_nf4() { vec![0f32; cols] } else { Vec::new() };
     for (i, out) in yt.chunks_mut(n).enumerate() {
         let row = &wq[(r0 + i) * rb..(r0 + i + 1) * rb];
+        if kind.is_nf4() {
+            dequantize_rows(kind, wq, rows, cols, r0 + i, &mut row_f32);
+        }
         let mut acc = [[0f32; 32]; GEMV_MAX_N];
-        for (b, bytes) in row.chunks_exact(size).enumerate() {
-            block_values(kind, bytes, &mut w);
+        for b in 0..cols / 32 {
+            if kind.is_nf4() {
+                w.copy_from_slice(&row_f32[b * 32..b * 32 + 32]);
+            } else {
+                block_values(kind, &row[b * size..(b + 1) * size], &mut w);
+            }
             for (t, a) in acc.iter_mut().enumerate().take(n) {
                 let xs: &[f32; 32] = x[t * cols + b * 32..t * cols + b * 32 + 32].try_into().unwrap();
                 for j in 0..32 {

@@ -43,10 +43,19 @@ pub struct BpeTokenizer {
     /// unknown token where the file names one, else dropped, as HF's BPE does.
     byte_id: [Option<u32>; 256],
     char_byte: HashMap<char, u8>,
+    byte_char: [char; 256],
     pre: PreTokenizer,
+    /// A space put before each piece of text that does not start with one (HF ByteLevel's
+    /// `add_prefix_space`, RoBERTa's tokenizers).
+    prefix_space: bool,
+    /// A pre-token found whole in the vocabulary is that token, merges unapplied (HF `ignore_merges`).
+    ignore_merges: bool,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
-    pub add_bos: bool,
+    /// Ids put before and after the text's own (BOS where the file adds it; a post-processor's
+    /// `<s> $A </s>`), as transformers' `tok(text)` does.
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
     /// The chat template's text, when the file has one.
     pub chat_template: Option<String>,
     origin: String,
@@ -148,16 +157,18 @@ fn gpt2_split<'a>(s: &'a str, out: &mut Vec<&'a str>) {
 }
 
 impl BpeTokenizer {
+    /// `whole`: tokens matched whole in the text (added tokens); `special`: those dropped by a decode
+    /// that skips special tokens.
     #[allow(clippy::too_many_arguments)]
     fn build(
         tokens: Vec<String>,
         merges: &[(String, String)],
+        whole: &[bool],
         special: Vec<bool>,
         pre: PreTokenizer,
         bos: Option<u32>,
         eos: Option<u32>,
         unk: Option<u32>,
-        add_bos: bool,
         chat_template: Option<String>,
         origin: &str,
     ) -> Result<BpeTokenizer> {
@@ -185,7 +196,7 @@ impl BpeTokenizer {
         let mut specials: Vec<(String, u32)> = tokens
             .iter()
             .enumerate()
-            .filter(|(i, t)| special[*i] && !t.is_empty())
+            .filter(|(i, t)| whole[*i] && !t.is_empty())
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
@@ -202,10 +213,14 @@ impl BpeTokenizer {
             is_special: special,
             byte_id,
             char_byte,
+            byte_char: chars,
             pre,
+            prefix_space: false,
+            ignore_merges: false,
             bos,
             eos,
-            add_bos,
+            prefix: Vec::new(),
+            suffix: Vec::new(),
             chat_template,
             origin: origin.to_string(),
         })
@@ -261,19 +276,187 @@ impl BpeTokenizer {
             None => vec![false; tokens.len()],
         };
         let id = |k: &str| g.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
-        let add_bos = matches!(g.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
-        BpeTokenizer::build(
+        let flag = |k: &str| matches!(g.get(k), Some(Value::Bool(true)));
+        let (bos, eos) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
+        let mut t = BpeTokenizer::build(
             tokens,
             &merges,
+            &special.clone(),
             special,
             pre,
-            id("tokenizer.ggml.bos_token_id"),
-            id("tokenizer.ggml.eos_token_id"),
+            bos,
+            eos,
             id("tokenizer.ggml.unknown_token_id"),
-            add_bos,
             s("tokenizer.chat_template").map(str::to_string),
             o,
-        )
+        )?;
+        if flag("tokenizer.ggml.add_bos_token") {
+            t.prefix.extend(bos);
+        }
+        if flag("tokenizer.ggml.add_eos_token") {
+            t.suffix.extend(eos);
+        }
+        Ok(t)
+    }
+
+    /// From a Hugging Face `tokenizer.json` (`text`, read from `origin`): a byte-level BPE model with
+    /// the ByteLevel pre-tokenizer (or individual Digits then ByteLevel), its added tokens and the
+    /// post-processor's special tokens. What it cannot reproduce exactly (a normalizer, other
+    /// pre-tokenizers, dropout, byte fallback, stripping added tokens) is refused by name.
+    pub fn from_tokenizer_json(text: &str, origin: &str) -> Result<BpeTokenizer> {
+        use serde_json::Value as J;
+        let bad = |m: String| Error::file(origin, m);
+        let j: J = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let ty = |v: &J| v.get("type").and_then(J::as_str).unwrap_or("?").to_string();
+        let model = j.get("model").ok_or_else(|| bad("no `model`".into()))?;
+        if ty(model) != "BPE" {
+            return Err(bad(format!("model `{}` is not supported (byte-level `BPE` is)", ty(model))));
+        }
+        for (key, ok) in [
+            ("dropout", model.get("dropout").is_none_or(J::is_null)),
+            ("byte_fallback", !model.get("byte_fallback").and_then(J::as_bool).unwrap_or(false)),
+            (
+                "continuing_subword_prefix",
+                model.get("continuing_subword_prefix").is_none_or(|v| v.is_null() || v == ""),
+            ),
+            ("end_of_word_suffix", model.get("end_of_word_suffix").is_none_or(|v| v.is_null() || v == "")),
+        ] {
+            if !ok {
+                return Err(bad(format!("model.{key} = {} is not supported", model[key])));
+            }
+        }
+        if let Some(n) = j.get("normalizer").filter(|v| !v.is_null()) {
+            return Err(bad(format!("normalizer `{}` is not supported (byte-level BPE has none)", ty(n))));
+        }
+        let byte_level = |p: &J| -> Result<bool> {
+            if p.get("use_regex").and_then(J::as_bool) == Some(false) {
+                return Err(bad("pre_tokenizer ByteLevel without use_regex is not supported".into()));
+            }
+            Ok(p.get("add_prefix_space").and_then(J::as_bool).unwrap_or(false))
+        };
+        let pre_j = j.get("pre_tokenizer").unwrap_or(&J::Null);
+        let (pre, prefix_space) = match ty(pre_j).as_str() {
+            "ByteLevel" => (PreTokenizer::Gpt2, byte_level(pre_j)?),
+            "Sequence" => {
+                let parts = pre_j.get("pretokenizers").and_then(J::as_array).cloned().unwrap_or_default();
+                let names: Vec<String> = parts.iter().map(ty).collect();
+                let digits = parts.first().and_then(|d| d.get("individual_digits")).and_then(J::as_bool);
+                if names != ["Digits", "ByteLevel"] || digits != Some(true) || byte_level(&parts[1])? {
+                    return Err(bad(format!(
+                        "pre_tokenizer Sequence {names:?} is not supported (ByteLevel, or Digits with \
+                         individual_digits then ByteLevel without add_prefix_space)"
+                    )));
+                }
+                (PreTokenizer::DigitsThenGpt2, false)
+            }
+            other => return Err(bad(format!("pre_tokenizer `{other}` is not supported (ByteLevel is)"))),
+        };
+        // Tokens by id: the vocabulary, then the added tokens (which may extend it).
+        let mut by_id: Vec<Option<String>> = Vec::new();
+        let mut put = |id: u64, t: &str| -> Result<()> {
+            let id = id as usize;
+            if id >= 1 << 24 {
+                return Err(bad(format!("token `{t}` has id {id}, past any vocabulary")));
+            }
+            if by_id.len() <= id {
+                by_id.resize(id + 1, None);
+            }
+            by_id[id] = Some(t.to_string());
+            Ok(())
+        };
+        let vocab = model.get("vocab").and_then(J::as_object).ok_or_else(|| bad("model.vocab is not a map".into()))?;
+        for (t, id) in vocab {
+            put(id.as_u64().ok_or_else(|| bad(format!("vocab entry `{t}` has no integer id")))?, t)?;
+        }
+        let added = j.get("added_tokens").and_then(J::as_array).cloned().unwrap_or_default();
+        let mut added_ids = Vec::new();
+        for a in &added {
+            let (Some(id), Some(t)) = (a.get("id").and_then(J::as_u64), a.get("content").and_then(J::as_str)) else {
+                return Err(bad(format!("added token {a} has no id or content")));
+            };
+            for flag in ["lstrip", "rstrip", "single_word"] {
+                if a.get(flag).and_then(J::as_bool) == Some(true) {
+                    return Err(bad(format!("added token `{t}` sets {flag}, which is not supported")));
+                }
+            }
+            put(id, t)?;
+            added_ids.push((id as usize, a.get("special").and_then(J::as_bool).unwrap_or(false)));
+        }
+        let tokens = by_id
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.ok_or_else(|| bad(format!("no token has id {i} (ids must run 0..{})", vocab.len()))))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut whole, mut special) = (vec![false; tokens.len()], vec![false; tokens.len()]);
+        for (id, sp) in added_ids {
+            whole[id] = true;
+            special[id] = sp;
+        }
+        let merges = model
+            .get("merges")
+            .and_then(J::as_array)
+            .ok_or_else(|| bad("model.merges is not a list".into()))?
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let pair = match m {
+                    J::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
+                    J::Array(v) if v.len() == 2 => v[0].as_str().zip(v[1].as_str()).map(|(a, b)| (a.into(), b.into())),
+                    _ => None,
+                };
+                pair.ok_or_else(|| bad(format!("merge {i} {m} is not two tokens")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let unk = match model.get("unk_token").and_then(J::as_str) {
+            Some(u) => Some(
+                vocab
+                    .get(u)
+                    .and_then(J::as_u64)
+                    .ok_or_else(|| bad(format!("unk_token `{u}` is not in the vocabulary")))? as u32,
+            ),
+            None => None,
+        };
+        let mut t = BpeTokenizer::build(tokens, &merges, &whole, special, pre, None, None, unk, None, origin)?;
+        t.prefix_space = prefix_space;
+        t.ignore_merges = model.get("ignore_merges").and_then(J::as_bool).unwrap_or(false);
+        let (prefix, suffix) = post_processor(j.get("post_processor").unwrap_or(&J::Null), &t, origin)?;
+        t.prefix = prefix;
+        t.suffix = suffix;
+        Ok(t)
+    }
+
+    /// From a Hugging Face tokenizer folder: `tokenizer.json`, with BOS, EOS and the chat template from
+    /// `tokenizer_config.json` and `chat_template.jinja` where they are.
+    pub fn from_folder(dir: &std::path::Path) -> Result<BpeTokenizer> {
+        let path = dir.join("tokenizer.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
+        let mut t = BpeTokenizer::from_tokenizer_json(&text, &path.display().to_string())?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        if let Ok(c) = std::fs::read_to_string(&cfg_path) {
+            let c: serde_json::Value = serde_json::from_str(&c).map_err(|e| Error::file(&cfg_path, e))?;
+            // A special token is a string, or {"content": …} in older files.
+            let named = |k: &str| {
+                let v = c.get(k)?;
+                v.as_str().or_else(|| v.get("content").and_then(|x| x.as_str())).map(str::to_string)
+            };
+            let id_of = |k: &str| -> Result<Option<u32>> {
+                match named(k) {
+                    None => Ok(None),
+                    Some(n) => t
+                        .token_to_id(&n)
+                        .map(Some)
+                        .ok_or_else(|| Error::file(&cfg_path, format!("{k} `{n}` is not in the vocabulary"))),
+                }
+            };
+            let (bos, eos) = (id_of("bos_token")?, id_of("eos_token")?);
+            (t.bos, t.eos) = (bos, eos);
+            t.chat_template = c.get("chat_template").and_then(|v| v.as_str()).map(str::to_string);
+        }
+        let jinja = dir.join("chat_template.jinja");
+        if jinja.exists() {
+            t.chat_template = Some(std::fs::read_to_string(&jinja).map_err(|e| Error::file(&jinja, e))?);
+        }
+        Ok(t)
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -290,6 +473,13 @@ impl BpeTokenizer {
 
     /// The merges applied to one pre-token, appended to `out` as ids.
     fn bpe(&self, piece: &str, out: &mut Vec<u32>) {
+        if self.ignore_merges {
+            let mapped: String = piece.bytes().map(|b| self.byte_char[b as usize]).collect();
+            if let Some(&id) = self.ids.get(&mapped) {
+                out.push(id);
+                return;
+            }
+        }
         let mut sym: Vec<u32> = piece.bytes().filter_map(|b| self.byte_id[b as usize]).collect();
         loop {
             let mut best: Option<(u32, usize, u32)> = None;
@@ -329,14 +519,25 @@ impl BpeTokenizer {
         }
     }
 
-    /// The ids of `text` (special tokens in it matched whole), with BOS first when the file says so.
+    /// The ids of `text` (added tokens in it matched whole) as transformers' `tok(text).input_ids`:
+    /// with the special tokens the file puts around a text (BOS where it adds one).
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut out = self.prefix.clone();
+        out.extend(self.encode_plain(text));
+        out.extend(&self.suffix);
+        out
+    }
+
+    /// The chat as the template writes it, as ids (no BOS or EOS around it: the template writes its
+    /// own, as `apply_chat_template(tokenize=True)` does).
+    pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        Ok(self.encode_plain(&self.apply_chat_template(messages, add_generation_prompt)?))
+    }
+
+    /// The ids of `text` alone (`add_special_tokens=False`).
+    pub fn encode_plain(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::new();
-        if self.add_bos {
-            out.extend(self.bos);
-        }
         let mut rest = text;
-        let mut pieces = Vec::new();
         while !rest.is_empty() {
             // The earliest special token, the longest at that place.
             let mut hit: Option<(usize, &str, u32)> = None;
@@ -351,8 +552,13 @@ impl BpeTokenizer {
                 Some((p, s, id)) => (&rest[..p], Some((s.len(), id))),
                 None => (rest, None),
             };
-            pieces.clear();
-            self.pre_tokens(plain, &mut pieces);
+            let spaced = if self.prefix_space && !plain.is_empty() && !plain.starts_with(' ') {
+                format!(" {plain}")
+            } else {
+                plain.to_string()
+            };
+            let mut pieces = Vec::new();
+            self.pre_tokens(&spaced, &mut pieces);
             for p in &pieces {
                 self.bpe(p, &mut out);
             }
@@ -433,5 +639,64 @@ impl BpeTokenizer {
             out.push_str("<|im_start|>assistant\n");
         }
         Ok(out)
+    }
+}
+
+/// The ids a post-processor puts before and after a single text: TemplateProcessing's special tokens
+/// around `$A`, RoBERTa's and BERT's `cls … sep`, each part of a Sequence; ByteLevel adds none.
+fn post_processor(p: &serde_json::Value, t: &BpeTokenizer, origin: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+    use serde_json::Value as J;
+    let bad = |m: String| Error::file(origin, m);
+    let id_of = |v: &J| -> Result<u32> {
+        // ["<s>", 0] pairs (RoBERTa, BERT) carry their id.
+        v.get(1).and_then(J::as_u64).map(|i| i as u32).ok_or_else(|| bad(format!("post_processor token {v} has no id")))
+    };
+    match p.get("type").and_then(J::as_str) {
+        None | Some("ByteLevel") => Ok((vec![], vec![])),
+        Some("RobertaProcessing") | Some("BertProcessing") => Ok((vec![id_of(&p["cls"])?], vec![id_of(&p["sep"])?])),
+        Some("Sequence") => {
+            let (mut a, mut b) = (vec![], vec![]);
+            for q in p.get("processors").and_then(J::as_array).into_iter().flatten() {
+                let (x, y) = post_processor(q, t, origin)?;
+                a.extend(x);
+                b.extend(y);
+            }
+            Ok((a, b))
+        }
+        Some("TemplateProcessing") => {
+            let (mut before, mut after, mut seen) = (vec![], vec![], false);
+            for piece in p.get("single").and_then(J::as_array).into_iter().flatten() {
+                if piece.get("Sequence").is_some() {
+                    seen = true;
+                    continue;
+                }
+                let name = piece
+                    .pointer("/SpecialToken/id")
+                    .and_then(J::as_str)
+                    .ok_or_else(|| bad(format!("post_processor piece {piece} is not supported")))?;
+                let ids: Vec<u32> =
+                    match p.pointer(&format!("/special_tokens/{}", name.replace('~', "~0").replace('/', "~1"))) {
+                        Some(s) => s
+                            .get("ids")
+                            .and_then(J::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(J::as_u64)
+                            .map(|i| i as u32)
+                            .collect(),
+                        None => t.token_to_id(name).into_iter().collect(),
+                    };
+                if ids.is_empty() {
+                    return Err(bad(format!("post_processor names `{name}`, which has no id")));
+                }
+                if seen {
+                    after.extend(ids)
+                } else {
+                    before.extend(ids)
+                }
+            }
+            Ok((before, after))
+        }
+        Some(other) => Err(bad(format!("post_processor `{other}` is not supported"))),
     }
 }

@@ -1,12 +1,12 @@
-//! Linear layers over a frozen weight kept in llama.cpp's quantised blocks (Q4_0, Q4_1, Q8_0), de-
-//! quantised on the fly: the forward y = x Wᵀ and the input gradient dx = dy W (a frozen base needs no
+//! Linear layers over a frozen weight kept in llama.cpp's quantised blocks (Q4_0, Q4_1, Q8_0) or
+//! bitsandbytes' NF4 (`quant::nf4`), de-quantised on the fly: the forward y = x Wᵀ and the input gradient dx = dy W (a frozen base needs no
 //! dW). The kernels of `shaders/qmatmul.wgsl` and their CPU twins in `cpu::qmatmul`.
 
 use super::{device_of, launch, rows_cols, u32_of, want_f32, Grid};
 use crate::cpu::qmatmul as cpu;
 use crate::error::{Error, Result};
 use crate::ops::params::QMatmulParams;
-use crate::quant::GgmlType;
+use crate::quant::{nf4, GgmlType};
 use crate::tensor::{DType, Device, Tensor};
 
 /// A frozen (rows, cols) weight as its blocks' bytes on a device (packed in u32 words).
@@ -29,7 +29,11 @@ impl QWeight {
         if !cols.is_multiple_of(per) || rows == 0 {
             return Err(Error::shape(op, format!("({rows}, {cols}) is not rows of whole {per}-value blocks")));
         }
-        let want = rows * cols / per * size;
+        let want = if kind.is_nf4() {
+            nf4::device_len(rows * cols, kind == GgmlType::Nf4Double)
+        } else {
+            rows * cols / per * size
+        };
         if bytes.len() != want {
             return Err(Error::shape(
                 op,
@@ -40,6 +44,15 @@ impl QWeight {
         bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..want].copy_from_slice(bytes);
         let n = words.len();
         Ok(QWeight { kind, rows, cols, words: dev.tensor_u32(&words, &[n])? })
+    }
+
+    /// A weight quantised to NF4 (`Nf4::quantize` or bitsandbytes' state), (rows, cols) row-major.
+    pub fn from_nf4(dev: &Device, rows: usize, cols: usize, w: &nf4::Nf4) -> Result<QWeight> {
+        if w.n != rows * cols {
+            return Err(Error::shape("qweight", format!("{} NF4 values for ({rows}, {cols})", w.n)));
+        }
+        let kind = if w.is_double() { GgmlType::Nf4Double } else { GgmlType::Nf4 };
+        QWeight::new(dev, kind, rows, cols, &w.device_bytes())
     }
 
     /// Bytes the weight takes on its device.

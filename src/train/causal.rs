@@ -23,15 +23,15 @@ impl ChatExample {
     /// A chat as the model's template writes it; each assistant message's content and its
     /// end-of-turn token train, everything else (system, user, the template's own tokens) does not.
     pub fn from_messages(tok: &BpeTokenizer, messages: &[Message]) -> Result<ChatExample> {
-        let ids = tok.encode(&tok.apply_chat_template(messages, false)?);
+        let ids = tok.encode_chat(messages, false)?;
         let end = tok.token_to_id("<|im_end|>");
         let mut positions = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             if m.role != "assistant" {
                 continue;
             }
-            let before = tok.encode(&tok.apply_chat_template(&messages[..i], true)?);
-            let upto = tok.encode(&tok.apply_chat_template(&messages[..=i], false)?);
+            let before = tok.encode_chat(&messages[..i], true)?;
+            let upto = tok.encode_chat(&messages[..=i], false)?;
             if i == 0 || !ids.starts_with(&upto) || !upto.starts_with(&before) {
                 return Err(Error::invalid(format!(
                     "message {} (assistant) does not follow a user or system message in the chat template",

@@ -8,6 +8,12 @@
 //! | Q8_0 | 32 | 2 (f16 d) + 32 i8 | q · d |
 //!
 //! In Q4 blocks byte j holds value j in its low nibble and value j + 16 in its high nibble.
+//!
+//! bitsandbytes' NF4 (blocks of 64 over the flat weight, absmax per block, optionally quantised
+//! again) is kept the same way on the device, in the layout of `nf4`; it is not a GGML type, so its
+//! kernel ids lie outside GGML's and no GGUF file names it.
+
+pub mod nf4;
 
 /// The tensor types this reader knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +24,10 @@ pub enum GgmlType {
     Q4_1,
     Q8_0,
     BF16,
+    /// bitsandbytes' NF4 with an f32 absmax per block of 64.
+    Nf4,
+    /// NF4 with the absmax values quantised again (double quantisation).
+    Nf4Double,
 }
 
 impl GgmlType {
@@ -41,6 +51,8 @@ impl GgmlType {
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
             GgmlType::Q8_0 => (32, 34),
+            // The nibbles only: the scales follow all the blocks (`nf4::device_len`).
+            GgmlType::Nf4 | GgmlType::Nf4Double => (64, 32),
         }
     }
 
@@ -52,6 +64,8 @@ impl GgmlType {
             GgmlType::Q4_1 => "Q4_1",
             GgmlType::Q8_0 => "Q8_0",
             GgmlType::BF16 => "BF16",
+            GgmlType::Nf4 => "NF4",
+            GgmlType::Nf4Double => "NF4 (double quantised)",
         }
     }
 }
@@ -66,12 +80,19 @@ impl GgmlType {
             GgmlType::Q4_1 => 3,
             GgmlType::Q8_0 => 8,
             GgmlType::BF16 => 30,
+            GgmlType::Nf4 => 100,
+            GgmlType::Nf4Double => 101,
         }
     }
 
-    /// Whether values come in quantised blocks of 32.
+    /// Whether values come in quantised blocks (of 32, or 64 for NF4).
     pub fn is_quantised(self) -> bool {
-        matches!(self, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+        matches!(self, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Nf4 | GgmlType::Nf4Double)
+    }
+
+    /// Whether this is bitsandbytes' NF4 (scales stored after the blocks, not in them).
+    pub fn is_nf4(self) -> bool {
+        matches!(self, GgmlType::Nf4 | GgmlType::Nf4Double)
     }
 }
 
@@ -87,9 +108,11 @@ pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {
     out
 }
 
-/// De-quantises `bytes` (whole blocks of `kind`) into `out`, which holds exactly their values.
+/// De-quantises `bytes` (whole blocks of `kind`) into `out`, which holds exactly their values. NF4
+/// keeps its scales apart from its blocks: use `nf4::dequantize_range` on the whole weight.
 #[inline]
 pub fn dequantize_into(kind: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    assert!(!kind.is_nf4(), "NF4 blocks carry no scales: de-quantise with nf4::dequantize_range");
     let (per, size) = kind.block();
     debug_assert_eq!(out.len(), bytes.len() / size * per);
     match kind {
@@ -127,5 +150,6 @@ pub fn dequantize_into(kind: GgmlType, bytes: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        GgmlType::Nf4 | GgmlType::Nf4Double => unreachable!(),
     }
 }
