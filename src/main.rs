@@ -295,6 +295,10 @@ mod cli {
         /// Write a checkpoint (adapter, optimiser state, position) every N optimiser steps into OUT/checkpoint.
         #[arg(long)]
         save_every: Option<u64>,
+        /// --task causal-lm over a Hugging Face Llama folder: keep its linears as none (f32), nf4 or
+        /// nf4-double (QLoRA's base: bitsandbytes' NF4, the absmax quantised again).
+        #[arg(long, default_value = "none")]
+        quantize: localtune::model::llama_hf::Quantize,
         /// Continue from a checkpoint folder (same data and settings).
         #[arg(long)]
         resume: Option<PathBuf>,
@@ -399,7 +403,9 @@ mod cli {
             Command::Info { json } => info(json),
             Command::Describe { model } => describe(&model),
             Command::Tokenize { model, input } => match &model.model {
-                Some(p) if p.extension().is_some_and(|e| e == "gguf") => llm::tokenize(p, input.jsonl),
+                Some(p) if p.extension().is_some_and(|e| e == "gguf") || llm::is_llama_folder(p) => {
+                    llm::tokenize(p, input.jsonl)
+                }
                 _ => tokenize(&model, &input),
             },
             Command::Generate { model, sampling } => llm::generate_cmd(&model, &sampling),
@@ -1012,6 +1018,7 @@ mod cli {
                     let targets = if a.targets == "query,value" { None } else { Some(a.targets.as_str()) };
                     let opts = super::llm::CausalTrainArgs {
                         model: a.model.model.clone(),
+                        quantize: a.quantize,
                         data: a.data.clone(),
                         out: a.out.clone(),
                         device: a.device,

@@ -183,3 +183,95 @@ fn generate_logits_and_tokenize_run_the_gguf_chat_model() {
     let (ok, _, err) = run(&["generate", "--model", "/nonexistent.gguf"], b"hi\n");
     assert!(!ok && err.contains("/nonexistent.gguf"), "{err}");
 }
+
+#[test]
+fn a_hugging_face_llama_folder_quantised_to_nf4_tokenizes_generates_and_trains() {
+    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/llama_st");
+    let dir = format!("{fx}/model");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{fx}/meta.json")).unwrap()).unwrap();
+    let raw = std::fs::read(format!("{fx}/expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
+    let prompt = meta["prompts"][0].as_str().unwrap();
+    let (ok, out, err) = run(&["tokenize", "--model", &dir], format!("{prompt}\n").as_bytes());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["input_ids"], meta["ids"][0]);
+    // transformers + bitsandbytes' greedy tokens over the same folder in NF4 (up to the end of text).
+    let mut want = common::fixture_ids(&st, "nf4_greedy0");
+    if let Some(e) = want.iter().position(|&t| t == 1) {
+        want.truncate(e + 1);
+    }
+    let args =
+        ["generate", "--model", &dir, "--quantize", "nf4", "--greedy", "--device", "cpu", "--max-new-tokens", "12"];
+    let (ok, out, err) = run(&args, format!("{prompt}\n").as_bytes());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ids"], serde_json::json!(want));
+    // QLoRA over the NF4 base: the held-out loss falls, and the adapter generates.
+    let tmp = std::env::temp_dir().join(format!("localtune-cli-llama-st-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let data = tmp.join("chats.jsonl");
+    let lines: Vec<String> = (0..24)
+        .map(|i| {
+            let (q, a) = if i % 2 == 0 { ("great food", "positive") } else { ("cold food", "negative") };
+            serde_json::json!({"prompt": format!("{q} {i}"), "completion": a}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out_dir = tmp.join("adapter");
+    let (ok, out, err) = run(
+        &[
+            "train",
+            "--task",
+            "causal-lm",
+            "--model",
+            &dir,
+            "--quantize",
+            "nf4",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--lr",
+            "0.01",
+            "--batch",
+            "4",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        b"",
+    );
+    assert!(ok, "{err}");
+    let losses: Vec<f64> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["valid_loss"].as_f64())
+        .collect();
+    assert!(losses.len() >= 2 && losses.last() < losses.first(), "held-out losses {losses:?}");
+    let args = [
+        "generate",
+        "--model",
+        &dir,
+        "--quantize",
+        "nf4",
+        "--adapter",
+        out_dir.to_str().unwrap(),
+        "--chat",
+        "--greedy",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "4",
+    ];
+    let (ok, out, err) = run(&args, b"great food 99\n");
+    assert!(ok, "{err}");
+    assert!(out.contains("\"ids\""), "{out}");
+    // --quantize applies to folders only.
+    let (ok, _, err) = run(&["generate", "--model", "x.gguf", "--quantize", "nf4"], b"hi\n");
+    assert!(!ok && err.contains("--quantize"), "{err}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

@@ -7,6 +7,7 @@ use localtune::model::bpe::{BpeTokenizer, Message};
 use localtune::model::generate::{generate, Sampling};
 use localtune::model::gguf::Gguf;
 use localtune::model::llama::{KvCache, LinearDelta, Llama};
+use localtune::model::llama_hf::Quantize;
 use localtune::peft::causal_lora::CausalLora;
 use localtune::{Device, Error, Result};
 use std::io::{BufRead, Write};
@@ -33,7 +34,26 @@ fn read(path: &Path) -> Result<(Gguf, Vec<u8>)> {
     Ok((g, bytes))
 }
 
-fn load(path: &Path, dev: &Device) -> Result<(Llama, BpeTokenizer)> {
+/// Whether `path` is a Hugging Face Llama folder (config.json with `model_type` llama).
+pub fn is_llama_folder(path: &Path) -> bool {
+    std::fs::read_to_string(path.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|j| j.get("model_type").and_then(|v| v.as_str()) == Some("llama"))
+}
+
+/// A GGUF file, or a Hugging Face folder whose linears are quantised as `quantize` says.
+fn load(path: &Path, dev: &Device, quantize: Quantize) -> Result<(Llama, BpeTokenizer)> {
+    if path.is_dir() {
+        let tok = BpeTokenizer::from_folder(path)?;
+        return Ok((Llama::from_hf_folder(path, quantize, dev)?, tok));
+    }
+    if quantize != Quantize::None {
+        return Err(Error::invalid(format!(
+            "--quantize applies to a Hugging Face folder; {} keeps the types it was saved with",
+            path.display()
+        )));
+    }
     let (g, bytes) = read(path)?;
     let tok = BpeTokenizer::from_gguf(&g)?;
     Ok((Llama::from_gguf(&g, &bytes, dev)?, tok))
@@ -42,7 +62,7 @@ fn load(path: &Path, dev: &Device) -> Result<(Llama, BpeTokenizer)> {
 impl GenArgs {
     /// The model, its tokenizer and the adapter when one is given.
     fn load(&self) -> Result<(Llama, BpeTokenizer, Option<CausalLora>)> {
-        let (model, tok) = load(&llm_path(&self.model)?, &open_device(self.device)?)?;
+        let (model, tok) = load(&llm_path(&self.model)?, &open_device(self.device)?, self.quantize)?;
         let adapter = self.adapter.as_ref().map(|d| CausalLora::load(d, &model.cfg, &model.device)).transpose()?;
         Ok((model, tok, adapter))
     }
@@ -52,10 +72,9 @@ fn out_line(out: &mut impl Write, v: serde_json::Value) -> Result<()> {
     writeln!(out, "{v}").map_err(|e| Error::file("<stdout>", e))
 }
 
-/// `tokenize --model FILE.gguf`: ids as transformers' `tok(text).input_ids`.
+/// `tokenize --model FILE.gguf|DIR`: ids as transformers' `tok(text).input_ids`.
 pub fn tokenize(path: &Path, jsonl: bool) -> Result<()> {
-    let (g, _) = read(path)?;
-    let tok = BpeTokenizer::from_gguf(&g)?;
+    let tok = if path.is_dir() { BpeTokenizer::from_folder(path)? } else { BpeTokenizer::from_gguf(&read(path)?.0)? };
     let mut out = std::io::stdout().lock();
     for_each_input(jsonl, 256, |texts| {
         for t in texts {
@@ -67,9 +86,14 @@ pub fn tokenize(path: &Path, jsonl: bool) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct GenArgs {
-    /// The GGUF model file (default: $LOCALTUNE_LLM, else SmolLM2-135M-Instruct from scripts/fetch-assets.sh).
+    /// The GGUF model file, or a Hugging Face Llama folder (config.json, model.safetensors,
+    /// tokenizer.json) (default: $LOCALTUNE_LLM, else SmolLM2-135M-Instruct from scripts/fetch-assets.sh).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// For a Hugging Face folder: keep its linears as none (f32), nf4 or nf4-double (bitsandbytes'
+    /// NF4, the absmax quantised again), quantised as the model loads.
+    #[arg(long, default_value = "none")]
+    quantize: Quantize,
     /// A PEFT LoRA folder (CAUSAL_LM) for this model, trained here or by PEFT, applied over the base.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -219,6 +243,7 @@ pub fn chat_cmd(a: &GenArgs, s: &SamplingArgs, system: Option<String>) -> Result
 /// `train --task causal-lm`: the settings it reads from `train`'s arguments.
 pub struct CausalTrainArgs<'a> {
     pub model: Option<PathBuf>,
+    pub quantize: Quantize,
     pub data: PathBuf,
     pub out: PathBuf,
     pub device: DeviceArg,
@@ -247,7 +272,7 @@ pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
     use localtune::train::trainer::save_checkpoint;
     let path = llm_path(&a.model)?;
     let dev = open_device(a.device)?;
-    let (model, tok) = load(&path, &dev)?;
+    let (model, tok) = load(&path, &dev, a.quantize)?;
     let max_len = a.max_len.min(model.cfg.context);
     let mut data = load_chats(&a.data, &tok, max_len)?;
     let mut rng = localtune::rng::Rng::new(a.seed ^ 0x5eed);
@@ -273,9 +298,11 @@ pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
     }
     let tokens: usize = data.iter().map(|e| e.positions.len()).sum();
     eprintln!(
-        "QLoRA on {} ({}): {} trainable values, {} training chats ({tokens} answer tokens) / {} held out",
+        "QLoRA on {} ({}, {:.1} MiB of weights on the device): {} trainable values, {} training chats \
+         ({tokens} answer tokens) / {} held out",
         path.display(),
         dev.describe(),
+        model.device_bytes() as f64 / (1 << 20) as f64,
         lora.params.count(),
         data.len(),
         valid.len()

@@ -340,6 +340,19 @@ impl Llama {
         })
     }
 
+    /// A model from its parts, the embedding table (vocab, hidden) in f32 on the host.
+    pub(crate) fn from_parts(
+        cfg: LlamaConfig,
+        device: &Device,
+        embed: &[f32],
+        blocks: Vec<Block>,
+        norm: Tensor,
+        head: Linear,
+    ) -> Result<Llama> {
+        let bytes: Vec<u8> = embed.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok(Llama { cfg, device: device.clone(), embed: (GgmlType::F32, Arc::new(bytes)), blocks, norm, head })
+    }
+
     /// Bytes the model's weights take on its device.
     pub fn device_bytes(&self) -> usize {
         let lin = |b: &Block| {

@@ -10,6 +10,8 @@ pub mod generate;
 pub mod gguf;
 pub mod hooks;
 pub mod llama;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod llama_hf;
 pub mod param_set;
 pub mod pooling;
 pub mod stream;
