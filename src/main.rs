@@ -1005,6 +1005,18 @@ mod cli {
         }
 
         pub fn train(a: &TrainArgs) -> Result<()> {
+            if a.out.is_file() {
+                return Err(Error::file(&a.out, "is a file; --out is the adapter folder to write"));
+            }
+            if let Some(lr) = a.lr {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    return Err(Error::invalid(format!(
+                        "--lr {lr}: a learning rate must be a positive number (1e-5 to 1e-2 are usual)"
+                    )));
+                }
+            }
+            // One run per output folder: a second one into the same --out is refused while this one lives.
+            let _lock = localtune::peft::format::OutputLock::take(&a.out)?;
             match a.task.as_str() {
                 "classify" => train_with(a, None),
                 "causal-lm" => {

@@ -328,6 +328,14 @@ pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
         }
     };
     let checkpoint_dir = a.out.join("checkpoint");
+    // On the GPU device: the most bytes live during training above what the model and adapter hold.
+    let live_before = match &dev {
+        Device::Gpu(g) => {
+            g.reset_peak();
+            Some(g.memory().live_bytes)
+        }
+        Device::Cpu => None,
+    };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let start = std::time::Instant::now();
     while !run.done() {
@@ -373,6 +381,15 @@ pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
                 save_checkpoint(&checkpoint_dir, &block_on(run.checkpoint_files(&lora))?)?;
             }
         }
+    }
+    if let (Device::Gpu(g), Some(before)) = (&dev, live_before) {
+        let longest = data.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        eprintln!(
+            "device memory: {:.1} MiB live before training, peak {:.1} MiB above it (batch {}, longest chat {longest} tokens)",
+            before as f64 / (1 << 20) as f64,
+            (g.memory().peak_bytes - before) as f64 / (1 << 20) as f64,
+            a.batch
+        );
     }
     block_on(lora.save(&a.out))?;
     eprintln!("adapter written to {}", a.out.display());

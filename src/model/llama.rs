@@ -341,6 +341,7 @@ impl Llama {
     }
 
     /// A model from its parts, the embedding table (vocab, hidden) in f32 on the host.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn from_parts(
         cfg: LlamaConfig,
         device: &Device,

@@ -143,19 +143,17 @@ impl CausalLora {
         ])
     }
 
-    /// Writes the adapter folder (each file replaced atomically).
+    /// Writes the adapter folder as one set (`peft::format::write_folder_atomic`).
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-        for (name, bytes) in self.to_files().await? {
-            crate::peft::format::write_atomic(&dir.join(name), &bytes)?;
-        }
-        Ok(())
+        crate::peft::format::write_folder_atomic(dir, &self.to_files().await?)
     }
 
     /// Reads a PEFT LoRA folder for a model of `cfg`: every target module of every layer must be
     /// there with its shapes, and nothing else.
     pub fn load(dir: &Path, cfg: &LlamaConfig, device: &Device) -> Result<CausalLora> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let dir = &crate::peft::format::readable_folder(dir);
         let cfg_path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?;
         let path = dir.join("adapter_model.safetensors");

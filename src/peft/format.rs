@@ -222,6 +222,7 @@ impl AdapterFiles {
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: &std::path::Path) -> Result<AdapterFiles> {
+        let dir = &readable_folder(dir);
         let read = |name: &str| -> Result<Vec<u8>> {
             std::fs::read(dir.join(name)).map_err(|e| Error::file(dir.join(name), e))
         };
@@ -236,15 +237,11 @@ impl AdapterFiles {
         Self::from_files(&config, &weights, meta.as_deref(), &dir.display().to_string())
     }
 
-    /// Writes the files into `dir` (created if needed). Each file is written to a temporary name and
-    /// renamed over the old one, so an interrupted save never leaves a truncated file.
+    /// Writes the files into `dir` as one set (`write_folder_atomic`): an interrupted save leaves the
+    /// previous adapter whole, never a new config beside old weights.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self, dir: &std::path::Path, desc: &LayerDesc) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-        for (name, bytes) in self.to_files(desc)? {
-            write_atomic(&dir.join(name), &bytes)?;
-        }
-        Ok(())
+        write_folder_atomic(dir, &self.to_files(desc)?)
     }
 
     /// Trainable parameters on `base`'s device from these tensors; every tensor must be present with
@@ -300,15 +297,144 @@ impl AdapterFiles {
     }
 }
 
+/// Writes a folder of `files` so that a reader sees the old set or the new set, never a mix: the new
+/// files go into `DIR.tmp-PID` (each synced), then `DIR` becomes `DIR.old`, the new folder becomes
+/// `DIR`, whatever else the old folder held (a `checkpoint/` inside, a README) moves across, and
+/// `DIR.old` goes. A crash or a full disk before the swap leaves the old folder as it was; a crash
+/// between the two renames leaves `DIR.old` complete, which `readable_folder` falls back to.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn write_folder_atomic<S: AsRef<str>, B: AsRef<[u8]>>(dir: &std::path::Path, files: &[(S, B)]) -> Result<()> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let sibling = |suffix: &str| dir.with_file_name(format!("{name}.{suffix}"));
+    let (tmp, old) = (sibling(&format!("tmp-{}", std::process::id())), sibling("old"));
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::file(parent, e))?;
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    let write = || -> Result<()> {
+        for (n, bytes) in files {
+            write_atomic(&tmp.join(n.as_ref()), bytes.as_ref())?;
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.is_file() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::file(dir, "is a file, not a folder to write into"));
+    }
+    if dir.exists() {
+        // A previous swap cut short left DIR.old beside a complete DIR: DIR is the newer one.
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(dir, &old).map_err(|e| Error::file(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
+    if old.exists() {
+        let ours: std::collections::HashSet<&str> = files.iter().map(|(n, _)| n.as_ref()).collect();
+        for entry in std::fs::read_dir(&old).map_err(|e| Error::file(&old, e))?.flatten() {
+            let n = entry.file_name();
+            if !ours.contains(n.to_string_lossy().as_ref()) {
+                std::fs::rename(entry.path(), dir.join(&n)).map_err(|e| Error::file(entry.path(), e))?;
+            }
+        }
+        std::fs::remove_dir_all(&old).map_err(|e| Error::file(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The folder to read for `dir`: `dir` itself, or `DIR.old` when only that is left by a save that was
+/// cut short between its two renames (said on stderr).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn readable_folder(dir: &std::path::Path) -> std::path::PathBuf {
+    if dir.exists() {
+        return dir.to_path_buf();
+    }
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let old = dir.with_file_name(format!("{name}.old"));
+    if old.is_dir() {
+        eprintln!(
+            "{} is missing; reading {} (left complete by a save that was cut short)",
+            dir.display(),
+            old.display()
+        );
+        return old;
+    }
+    dir.to_path_buf()
+}
+
+/// A claim on an output folder for one run: the file `DIR.lock` beside it, holding the run's pid,
+/// made with create-new so that a second run into the same folder is refused instead of overwriting
+/// the first one's work. A lock whose process is gone (a killed run) is taken over. Dropped, it goes.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct OutputLock {
+    path: std::path::PathBuf,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl OutputLock {
+    pub fn take(dir: &std::path::Path) -> Result<OutputLock> {
+        use std::io::Write;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        let path = dir.with_file_name(format!("{name}.lock"));
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::file(parent, e))?;
+        }
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    f.write_all(std::process::id().to_string().as_bytes()).map_err(|e| Error::file(&path, e))?;
+                    return Ok(OutputLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let pid: Option<u32> = holder.trim().parse().ok();
+                    let alive = match pid {
+                        Some(p) if cfg!(target_os = "linux") => std::path::Path::new(&format!("/proc/{p}")).exists(),
+                        Some(_) => true,
+                        // Being written this instant by its holder.
+                        None => true,
+                    };
+                    if alive {
+                        return Err(Error::file(
+                            dir,
+                            format!(
+                                "is being written by another localtune run (pid {}; lock {}): wait for it to \
+                                 end or pick another --out",
+                                pid.map_or("?".into(), |p| p.to_string()),
+                                path.display()
+                            ),
+                        ));
+                    }
+                    // Its run is gone: take the lock over.
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(Error::file(&path, e)),
+            }
+        }
+        Err(Error::file(&path, "could not be taken"))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(&tmp, e))?;
+    // Errors name the file being written, not its temporary name.
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::file(path, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        Error::file(&tmp, e)
+        Error::file(path, e)
     })?;
     std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
 }

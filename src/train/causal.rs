@@ -197,6 +197,7 @@ pub struct CausalCheckpoint {
 impl CausalCheckpoint {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: &Path) -> Result<CausalCheckpoint> {
+        let dir = &crate::peft::format::readable_folder(dir);
         let read = |n: &str| std::fs::read(dir.join(n)).map_err(|e| Error::file(dir.join(n), e));
         Ok(CausalCheckpoint {
             origin: dir.display().to_string(),

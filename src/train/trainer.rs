@@ -422,6 +422,7 @@ pub struct CheckpointFiles {
 impl CheckpointFiles {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(dir: &std::path::Path) -> Result<CheckpointFiles> {
+        let dir = &crate::peft::format::readable_folder(dir);
         let read = |n: &str| std::fs::read(dir.join(n)).map_err(|e| Error::file(dir.join(n), e));
         Ok(CheckpointFiles {
             origin: dir.display().to_string(),
@@ -434,24 +435,11 @@ impl CheckpointFiles {
     }
 }
 
-/// Writes a checkpoint folder atomically: into `dir.tmp`, then `dir` is replaced by a rename (the
-/// previous one is kept as `dir.old` until the new one is in place).
+/// Writes a checkpoint folder atomically (`peft::format::write_folder_atomic`): a reader finds the
+/// previous checkpoint or the new one, and `DIR.old` when a kill fell between the two renames.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn save_checkpoint(dir: &std::path::Path, files: &[(String, Vec<u8>)]) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    let old = dir.with_extension("old");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
-    for (name, bytes) in files {
-        crate::peft::format::write_atomic(&tmp.join(name), bytes)?;
-    }
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| Error::file(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::file(dir, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    crate::peft::format::write_folder_atomic(dir, files)
 }
 
 /// Logits (n, K) of `texts` under trained parameters, in evaluation mode, `batch` texts at a time.

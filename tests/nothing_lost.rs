@@ -1,0 +1,137 @@
+//! Saves that cannot leave a mix of old and new files, a lock per output folder, and learning rates
+//! that cannot train refused up front (issue 15, items 1–3 in part).
+
+use localtune::peft::format::{readable_folder, write_folder_atomic, AdapterFiles, OutputLock};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("localtune-nothing-lost-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_folder_save_swaps_the_whole_set_and_keeps_what_else_was_there() {
+    let d = tmp("swap");
+    let out = d.join("adapter");
+    write_folder_atomic(&out, &[("adapter_config.json", b"old config".as_slice()), ("w.bin", b"old w")]).unwrap();
+    std::fs::create_dir_all(out.join("checkpoint")).unwrap();
+    std::fs::write(out.join("checkpoint/state"), b"ck").unwrap();
+    std::fs::write(out.join("README.md"), b"mine").unwrap();
+    write_folder_atomic(&out, &[("adapter_config.json", b"new config".as_slice()), ("w.bin", b"new w")]).unwrap();
+    assert_eq!(std::fs::read(out.join("adapter_config.json")).unwrap(), b"new config");
+    assert_eq!(std::fs::read(out.join("w.bin")).unwrap(), b"new w");
+    assert_eq!(std::fs::read(out.join("checkpoint/state")).unwrap(), b"ck");
+    assert_eq!(std::fs::read(out.join("README.md")).unwrap(), b"mine");
+    assert_eq!(names(&d), vec!["adapter"], "nothing left beside the folder");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_save_that_fails_halfway_leaves_the_old_folder_whole() {
+    let d = tmp("half");
+    let out = d.join("adapter");
+    write_folder_atomic(&out, &[("adapter_config.json", b"r=8".as_slice()), ("w.bin", b"rank 8")]).unwrap();
+    // The second file cannot be written (its folder does not exist): the first one was, in the new set.
+    let e = write_folder_atomic(&out, &[("adapter_config.json", b"r=16".as_slice()), ("no/such/w.bin", b"rank 16")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("w.bin"), "{e}");
+    assert_eq!(std::fs::read(out.join("adapter_config.json")).unwrap(), b"r=8");
+    assert_eq!(std::fs::read(out.join("w.bin")).unwrap(), b"rank 8");
+    assert_eq!(names(&d), vec!["adapter"], "the half-written set is cleaned away");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_kill_between_the_two_renames_leaves_dot_old_which_is_read() {
+    let d = tmp("kill");
+    let out = d.join("checkpoint");
+    write_folder_atomic(&out, &[("a", b"complete".as_slice())]).unwrap();
+    // What a kill right after `DIR → DIR.old` leaves: no DIR, DIR.old whole, a new set half made.
+    std::fs::rename(&out, d.join("checkpoint.old")).unwrap();
+    std::fs::create_dir_all(d.join("checkpoint.tmp-1")).unwrap();
+    let r = readable_folder(&out);
+    assert_eq!(r, d.join("checkpoint.old"));
+    assert_eq!(std::fs::read(r.join("a")).unwrap(), b"complete");
+    // The next save puts DIR back and clears DIR.old.
+    write_folder_atomic(&out, &[("a", b"newer".as_slice())]).unwrap();
+    assert_eq!(readable_folder(&out), out);
+    assert!(!d.join("checkpoint.old").exists());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn an_adapter_is_read_from_dot_old_when_its_folder_is_gone() {
+    // A real adapter, saved, then left as only ADAPTER.old.
+    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/peft_lora");
+    let Ok(entries) = std::fs::read_dir(fx) else { return };
+    let src = entries
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("adapter_config.json").exists())
+        .unwrap_or_else(|| PathBuf::from(fx));
+    let want = AdapterFiles::load(&src).unwrap();
+    let d = tmp("adapter-old");
+    let old = d.join("a.old");
+    std::fs::create_dir_all(&old).unwrap();
+    for e in std::fs::read_dir(&src).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), old.join(e.file_name())).unwrap();
+        }
+    }
+    let got = AdapterFiles::load(&d.join("a")).unwrap();
+    assert_eq!(got.method, want.method);
+    assert_eq!(got.tensors.tensors.len(), want.tensors.tensors.len());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_second_run_into_the_same_out_is_refused_while_the_first_lives() {
+    let d = tmp("lock");
+    let out = d.join("out");
+    let first = OutputLock::take(&out).unwrap();
+    let e = OutputLock::take(&out).err().unwrap().to_string();
+    assert!(e.contains("another localtune run") && e.contains(&std::process::id().to_string()), "{e}");
+    // The CLI refuses before any work, naming the holder.
+    let (model, data) = (d.join("nomodel"), d.join("nodata.csv"));
+    let o = Command::new(env!("CARGO_BIN_EXE_localtune"))
+        .args(["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--device", "cpu"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("another localtune run"), "{err}");
+    drop(first);
+    assert!(!d.join("out.lock").exists(), "the lock goes with its run");
+    // A lock left by a run that was killed (its process is gone) is taken over.
+    std::fs::write(d.join("out.lock"), "4194303").unwrap();
+    if cfg!(target_os = "linux") && !Path::new("/proc/4194303").exists() {
+        let again = OutputLock::take(&out).unwrap();
+        drop(again);
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn learning_rates_that_cannot_train_are_refused_up_front() {
+    let d = tmp("lr");
+    for lr in ["-1", "0", "nan", "inf"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_localtune"))
+            .args(["train", "--data", "x.csv", "--out", d.join("o").to_str().unwrap(), &format!("--lr={lr}")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("--lr") && err.contains("positive"), "--lr {lr}: {err}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
