@@ -1288,7 +1288,13 @@ mod cli {
                 let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
                 let logits =
                     futures::executor::block_on(predict_logits(&m, &params, files.head, &refs, model.max_len, 64))?;
-                for row in logits.chunks_exact(k) {
+                for (i, row) in logits.chunks_exact(k).enumerate() {
+                    if row.iter().any(|v| !v.is_finite()) {
+                        return Err(Error::invalid(format!(
+                            "the logits of {:?} are not finite ({row:?}): the model or adapter gives NaN or infinity",
+                            texts[i].chars().take(80).collect::<String>()
+                        )));
+                    }
                     let best = localtune::train::metrics::argmax_rows(row, k)[0] as usize;
                     let line = serde_json::json!({"label": files.labels[best], "logits": row.iter().map(|&x| serde_json::Number::from_f64(x as f64)).collect::<Vec<_>>()});
                     writeln!(out, "{line}").map_err(|e| Error::file("<stdout>", e))?;

@@ -135,3 +135,44 @@ fn learning_rates_that_cannot_train_are_refused_up_front() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn nan_in_an_adapter_or_a_base_weight_is_refused_naming_the_tensor() {
+    let fx = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/peft_lora"));
+    let d = tmp("nan");
+    let bad = d.join("adapter");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::copy(fx.join("adapter_config.json"), bad.join("adapter_config.json")).unwrap();
+    let raw = std::fs::read(fx.join("adapter_model.safetensors")).unwrap();
+    let mut t = localtune::model::weights::NamedTensors::from_bytes(&raw, "x").unwrap();
+    let name = t.tensors.keys().nth(1).unwrap().clone();
+    t.tensors.get_mut(&name).unwrap().data[3] = f32::NAN;
+    std::fs::write(bad.join("adapter_model.safetensors"), t.to_bytes(None).unwrap()).unwrap();
+    let e = AdapterFiles::load(&bad).err().unwrap().to_string();
+    assert!(e.contains(&name) && e.contains("NaN at index 3") && e.contains("the adapter"), "{e}");
+    // The same through predict: a non-zero exit naming the tensor, no label printed.
+    let o = Command::new(env!("CARGO_BIN_EXE_localtune"))
+        .args(["predict", "--adapter", bad.to_str().unwrap(), "--device", "cpu"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(&name), "{err}");
+    // A base model weight: reported as the model file's, not as a learning-rate problem.
+    let f = localtune::model::tiny::tiny_files(1).unwrap();
+    let mut w = localtune::model::weights::NamedTensors::from_bytes(&f.safetensors, "m").unwrap();
+    let wname = w.tensors.keys().next().unwrap().clone();
+    w.tensors.get_mut(&wname).unwrap().data[0] = f32::INFINITY;
+    let e = localtune::model::Model::from_bytes(
+        &f.config_json,
+        &w.to_bytes(None).unwrap(),
+        &f.tokenizer_json,
+        "tiny",
+        &localtune::Device::Cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains(&wname) && e.contains("a base weight holds inf"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -127,6 +127,7 @@ impl Llama {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::file(&cfg_path, e))?;
         let (cfg, tied) = config_from_json(&text, &cfg_path.display().to_string())?;
         let mut t = read_tensors(dir)?;
+        t.check_finite("a base weight")?;
         let origin = t.origin.clone();
         let mut take = |name: &str, shape: &[usize]| -> Result<HostTensor> {
             let v = t.tensors.remove(name).ok_or_else(|| Error::tensor(&origin, name, "missing from the file"))?;

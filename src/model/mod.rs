@@ -69,6 +69,7 @@ impl Model {
             ));
         }
         let weights = NamedTensors::from_bytes(safetensors, &format!("{origin}/model.safetensors"))?;
+        weights.check_finite("a base weight")?;
         let encoder = Encoder::from_named(config, desc, weights, device)?;
         Ok(Model { encoder, tokenizer, pooling: Pooling::default(), origin: origin.to_string() })
     }

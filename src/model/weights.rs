@@ -54,6 +54,24 @@ impl NamedTensors {
         Ok(out)
     }
 
+    /// Refuses the first NaN or infinite value, naming its tensor and index; `what` says whose weights
+    /// they are ("the adapter", "a base weight"), so that a damaged file is not taken for a bad run.
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        for (name, t) in &self.tensors {
+            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::tensor(
+                    &self.origin,
+                    name,
+                    format!(
+                        "{what} holds {} at index {i}: the file is damaged (or was saved from a diverged run)",
+                        t.data[i]
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(path: &std::path::Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;

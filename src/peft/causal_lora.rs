@@ -216,6 +216,7 @@ impl CausalLora {
         let mut lora = CausalLora::new(cfg, r, alpha, rslora, &targets, 0, device)?;
         lora.base = field("base_model_name_or_path").and_then(|v| v.as_str()).unwrap_or("").to_string();
         let mut host = NamedTensors::from_bytes(bytes, path)?;
+        host.check_finite("the adapter")?;
         lora.params.load_from(&mut host)?;
         if let Some(k) = host.tensors.keys().next() {
             return Err(Error::tensor(path, k, "is not a LoRA tensor of the configured target modules"));

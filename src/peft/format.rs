@@ -115,6 +115,7 @@ impl AdapterFiles {
         origin: &str,
     ) -> Result<AdapterFiles> {
         let tensors = NamedTensors::from_bytes(safetensors, &format!("{origin}/{WEIGHTS_FILE}"))?;
+        tensors.check_finite("the adapter")?;
         let cfg_origin = format!("{origin}/{CONFIG_FILE}");
         let config: serde_json::Value =
             serde_json::from_str(config_json).map_err(|e| Error::file(&cfg_origin, format!("not valid JSON: {e}")))?;
