@@ -102,18 +102,28 @@ pub fn qmatmul_dx(dx: &mut [f32], dy: &[f32], wq: &[u8], kind: GgmlType, rows: u
     }
 }
 
+/// A frozen weight's blocks and what they hold: W (rows, cols) of `kind`.
+#[derive(Clone, Copy)]
+struct Blocks<'a> {
+    wq: &'a [u8],
+    kind: GgmlType,
+    rows: usize,
+    cols: usize,
+}
+
 /// The dot-product path: rows of W split over the threads, each thread writing its rows of yᵀ.
 fn gemv(y: &mut [f32], x: &[f32], wq: &[u8], kind: GgmlType, rows: usize, cols: usize, n: usize) {
     const MIN_VALUES_PER_THREAD: usize = 1 << 16;
+    let w = Blocks { wq, kind, rows, cols };
     let threads = super::threads().min(rows * cols * n / MIN_VALUES_PER_THREAD).clamp(1, rows);
     let mut yt = vec![0f32; rows * n];
     if threads == 1 || cfg!(target_arch = "wasm32") {
-        gemv_rows(&mut yt, 0, x, wq, kind, rows, cols, n);
+        gemv_rows(&mut yt, 0, x, w, n);
     } else {
         let per = rows.div_ceil(threads);
         std::thread::scope(|s| {
             for (i, block) in yt.chunks_mut(per * n).enumerate() {
-                s.spawn(move || gemv_rows(block, i * per, x, wq, kind, rows, cols, n));
+                s.spawn(move || gemv_rows(block, i * per, x, w, n));
             }
         });
     }
@@ -125,31 +135,20 @@ fn gemv(y: &mut [f32], x: &[f32], wq: &[u8], kind: GgmlType, rows: usize, cols: 
 }
 
 /// yt (rows', n) for W's rows r0.. (as many as `yt` holds), with the widest instructions this CPU has.
-#[allow(clippy::too_many_arguments)]
-fn gemv_rows(yt: &mut [f32], r0: usize, x: &[f32], wq: &[u8], kind: GgmlType, rows: usize, cols: usize, n: usize) {
+fn gemv_rows(yt: &mut [f32], r0: usize, x: &[f32], w: Blocks, n: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is built for (checked just above).
-        unsafe { gemv_rows_avx2(yt, r0, x, wq, kind, rows, cols, n) };
+        unsafe { gemv_rows_avx2(yt, r0, x, w, n) };
         return;
     }
-    gemv_rows_impl::<false>(yt, r0, x, wq, kind, rows, cols, n)
+    gemv_rows_impl::<false>(yt, r0, x, w, n)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemv_rows_avx2(
-    yt: &mut [f32],
-    r0: usize,
-    x: &[f32],
-    wq: &[u8],
-    kind: GgmlType,
-    rows: usize,
-    cols: usize,
-    n: usize,
-) {
-    gemv_rows_impl::<true>(yt, r0, x, wq, kind, rows, cols, n)
+unsafe fn gemv_rows_avx2(yt: &mut [f32], r0: usize, x: &[f32], w: Blocks, n: usize) {
+    gemv_rows_impl::<true>(yt, r0, x, w, n)
 }
 
 /// One block's 32 values (a quantised `kind`).
@@ -177,39 +176,36 @@ fn block_values(kind: GgmlType, b: &[u8], w: &mut [f32; 32]) {
     }
 }
 
+/// NF4 rows de-quantised together on the dot-product path (their scales lie apart from the blocks,
+/// so rows are unpacked into f32 a few at a time and read 32 values at a time from there).
+const NF4_ROWS: usize = 16;
+
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn gemv_rows_impl<const FMA: bool>(
-    yt: &mut [f32],
-    r0: usize,
-    x: &[f32],
-    wq: &[u8],
-    kind: GgmlType,
-    rows: usize,
-    cols: usize,
-    n: usize,
-) {
+fn gemv_rows_impl<const FMA: bool>(yt: &mut [f32], r0: usize, x: &[f32], w: Blocks, n: usize) {
+    let (kind, cols) = (w.kind, w.cols);
     let (_, size) = kind.block();
     let rb = row_bytes(kind, cols);
-    let mut w = [0f32; 32];
-    // NF4 rows are de-quantised whole (their scales lie apart from the blocks), then read 32 at a time.
-    let mut row_f32 = if kind.is_nf4() { vec![0f32; cols] } else { Vec::new() };
+    let mut vals = [0f32; 32];
+    let mut unpacked = if kind.is_nf4() { vec![0f32; NF4_ROWS * cols] } else { Vec::new() };
     for (i, out) in yt.chunks_mut(n).enumerate() {
-        let row = &wq[(r0 + i) * rb..(r0 + i + 1) * rb];
-        if kind.is_nf4() {
-            dequantize_rows(kind, wq, rows, cols, r0 + i, &mut row_f32);
+        let r = r0 + i;
+        if kind.is_nf4() && i % NF4_ROWS == 0 {
+            let k = NF4_ROWS.min(w.rows - r);
+            dequantize_rows(kind, w.wq, w.rows, cols, r, &mut unpacked[..k * cols]);
         }
+        let row = &w.wq[r * rb..(r + 1) * rb];
         let mut acc = [[0f32; 32]; GEMV_MAX_N];
         for b in 0..cols / 32 {
             if kind.is_nf4() {
-                w.copy_from_slice(&row_f32[b * 32..b * 32 + 32]);
+                let at = (i % NF4_ROWS) * cols + b * 32;
+                vals.copy_from_slice(&unpacked[at..at + 32]);
             } else {
-                block_values(kind, &row[b * size..(b + 1) * size], &mut w);
+                block_values(kind, &row[b * size..(b + 1) * size], &mut vals);
             }
             for (t, a) in acc.iter_mut().enumerate().take(n) {
                 let xs: &[f32; 32] = x[t * cols + b * 32..t * cols + b * 32 + 32].try_into().unwrap();
                 for j in 0..32 {
-                    a[j] = if FMA { w[j].mul_add(xs[j], a[j]) } else { a[j] + w[j] * xs[j] };
+                    a[j] = if FMA { vals[j].mul_add(xs[j], a[j]) } else { a[j] + vals[j] * xs[j] };
                 }
             }
         }

@@ -395,8 +395,13 @@ impl OutputLock {
                     let alive = match pid {
                         Some(p) if cfg!(target_os = "linux") => std::path::Path::new(&format!("/proc/{p}")).exists(),
                         Some(_) => true,
-                        // Being written this instant by its holder.
-                        None => true,
+                        // No pid yet: being written this instant by its holder, unless it has stayed
+                        // empty for a while (a run killed between creating it and writing its pid).
+                        None => std::fs::metadata(&path)
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| t.elapsed().ok())
+                            .is_none_or(|age| age < std::time::Duration::from_secs(10)),
                     };
                     if alive {
                         return Err(Error::file(

@@ -142,14 +142,6 @@ impl Nf4 {
         Ok(Nf4 { n: values.len(), packed, scales })
     }
 
-    /// Block b's scale.
-    pub fn scale(&self, b: usize) -> f32 {
-        match &self.scales {
-            Scales::F32(a) => a[b],
-            Scales::Double { codes, scale, offset, code } => code[codes[b] as usize] * scale[b / DQ_BLOCK] + offset,
-        }
-    }
-
     /// The weight's values.
     pub fn dequantize(&self) -> Vec<f32> {
         let bytes = self.device_bytes();
