@@ -170,6 +170,12 @@ mod cli {
             /// Serve without the default models (only --tiny).
             #[arg(long)]
             no_default_model: bool,
+            /// Connections served at once (worker threads); more wait in a queue, then get 503.
+            #[arg(long, default_value_t = 32)]
+            workers: usize,
+            /// Seconds a client has to send its request head, and may leave a response unread.
+            #[arg(long, default_value_t = 10.0)]
+            timeout: f64,
         },
         /// Write a tiny random Llama chat model (one GGUF file, Q8_0 linears) for tests.
         TinyLlama {
@@ -418,8 +424,20 @@ mod cli {
             Command::Fisher(a) => merge::fisher(&a),
             Command::RankSources(a) => transfer::rank_sources(&a),
             Command::Distill(a) => transfer::distill(&a),
-            Command::Serve { port, www, model, chat_model, data, tiny, no_default_model } => {
-                serve(port, www, model, chat_model, data, tiny, no_default_model)
+            Command::Serve { port, www, model, chat_model, data, tiny, no_default_model, workers, timeout } => {
+                if !(timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0) {
+                    return Err(Error::invalid(format!("--timeout {timeout}: give seconds in (0, 3600]")));
+                }
+                if !(1..=1024).contains(&workers) {
+                    return Err(Error::invalid(format!("--workers {workers}: give 1 to 1024")));
+                }
+                let limits = localtune::serve::Limits {
+                    workers,
+                    queue: 4 * workers,
+                    timeout: std::time::Duration::from_secs_f64(timeout),
+                    ..Default::default()
+                };
+                serve(port, www, model, chat_model, data, tiny, no_default_model, limits)
             }
             Command::TinyLlama { out, seed } => write_tiny_llama(&out, seed),
             Command::TinyModel { out, seed } => write_tiny(&out, seed),
@@ -772,6 +790,7 @@ mod cli {
         data: Option<PathBuf>,
         tiny: bool,
         no_default: bool,
+        limits: localtune::serve::Limits,
     ) -> Result<()> {
         use localtune::serve;
         if !www.join("index.html").exists() {
@@ -826,18 +845,22 @@ mod cli {
             .unwrap_or_default();
         files.sort();
         let (listener, url) = serve::bind(port)?;
-        println!("localtune is serving {} at {url}", www.display());
-        println!("models: {}", models.iter().map(|(id, n, _)| format!("{id} ({n})")).collect::<Vec<_>>().join(", "));
-        println!("open {url} in a browser with WebGPU (Chrome/Edge 113+, or any browser on the CPU fallback)");
-        use std::io::Write as _;
-        std::io::stdout().flush().ok();
+        let mut hello = format!("localtune is serving {} at {url}\n", www.display());
+        hello += &format!(
+            "models: {}\n",
+            models.iter().map(|(id, n, _)| format!("{id} ({n})")).collect::<Vec<_>>().join(", ")
+        );
+        hello +=
+            &format!("open {url} in a browser with WebGPU (Chrome/Edge 113+, or any browser on the CPU fallback)\n");
         if !llms.is_empty() {
-            println!(
-                "chat models: {}",
-                llms.iter().map(|(id, n, _)| format!("{id} ({n})")).collect::<Vec<_>>().join(", ")
-            );
+            let names: Vec<String> = llms.iter().map(|(id, n, _)| format!("{id} ({n})")).collect();
+            hello += &format!("chat models: {}\n", names.join(", "));
         }
-        serve::serve(listener, serve::Site { www, models, data: files, llms })
+        // Written once and never fatal: a server whose stdout was closed (piped to head) goes on.
+        use std::io::Write as _;
+        let mut out = std::io::stdout();
+        let _ = out.write_all(hello.as_bytes()).and_then(|_| out.flush());
+        serve::serve(listener, serve::Site { www, models, data: files, llms }, limits)
     }
 
     fn describe(model: &Option<PathBuf>) -> Result<()> {

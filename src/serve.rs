@@ -3,7 +3,7 @@
 //! and the example data under `/data/`.
 //! It only answers GET and HEAD of known files; the page itself makes no other requests.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -106,50 +106,191 @@ impl Site {
     }
 }
 
+/// How much the server gives one client, and how many it serves at once.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Worker threads, started once; each serves one connection at a time.
+    pub workers: usize,
+    /// Connections accepted and waiting for a worker; beyond this a client gets 503 at once.
+    pub queue: usize,
+    /// The request line and headers together, at most (431 beyond).
+    pub head_bytes: usize,
+    /// The whole request head must arrive within this, and a client that takes no bytes of a
+    /// response for this long is dropped.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { workers: 32, queue: 128, head_bytes: 16 * 1024, timeout: std::time::Duration::from_secs(10) }
+    }
+}
+
+/// The page's Content-Security-Policy, sent as a header on every response (a meta tag does not
+/// reach the worker scripts), with frame-ancestors, which only a header can carry.
+pub const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; img-src 'self' data: blob:; style-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Bytes read from or written to a socket at a time.
+const CHUNK: usize = 64 * 1024;
+
+fn header(status: &str, ctype: &str, len: u64) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nCache-Control: no-cache\r\n\
+         X-Content-Type-Options: nosniff\r\nContent-Security-Policy: {CSP}\r\nX-Frame-Options: DENY\r\n\
+         Referrer-Policy: no-referrer\r\nCross-Origin-Resource-Policy: same-origin\r\nConnection: close\r\n\r\n"
+    )
+}
+
 fn respond(stream: &mut TcpStream, status: &str, ctype: &str, body: &[u8], head_only: bool) -> std::io::Result<()> {
-    let header = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(header.as_bytes())?;
+    stream.write_all(header(status, ctype, body.len() as u64).as_bytes())?;
     if !head_only {
         stream.write_all(body)?;
     }
     stream.flush()
 }
 
-fn handle(mut stream: TcpStream, site: &Site) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Drain the headers (requests carry no body we accept).
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
+/// Closes after an early answer (431, 503) so the client can read it: closing a socket with
+/// unread request bytes resets the connection, and a reset can discard the answer on its way. So
+/// stop sending, then read and drop what the client still sends, a little and briefly.
+fn linger(stream: &mut TcpStream, max_bytes: usize, time: std::time::Duration) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let end = std::time::Instant::now() + time;
+    let (mut buf, mut read) = ([0u8; 4096], 0);
+    while read < max_bytes {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read += n,
         }
     }
+}
+
+/// A request head that cannot be answered as asked.
+#[derive(Debug, PartialEq)]
+enum HeadError {
+    /// The client went away or stalled before the head was complete: close without an answer.
+    Gone,
+    TooLarge,
+    Malformed,
+}
+
+/// Reads the request line and headers (nothing after them: no request we answer has a body),
+/// at most `limits.head_bytes`, all within `limits.timeout`.
+fn read_head(stream: &mut TcpStream, limits: &Limits) -> std::result::Result<String, HeadError> {
+    let deadline = std::time::Instant::now() + limits.timeout;
+    let mut head: Vec<u8> = Vec::with_capacity(1024);
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(HeadError::Gone);
+        }
+        stream.set_read_timeout(Some(left)).map_err(|_| HeadError::Gone)?;
+        // Never read past the cap: a client sending megabytes of header costs us head_bytes.
+        let want = buf.len().min(limits.head_bytes + 1 - head.len());
+        let n = match stream.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => return Err(HeadError::Gone),
+            Ok(n) => n,
+        };
+        let old = head.len();
+        head.extend_from_slice(&buf[..n]);
+        if let Some(end) = head_end(&head, old) {
+            head.truncate(end);
+            return String::from_utf8(head).map_err(|_| HeadError::Malformed);
+        }
+        if head.len() > limits.head_bytes {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+/// Where the head ends (after its blank line), looking only at what `old` bytes did not cover.
+fn head_end(head: &[u8], old: usize) -> Option<usize> {
+    let find = |pat: &[u8]| {
+        let from = old.saturating_sub(pat.len() - 1);
+        head[from..].windows(pat.len()).position(|w| w == pat).map(|i| from + i + pat.len())
+    };
+    match (find(b"\r\n\r\n"), find(b"\n\n")) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether a Host header names this server: 127.0.0.1 or localhost, on our port when it gives one.
+/// Any other name (a DNS-rebinding page that resolves its own domain to 127.0.0.1) is refused.
+fn host_ok(host: &str, port: u16) -> bool {
+    let host = host.trim();
+    let (name, given) = match host.rsplit_once(':') {
+        Some((n, p)) => match p.parse::<u16>() {
+            Ok(p) => (n, Some(p)),
+            Err(_) => return false,
+        },
+        None => (host, None),
+    };
+    (name == "127.0.0.1" || name.eq_ignore_ascii_case("localhost")) && given.is_none_or(|p| p == port)
+}
+
+fn handle(mut stream: TcpStream, site: &Site, limits: &Limits, port: u16, buf: &mut [u8]) -> std::io::Result<()> {
+    stream.set_write_timeout(Some(limits.timeout))?;
+    let head = match read_head(&mut stream, limits) {
+        Ok(h) => h,
+        Err(HeadError::Gone) => return Ok(()),
+        Err(HeadError::TooLarge) => {
+            let msg = format!("request line and headers over {} bytes\n", limits.head_bytes);
+            respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", msg.as_bytes(), false)?;
+            linger(&mut stream, 1 << 20, std::time::Duration::from_millis(500));
+            return Ok(());
+        }
+        Err(HeadError::Malformed) => {
+            return respond(&mut stream, "400 Bad Request", "text/plain", b"request head is not UTF-8\n", false)
+        }
+    };
+    let mut lines = head.lines();
+    let request_line = lines.next().unwrap_or("");
+    let host =
+        lines.filter_map(|l| l.split_once(':')).find(|(k, _)| k.trim().eq_ignore_ascii_case("host")).map(|(_, v)| v);
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    match host {
+        None => return respond(&mut stream, "400 Bad Request", "text/plain", b"no Host header\n", false),
+        Some(h) if !host_ok(h, port) => {
+            let msg = format!("this server answers only http://127.0.0.1:{port}/ and http://localhost:{port}/\n");
+            return respond(&mut stream, "421 Misdirected Request", "text/plain", msg.as_bytes(), false);
+        }
+        Some(_) => {}
+    }
     if method != "GET" && method != "HEAD" {
         return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"only GET and HEAD\n", false);
     }
-    let head = method == "HEAD";
+    let head_only = method == "HEAD";
     if path.split('?').next() == Some("/index.json") {
         let body = site.index().to_string();
-        return respond(&mut stream, "200 OK", "application/json", body.as_bytes(), head);
+        return respond(&mut stream, "200 OK", "application/json", body.as_bytes(), head_only);
     }
-    match site.resolve(path) {
-        Some(file) => match std::fs::File::open(&file) {
-            Ok(mut f) => {
-                let mut body = vec![];
-                f.read_to_end(&mut body)?;
-                respond(&mut stream, "200 OK", content_type(&file.to_string_lossy()), &body, head)
+    let Some(path) = site.resolve(path) else {
+        return respond(&mut stream, "404 Not Found", "text/plain", b"not found\n", head_only);
+    };
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        return respond(&mut stream, "404 Not Found", "text/plain", b"not found\n", head_only);
+    };
+    // Streamed in chunks: a download costs one buffer, whatever the file's size.
+    let len = file.metadata()?.len();
+    stream.write_all(header("200 OK", content_type(&path.to_string_lossy()), len).as_bytes())?;
+    if !head_only {
+        let mut left = len;
+        while left > 0 {
+            let n = file.read(&mut buf[..CHUNK.min(left as usize)])?;
+            if n == 0 {
+                break; // the file shrank while we sent it; the client sees a short body
             }
-            Err(_) => respond(&mut stream, "404 Not Found", "text/plain", b"not found\n", head),
-        },
-        None => respond(&mut stream, "404 Not Found", "text/plain", b"not found\n", head),
+            stream.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
     }
+    stream.flush()
 }
 
 /// Binds 127.0.0.1:`port` (0 picks a free port) and returns the listener with its URL.
@@ -160,15 +301,76 @@ pub fn bind(port: u16) -> Result<(TcpListener, String)> {
     Ok((listener, format!("http://{addr}/")))
 }
 
-/// Serves forever, one thread per connection.
-pub fn serve(listener: TcpListener, site: Site) -> Result<()> {
+/// Serves forever: `limits.workers` threads started here take accepted connections from a
+/// bounded queue; when it is full, a new client is told 503 at once instead of piling up.
+pub fn serve(listener: TcpListener, site: Site, limits: Limits) -> Result<()> {
+    if limits.workers == 0 {
+        return Err(Error::invalid("serve needs at least one worker"));
+    }
+    let port = listener.local_addr().map_err(|e| Error::invalid(e.to_string()))?.port();
     let site = Arc::new(site);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<TcpStream>(limits.queue);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..limits.workers {
+        let (site, rx, limits) = (site.clone(), rx.clone(), limits.clone());
+        std::thread::Builder::new()
+            .name(format!("serve-{i}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let next = rx.lock().map(|r| r.recv());
+                    let Ok(Ok(stream)) = next else { return };
+                    // A fault in one request must not take a worker away from the rest.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let _ = handle(stream, &site, &limits, port, &mut buf);
+                    }));
+                }
+            })
+            .map_err(|e| Error::invalid(format!("cannot start the server's worker threads: {e}")))?;
+    }
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let site = site.clone();
-        std::thread::spawn(move || {
-            let _ = handle(stream, &site);
-        });
+        match tx.try_send(stream) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(mut stream)) => {
+                let _ = stream.set_write_timeout(Some(std::time::Duration::from_millis(200)));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n",
+                );
+                // Brief, on the accepting thread: a flood of clients is slowed down, not queued.
+                linger(&mut stream, 16 * 1024, std::time::Duration::from_millis(50));
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                return Err(Error::invalid("the server's workers stopped"));
+            }
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{head_end, host_ok};
+
+    #[test]
+    fn head_ends_at_its_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody", 0), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.0\n\n", 0), Some(16));
+        // The blank line split across two reads.
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 25), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+    }
+
+    #[test]
+    fn host_names_this_server_only() {
+        for ok in ["127.0.0.1", "127.0.0.1:8080", "localhost", "LocalHost:8080", " localhost:8080 "] {
+            assert!(host_ok(ok, 8080), "{ok}");
+        }
+        for bad in
+            ["evil.example", "evil.example:8080", "127.0.0.1:8081", "localhost:x", "127.0.0.2", "", "localhost.evil"]
+        {
+            assert!(!host_ok(bad, 8080), "{bad}");
+        }
+    }
 }
