@@ -49,3 +49,41 @@ impl Error {
         Error::Invalid(msg.into())
     }
 }
+
+/// At most `max` characters of `text`, with "…" when cut: error messages quote inputs, never whole
+/// megabyte lines.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let mut it = text.chars();
+    let head: String = it.by_ref().take(max).collect();
+    if it.next().is_some() {
+        format!("{head}…")
+    } else {
+        head
+    }
+}
+
+/// Refuses outputs (`rows` of `width` values for `texts`, the first being text number `first`) that
+/// hold NaN or infinity, naming the text: a model or adapter that computes them must not print
+/// `null` and go on.
+pub fn check_rows_finite(rows: &[f32], width: usize, first: usize, texts: &[&str], what: &str) -> Result<()> {
+    for (i, row) in rows.chunks_exact(width.max(1)).enumerate() {
+        if let Some(v) = row.iter().find(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "{what} of text {} ({:?}): {v}, where the model or adapter should give a finite number",
+                first + i + 1,
+                excerpt(texts.get(i).copied().unwrap_or(""), 80)
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_excerpt_is_cut_on_characters() {
+        assert_eq!(super::excerpt("héllo", 3), "hél…");
+        assert_eq!(super::excerpt("héllo", 5), "héllo");
+        assert_eq!(super::excerpt(&"x".repeat(5_000_000), 80).chars().count(), 81);
+    }
+}

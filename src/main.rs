@@ -968,7 +968,7 @@ mod cli {
         use super::*;
         use localtune::peft::format::AdapterFiles;
         use localtune::peft::{Method, MethodOptions};
-        use localtune::train::trainer::{metrics_from_logits, predict_logits, save_checkpoint, CheckpointFiles};
+        use localtune::train::trainer::{metrics_from_logits, predict_logits, CheckpointFiles, Checkpointer};
         use localtune::train::{Dataset, Examples, RunSettings, Trainer};
         use std::time::Instant;
 
@@ -1032,9 +1032,10 @@ mod cli {
                 return Err(Error::file(&a.out, "is a file; --out is the adapter folder to write"));
             }
             if let Some(lr) = a.lr {
-                if !(lr > 0.0 && lr.is_finite()) {
+                if !(lr > 0.0 && lr <= localtune::train::optim::MAX_LR) {
                     return Err(Error::invalid(format!(
-                        "--lr {lr}: a learning rate must be a positive number (1e-5 to 1e-2 are usual)"
+                        "--lr {lr}: a learning rate must be above 0 and at most {} (Adam moves each weight by about this much per step; 1e-5 to 1e-2 are usual)",
+                        localtune::train::optim::MAX_LR
                     )));
                 }
             }
@@ -1102,10 +1103,16 @@ mod cli {
             let model = std::rc::Rc::new(Model::load(&dir, &dev)?);
             let data = load_data(&a.data, a.skip_bad_rows)?;
             let (train_ds, valid_ds) = data.split(a.valid_fraction, a.seed)?;
-            let labels = train_ds.labels();
-            if labels.len() < 2 {
-                return Err(Error::file(&a.data, format!("needs at least 2 distinct labels, found {labels:?}")));
-            }
+            let labels = data.training_labels(&train_ds, &valid_ds)?;
+            // The evaluation file is read and checked now, not after the training it would follow.
+            let eval_ds = match &a.eval {
+                Some(p) => {
+                    let ds = load_data(p, a.skip_bad_rows)?;
+                    ds.label_ids(&labels)?;
+                    Some((p, ds))
+                }
+                None => None,
+            };
             let mut train = Examples::from_dataset(&train_ds, &labels)?;
             let valid = Examples::from_dataset(&valid_ds, &labels)?;
             let targets = match soft {
@@ -1125,7 +1132,7 @@ mod cli {
             };
             let mut trainer = match &a.resume {
                 Some(ck) => {
-                    let t = Trainer::resume(model.clone(), &CheckpointFiles::load(ck)?, train, valid)?;
+                    let t = Trainer::resume(model.clone(), &CheckpointFiles::load(ck)?, train, valid, Some(&config))?;
                     eprintln!(
                         "resuming {} at epoch {}, step {} of {}",
                         ck.display(),
@@ -1156,19 +1163,15 @@ mod cli {
             let mut seen = 0usize;
             let checkpoint_dir = a.out.join("checkpoint");
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let mut last_opt_step = trainer.opt.step;
+            let mut ck = Checkpointer::new(checkpoint_dir, a.save_every, trainer.opt.step);
             while !trainer.finished() {
                 let before = trainer.state.micro_step;
                 let batch = trainer
                     .config
                     .batch_size
                     .min(trainer.train.len() - trainer.state.batch_in_epoch * trainer.config.batch_size);
-                let out = futures::executor::block_on(trainer.step()).map_err(|e| match &a.save_every {
-                    Some(_) if checkpoint_dir.exists() => {
-                        Error::invalid(format!("{e}; the last good checkpoint is in {}", checkpoint_dir.display()))
-                    }
-                    _ => e,
-                })?;
+                let out = futures::executor::block_on(trainer.step()).map_err(|e| ck.failed(e))?;
+                ck.step_ok()?;
                 seen += batch;
                 let el = start.elapsed().as_secs_f64();
                 let done = out.micro_step - first_step;
@@ -1212,20 +1215,15 @@ mod cli {
                         );
                     }
                 }
-                if let Some(every) = a.save_every {
-                    if trainer.opt.step != last_opt_step && trainer.opt.step % every.max(1) == 0 {
-                        let files = futures::executor::block_on(trainer.checkpoint_files(&base_name))?;
-                        save_checkpoint(&checkpoint_dir, &files)?;
-                    }
+                if ck.due(trainer.opt.step, trainer.finished()) {
+                    ck.hold(futures::executor::block_on(trainer.checkpoint_files(&base_name))?);
                 }
-                last_opt_step = trainer.opt.step;
             }
             let adapter = futures::executor::block_on(trainer.adapter(&base_name))?;
             adapter.save(&a.out, &model.encoder.desc)?;
             eprintln!("adapter written to {} ({:.1} s)", a.out.display(), start.elapsed().as_secs_f64());
-            if let Some(eval_path) = &a.eval {
-                let ds = load_data(eval_path, a.skip_bad_rows)?;
-                let ex = Examples::from_dataset(&ds, &trainer.labels)?;
+            if let Some((eval_path, ds)) = &eval_ds {
+                let ex = Examples::from_dataset(ds, &trainer.labels)?;
                 let m = futures::executor::block_on(trainer.evaluate(&ex, 64))?;
                 if a.json {
                     println!("{}", serde_json::json!({"eval": eval_path.display().to_string(), "metrics": m}));
@@ -1311,13 +1309,7 @@ mod cli {
                 let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
                 let logits =
                     futures::executor::block_on(predict_logits(&m, &params, files.head, &refs, model.max_len, 64))?;
-                for (i, row) in logits.chunks_exact(k).enumerate() {
-                    if row.iter().any(|v| !v.is_finite()) {
-                        return Err(Error::invalid(format!(
-                            "the logits of {:?} are not finite ({row:?}): the model or adapter gives NaN or infinity",
-                            texts[i].chars().take(80).collect::<String>()
-                        )));
-                    }
+                for row in logits.chunks_exact(k) {
                     let best = localtune::train::metrics::argmax_rows(row, k)[0] as usize;
                     let line = serde_json::json!({"label": files.labels[best], "logits": row.iter().map(|&x| serde_json::Number::from_f64(x as f64)).collect::<Vec<_>>()});
                     writeln!(out, "{line}").map_err(|e| Error::file("<stdout>", e))?;

@@ -254,10 +254,7 @@ fn run_parts(s: &State, settings: &str, sources: Vec<(String, AdapterFiles)>) ->
     }
     let data = s.data.as_ref().ok_or_else(|| Error::invalid("load a data file first"))?;
     let (tr, va) = data.split(st.valid_fraction, st.seed)?;
-    let labels = tr.labels();
-    if labels.len() < 2 {
-        return Err(Error::invalid(format!("the training split needs at least 2 labels, found {labels:?}")));
-    }
+    let labels = data.training_labels(&tr, &va)?;
     let train = Examples::from_dataset(&tr, &labels)?;
     let valid = Examples::from_dataset(&va, &labels)?;
     Ok(RunParts { model, config, labels, train, valid })

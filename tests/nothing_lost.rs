@@ -1,5 +1,6 @@
 //! Saves that cannot leave a mix of old and new files, a lock per output folder, and learning rates
-//! that cannot train refused up front (issue 15, items 1–3 in part).
+//! that cannot train refused up front, non-finite weights never saved, non-finite outputs never
+//! printed (issue 15, items 1–3).
 
 use localtune::peft::format::{readable_folder, write_folder_atomic, AdapterFiles, OutputLock};
 use std::path::{Path, PathBuf};
@@ -125,7 +126,7 @@ fn learning_rates_that_cannot_train_are_refused_up_front() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains("--lr") && err.contains("positive"), "--lr {lr}: {err}");
+        assert!(!o.status.success() && err.contains("--lr") && err.contains("above 0"), "--lr {lr}: {err}");
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -168,5 +169,112 @@ fn nan_in_an_adapter_or_a_base_weight_is_refused_naming_the_tensor() {
     .unwrap()
     .to_string();
     assert!(e.contains(&wname) && e.contains("a base weight holds inf"), "{e}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The tiny model's files with one base weight replaced by `f(weight)`.
+fn tiny_model_with(dir: &Path, tensor: &str, f: impl Fn(f32) -> f32) {
+    let t = localtune::model::tiny::tiny_files(1).unwrap();
+    let mut w = localtune::model::weights::NamedTensors::from_bytes(&t.safetensors, "m").unwrap();
+    let x = w.tensors.get_mut(tensor).unwrap_or_else(|| panic!("no {tensor}"));
+    x.data.iter_mut().for_each(|v| *v = f(*v));
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), &t.config_json).unwrap();
+    std::fs::write(dir.join("model.safetensors"), w.to_bytes(None).unwrap()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), &t.tokenizer_json).unwrap();
+}
+
+fn localtune(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_localtune"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn weights_that_are_not_finite_are_never_saved_over_a_good_folder() {
+    let d = tmp("save-nan");
+    let out = d.join("adapter");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("adapter_model.safetensors"), b"old weights").unwrap();
+    let mut t = localtune::model::weights::NamedTensors::default();
+    t.insert(
+        "base_model.model.x.lora_A.weight",
+        localtune::model::weights::HostTensor::new(vec![2], vec![1.0, f32::NAN]),
+    );
+    let bytes = t.to_bytes(None).unwrap();
+    let e = write_folder_atomic(&out, &[("adapter_config.json", &b"{}"[..]), ("adapter_model.safetensors", &bytes)])
+        .err()
+        .expect("NaN weights were saved")
+        .to_string();
+    assert!(e.contains("x.lora_A.weight") && e.contains("NaN at index 1") && e.contains("not saved"), "{e}");
+    assert_eq!(names(&out), ["adapter_model.safetensors"]);
+    assert_eq!(std::fs::read(out.join("adapter_model.safetensors")).unwrap(), b"old weights");
+    assert_eq!(names(&d), ["adapter"], "no temporary folder left behind");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn outputs_that_are_not_finite_fail_embed_eval_and_predict_naming_the_text() {
+    // Finite weights so large that the forward overflows: the files load, the outputs are inf/NaN.
+    let d = tmp("outputs");
+    let m = d.join("model");
+    tiny_model_with(&m, "embeddings.word_embeddings.weight", |v| if v >= 0.0 { 3e38 } else { -3e38 });
+    let o = localtune(&["embed", "--model", m.to_str().unwrap(), "--device", "cpu"], "fine\nthe food was good\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("embedding of text 1 (\"fine\")") && err.contains("finite"), "{err}");
+    assert!(o.stdout.is_empty(), "embed printed {}", String::from_utf8_lossy(&o.stdout));
+    // A head trained on the sound tiny model, then its weights blown up (still finite).
+    let good = d.join("good");
+    tiny_model_with(&good, "embeddings.word_embeddings.weight", |v| v);
+    std::fs::write(d.join("d.csv"), "text,label\ngood,pos\nbad,neg\nfine,pos\npoor,neg\n").unwrap();
+    let csv = d.join("d.csv");
+    let (g, c, a) = (good.to_str().unwrap(), csv.to_str().unwrap(), d.join("a"));
+    let o = localtune(
+        &[
+            "train",
+            "--model",
+            g,
+            "--data",
+            c,
+            "--out",
+            a.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--method",
+            "head",
+            "--max-len",
+            "32",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let wfile = a.join("adapter_model.safetensors");
+    let mut w = localtune::model::weights::NamedTensors::from_bytes(&std::fs::read(&wfile).unwrap(), "a").unwrap();
+    for t in w.tensors.values_mut() {
+        t.data.iter_mut().for_each(|v| *v = if *v >= 0.0 { 3e38 } else { -3e38 });
+    }
+    std::fs::write(&wfile, w.to_bytes(None).unwrap()).unwrap();
+    let o = localtune(
+        &["predict", "--model", g, "--adapter", a.to_str().unwrap(), "--device", "cpu", "--max-len", "32"],
+        "fine\n",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("logits of text 1 (\"fine\")"), "{err}");
+    assert!(o.stdout.is_empty());
+    let o = localtune(
+        &["eval", "--model", g, "--adapter", a.to_str().unwrap(), "--data", c, "--device", "cpu", "--max-len", "32"],
+        "",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("logits of text 1"), "{err}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("accuracy"));
     std::fs::remove_dir_all(&d).unwrap();
 }

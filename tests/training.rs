@@ -124,7 +124,7 @@ fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     // Stop after 7 micro-steps (mid-epoch, mid-accumulation is avoided by checkpointing after an
     // optimiser step: step 8), save, drop everything, resume from the files.
     let dir = std::env::temp_dir().join(format!("localtune-resume-{}", std::process::id()));
-    let mut part = Trainer::new(model.clone(), cfg, labels(), train.clone(), valid.clone()).unwrap();
+    let mut part = Trainer::new(model.clone(), cfg.clone(), labels(), train.clone(), valid.clone()).unwrap();
     for _ in 0..8 {
         futures::executor::block_on(part.step()).unwrap();
     }
@@ -132,7 +132,8 @@ fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     localtune::train::trainer::save_checkpoint(&dir, &files).unwrap();
     drop(part);
     let mut resumed =
-        Trainer::resume(model.clone(), &CheckpointFiles::load(&dir).unwrap(), train.clone(), valid.clone()).unwrap();
+        Trainer::resume(model.clone(), &CheckpointFiles::load(&dir).unwrap(), train.clone(), valid.clone(), Some(&cfg))
+            .unwrap();
     run_all(&mut resumed);
     assert_eq!(resumed.state.losses, full.state.losses, "per-step losses");
     assert_eq!(resumed.state.history, full.state.history);
@@ -142,9 +143,26 @@ fn a_resumed_run_ends_where_the_uninterrupted_one_does() {
     // Other data is refused.
     let mut other = train.clone();
     other.labels[0] = 1 - other.labels[0];
-    let e =
-        Trainer::resume(model.clone(), &CheckpointFiles::load(&dir).unwrap(), other, valid).err().unwrap().to_string();
+    let e = Trainer::resume(model.clone(), &CheckpointFiles::load(&dir).unwrap(), other, valid.clone(), None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("other data"), "{e}");
+    // Other settings are refused, each named (they were silently ignored).
+    let mut asked = cfg.clone();
+    asked.optim.lr = 2e-2;
+    asked.epochs = 5;
+    if let Method::Lora(l) = &mut asked.method {
+        l.r = 4;
+    }
+    let ck = CheckpointFiles::load(&dir).unwrap();
+    let e = Trainer::resume(model.clone(), &ck, train.clone(), valid.clone(), Some(&asked)).err().unwrap().to_string();
+    assert!(e.contains("--epochs 3 (asked: 5)") && e.contains("--lr 0.01 (asked: 0.02)"), "{e}");
+    assert!(e.contains("lora `r` 2 (asked: 4)"), "{e}");
+    let mut asked = cfg.clone();
+    asked.method = Method::Ia3(Ia3Config {});
+    let e = Trainer::resume(model.clone(), &ck, train.clone(), valid.clone(), Some(&asked)).err().unwrap().to_string();
+    assert!(e.contains("--method lora (asked: ia3)"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -186,37 +204,79 @@ fn gpu_losses_follow_the_cpu_on_the_real_model() {
 }
 
 #[test]
-fn a_diverging_run_stops_with_the_step_and_keeps_its_checkpoint() {
-    let dir = std::env::temp_dir().join(format!("localtune-diverge-{}", std::process::id()));
+fn an_absurd_learning_rate_is_refused_before_any_work() {
+    let dir = std::env::temp_dir().join(format!("localtune-absurd-lr-{}", std::process::id()));
     let model_dir = dir.join("model");
     std::fs::create_dir_all(&model_dir).unwrap();
     let f = localtune::model::tiny::tiny_files(3).unwrap();
     std::fs::write(model_dir.join("config.json"), &f.config_json).unwrap();
     std::fs::write(model_dir.join("model.safetensors"), &f.safetensors).unwrap();
     std::fs::write(model_dir.join("tokenizer.json"), &f.tokenizer_json).unwrap();
-    let (train, _) = toy_data();
-    let mut csv = String::from("text,label\n");
-    for (t, l) in train.texts.iter().zip(&train.labels) {
-        csv.push_str(&format!("\"{t}\",{}\n", if *l == 1 { "pos" } else { "neg" }));
+    std::fs::write(dir.join("d.csv"), "text,label\ngood,pos\nbad,neg\nfine,pos\npoor,neg\n").unwrap();
+    // 1e9 ended "successfully" with a loss of 1.86e9; 3e38 made weights of 1e38; 1e39 is infinity.
+    for lr in ["1e9", "3e38", "1e39", "1.5"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_localtune"))
+            .args(["train", "--model", model_dir.to_str().unwrap(), "--data", dir.join("d.csv").to_str().unwrap()])
+            .args(["--out", dir.join("out").to_str().unwrap(), "--device", "cpu", "--method", "head", "--lr", lr])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--lr {lr}: {err}");
+        assert!(err.contains("--lr") && err.contains("at most 1"), "--lr {lr}: {err}");
+        assert!(!dir.join("out/adapter_model.safetensors").exists());
     }
-    std::fs::write(dir.join("d.csv"), csv).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_localtune"))
-        .args(["train", "--model", model_dir.to_str().unwrap(), "--data", dir.join("d.csv").to_str().unwrap()])
-        .args(["--out", dir.join("out").to_str().unwrap(), "--device", "cpu", "--method", "head", "--lr", "3e38"])
-        .args(["--max-grad-norm", "0", "--batch", "4", "--save-every", "1", "--max-len", "32"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("training diverged") && err.contains("at step") && err.contains("last good checkpoint"),
-        "{err}"
-    );
-    // The checkpoint left behind is complete and loads.
-    let ck = CheckpointFiles::load(&dir.join("out/checkpoint")).unwrap();
-    assert!(!ck.adapter_weights.is_empty());
-    let adapter = localtune::peft::format::AdapterFiles::load(&dir.join("out/checkpoint")).unwrap();
-    assert_eq!(adapter.labels, vec!["neg", "pos"]);
+    // The library refuses it too (the web app's runs do not pass through the command line).
+    let model = std::rc::Rc::new(tiny_model(&Device::Cpu, 3).unwrap());
+    let (train, valid) = toy_data();
+    let e = Trainer::new(model, config(Method::Head(HeadOnly {}), 1e9, 1), labels(), train, valid).err().unwrap();
+    assert!(e.to_string().contains("learning rate 1000000000: must be above 0 and at most 1"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A step whose update blew the weights up: the run stops at the next step, on the loss measured
+/// against its start, and the checkpoint of the exploded weights is never written — the one left
+/// on disk is the step before, which loads and is finite.
+#[test]
+fn an_exploding_run_stops_and_never_checkpoints_the_exploded_weights() {
+    let cpu = Device::Cpu;
+    let model = std::rc::Rc::new(tiny_model(&cpu, 3).unwrap());
+    let (train, valid) = toy_data();
+    let mut t = Trainer::new(model, config(Method::Head(HeadOnly {}), 1e-2, 2), labels(), train, valid).unwrap();
+    let dir = std::env::temp_dir().join(format!("localtune-explode-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut ck = localtune::train::trainer::Checkpointer::new(dir.clone(), Some(1), 0);
+    let step = |t: &mut Trainer, ck: &mut localtune::train::trainer::Checkpointer| {
+        let r = futures::executor::block_on(t.step()).map_err(|e| ck.failed(e));
+        if r.is_ok() {
+            ck.step_ok().unwrap();
+        }
+        r
+    };
+    step(&mut t, &mut ck).unwrap();
+    assert!(ck.due(t.opt.step, t.finished()));
+    ck.hold(futures::executor::block_on(t.checkpoint_files("tiny")).unwrap());
+    assert!(!dir.exists(), "a checkpoint was written before a step vouched for its weights");
+    step(&mut t, &mut ck).unwrap();
+    assert!(dir.exists(), "step 2 ran on step 1's weights: step 1's checkpoint is written");
+    let good = host(&t.params.params.tensors()[0]);
+    // Step 2's update "explodes" (as Adam with an absurd learning rate did): every weight × 1e6.
+    for tensor in t.params.params.tensors_mut() {
+        let big: Vec<f32> = host(tensor).iter().map(|v| v * 1e6).collect();
+        *tensor = cpu.tensor(&big, tensor.shape()).unwrap();
+    }
+    assert!(ck.due(t.opt.step, t.finished()));
+    ck.hold(futures::executor::block_on(t.checkpoint_files("tiny")).unwrap());
+    let e = step(&mut t, &mut ck).err().expect("the exploded loss must stop the run").to_string();
+    assert!(e.contains("training diverged: the loss is") && e.contains("× its start"), "{e}");
+    assert!(e.contains("at step 3") && e.contains("last good checkpoint"), "{e}");
+    let files = CheckpointFiles::load(&dir).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&files.trainer_state).unwrap();
+    assert_eq!(state["optimizer_step"], 1, "the checkpoint on disk is step 1's");
+    let weights = localtune::model::weights::NamedTensors::from_bytes(&files.adapter_weights, "ck").unwrap();
+    weights.check_finite("the checkpoint").unwrap();
+    let biggest = weights.tensors.values().flat_map(|t| t.data.iter()).fold(0f32, |m, v| m.max(v.abs()));
+    assert!(biggest < 100.0, "the checkpoint holds weights up to {biggest}");
+    assert_ne!(good, host(&t.params.params.tensors()[0]));
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -269,7 +269,7 @@ pub struct CausalTrainArgs<'a> {
 /// QLoRA: LoRA over the frozen (quantised) model on chat data, written as a PEFT CAUSAL_LM folder.
 pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
     use localtune::train::causal::{load_chats, mean_loss, CausalCheckpoint, CausalRun, CausalSettings};
-    use localtune::train::trainer::save_checkpoint;
+    use localtune::train::trainer::Checkpointer;
     let path = llm_path(&a.model)?;
     let dev = open_device(a.device)?;
     let (model, tok) = load(&path, &dev, a.quantize)?;
@@ -338,13 +338,10 @@ pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
     };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let start = std::time::Instant::now();
+    let mut ck = Checkpointer::new(checkpoint_dir, a.save_every, 0);
     while !run.done() {
-        let r = block_on(run.step(&model, &mut lora, &data, &valid)).map_err(|e| match a.save_every {
-            Some(_) if checkpoint_dir.exists() => {
-                Error::invalid(format!("{e}; the last good checkpoint is in {}", checkpoint_dir.display()))
-            }
-            _ => e,
-        })?;
+        let r = block_on(run.step(&model, &mut lora, &data, &valid)).map_err(|e| ck.failed(e))?;
+        ck.step_ok()?;
         if !a.json && (tty || r.step % 10 == 0) && r.epoch_end.is_none() {
             let line = format!(
                 "epoch {} step {}/{} loss {:.4} ({:.0} s)",
@@ -376,10 +373,8 @@ pub fn train_causal(a: &CausalTrainArgs) -> Result<()> {
                 );
             }
         }
-        if let Some(every) = a.save_every {
-            if r.step % every.max(1) == 0 && !r.done {
-                save_checkpoint(&checkpoint_dir, &block_on(run.checkpoint_files(&lora))?)?;
-            }
+        if ck.due(r.step, r.done) {
+            ck.hold(block_on(run.checkpoint_files(&lora))?);
         }
     }
     if let (Device::Gpu(g), Some(before)) = (&dev, live_before) {

@@ -135,6 +135,7 @@ impl Model {
             truncated += enc.truncated;
             let o = self.encoder.forward(&enc.inputs, Mode::Inference, false)?;
             let e = self.pooling.apply(&o.hidden, &enc.inputs)?.to_vec().await?;
+            crate::error::check_rows_finite(&e, c, out.len(), chunk, "embedding")?;
             out.extend(e.chunks_exact(c).map(|r| r.to_vec()));
         }
         Ok((out, truncated))

@@ -27,8 +27,9 @@ pub struct NamedTensors {
     /// The file they came from, for error messages.
     pub origin: String,
     pub tensors: BTreeMap<String, HostTensor>,
-    /// Names of tensors skipped because they are not floating point (e.g. `embeddings.position_ids`).
-    pub skipped: Vec<String>,
+    /// Tensors skipped because they are not floating point (e.g. `embeddings.position_ids`), with
+    /// their dtype.
+    pub skipped: Vec<(String, String)>,
 }
 
 impl NamedTensors {
@@ -45,7 +46,7 @@ impl NamedTensors {
                 Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
                 Dtype::F64 => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
                 _ => {
-                    out.skipped.push(name.to_string());
+                    out.skipped.push((name.to_string(), format!("{:?}", view.dtype())));
                     continue;
                 }
             };
@@ -54,22 +55,36 @@ impl NamedTensors {
         Ok(out)
     }
 
+    /// The first NaN or infinite value: its tensor, index and value.
+    fn first_non_finite(&self) -> Option<(&str, usize, f32)> {
+        self.tensors
+            .iter()
+            .find_map(|(name, t)| t.data.iter().position(|v| !v.is_finite()).map(|i| (name.as_str(), i, t.data[i])))
+    }
+
     /// Refuses the first NaN or infinite value, naming its tensor and index; `what` says whose weights
     /// they are ("the adapter", "a base weight"), so that a damaged file is not taken for a bad run.
     pub fn check_finite(&self, what: &str) -> Result<()> {
-        for (name, t) in &self.tensors {
-            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(Error::tensor(
-                    &self.origin,
-                    name,
-                    format!(
-                        "{what} holds {} at index {i}: the file is damaged (or was saved from a diverged run)",
-                        t.data[i]
-                    ),
-                ));
-            }
+        match self.first_non_finite() {
+            Some((name, i, v)) => Err(Error::tensor(
+                &self.origin,
+                name,
+                format!("{what} holds {v} at index {i}: the file is damaged (or was saved from a diverged run)"),
+            )),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// `check_finite` for weights about to be written (`origin` is where they would go).
+    pub fn check_finite_to_save(&self) -> Result<()> {
+        match self.first_non_finite() {
+            Some((name, i, v)) => Err(Error::tensor(
+                &self.origin,
+                name,
+                format!("holds {v} at index {i}: not saved, and what the folder held is kept"),
+            )),
+            None => Ok(()),
+        }
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -80,14 +95,24 @@ impl NamedTensors {
 
     /// Removes and returns `name`, checking its shape; the error names the tensor, the file and both shapes.
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let t = self
-            .tensors
-            .remove(name)
-            .ok_or_else(|| Error::tensor(&self.origin, name, format!("missing (expected shape {shape:?})")))?;
+        let t = self.tensors.remove(name).ok_or_else(|| self.missing(name, &format!("expected shape {shape:?}")))?;
         if t.shape != shape {
             return Err(Error::tensor(&self.origin, name, format!("has shape {:?}, expected {shape:?}", t.shape)));
         }
         Ok(t.data)
+    }
+
+    /// The error for a tensor that is not here as floats: stored with another dtype (say which), or
+    /// absent. `expected` says what was wanted ("expected shape [8, 384]").
+    pub fn missing(&self, name: &str, expected: &str) -> Error {
+        match self.skipped.iter().find(|(n, _)| n == name) {
+            Some((_, dtype)) => Error::tensor(
+                &self.origin,
+                name,
+                format!("is stored as {dtype}, where floats (F32, F16, BF16 or F64) are expected ({expected})"),
+            ),
+            None => Error::tensor(&self.origin, name, format!("missing ({expected})")),
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -84,6 +84,16 @@ impl CausalLora {
         if targets.is_empty() {
             return Err(Error::invalid("LoRA needs at least one target module"));
         }
+        for &m in &targets {
+            let (out, inp) = module_shape(cfg, m);
+            if r > out.min(inp) {
+                return Err(Error::invalid(format!(
+                    "LoRA rank r={r} is more than target `{}` ({out}×{inp}) has: at most {} (ranks of 4 to 64 are usual)",
+                    MODULES[m],
+                    out.min(inp)
+                )));
+            }
+        }
         let mut rng = Rng::new(seed);
         let mut params = ParamSet::new();
         let mut ids = vec![[None; 7]; cfg.layers];

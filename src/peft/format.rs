@@ -123,6 +123,7 @@ impl AdapterFiles {
             let meta_origin = format!("{origin}/{META_FILE}");
             let m: Meta = serde_json::from_str(meta)
                 .map_err(|e| Error::file(&meta_origin, format!("not a localtune adapter description: {e}")))?;
+            config_agrees(&config, &m.method, &cfg_origin, &meta_origin)?;
             let (mut method, mut tensors) = (m.method, tensors);
             if let Some(c) = method.scalearn_mut() {
                 c.unpack_sources(&mut tensors)?;
@@ -155,6 +156,19 @@ impl AdapterFiles {
                     return Err(Error::file(
                         format!("{origin}/{WEIGHTS_FILE}"),
                         "a LORA adapter without lora_A tensors",
+                    ));
+                }
+                // PEFT scales by alpha / r from the config: a config whose r is not the tensors' rank
+                // would be read with another scale.
+                if let Some((k, t)) =
+                    tensors.tensors.iter().find(|(k, t)| k.ends_with(".lora_A.weight") && t.shape[0] != r)
+                {
+                    return Err(Error::file(
+                        &cfg_origin,
+                        format!(
+                            "says r {r}, but tensor `{k}` in {origin}/{WEIGHTS_FILE} has rank {}: the files disagree",
+                            t.shape[0]
+                        ),
                     ));
                 }
                 let use_dora = config.get("use_dora").and_then(|v| v.as_bool()).unwrap_or(false);
@@ -298,13 +312,72 @@ impl AdapterFiles {
     }
 }
 
+/// Refuses an adapter_config.json that says otherwise than localtune.json about the method: PEFT
+/// reads the one, localtune the other, and they would compute different models from one folder.
+fn config_agrees(config: &serde_json::Value, method: &Method, cfg_origin: &str, meta_origin: &str) -> Result<()> {
+    let peft_type = config.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
+    let base = peft_type.trim_start_matches("LOCALTUNE_").trim_end_matches("_MEAN_HEAD");
+    let mut differ: Vec<String> = vec![];
+    let field = |key: &str, ours: serde_json::Value| {
+        let theirs = config.get(key).cloned().unwrap_or(serde_json::Value::Null);
+        let same = match (theirs.as_f64(), ours.as_f64()) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+            _ => theirs == ours,
+        };
+        (!same).then(|| format!("`{key}` {theirs} where {meta_origin} has {ours}"))
+    };
+    match method {
+        Method::Lora(l) => {
+            if base != "LORA" {
+                differ.push(format!("`peft_type` {peft_type:?} where {meta_origin} has method lora"));
+            }
+            differ.extend(field("r", l.r.into()));
+            differ.extend(field("lora_alpha", l.alpha.into()));
+            differ.extend(field("use_rslora", l.rslora.into()));
+        }
+        Method::Ia3(_) => {
+            if base != "IA3" {
+                differ.push(format!("`peft_type` {peft_type:?} where {meta_origin} has method ia3"));
+            }
+        }
+        m => {
+            // localtune's own methods carry the whole method in the config.
+            differ.extend(field("localtune_method", serde_json::to_value(m).unwrap()));
+            if !peft_type.starts_with("LOCALTUNE_") {
+                differ.push(format!("`peft_type` {peft_type:?} where {meta_origin} has method {}", m.name()));
+            }
+        }
+    }
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::file(
+            cfg_origin,
+            format!(
+                "disagrees with {meta_origin}: {}. PEFT reads the one and localtune the other, so they would compute different models: save the adapter again",
+                differ.join("; ")
+            ),
+        ))
+    }
+}
+
 /// Writes a folder of `files` so that a reader sees the old set or the new set, never a mix: the new
 /// files go into `DIR.tmp-PID` (each synced), then `DIR` becomes `DIR.old`, the new folder becomes
 /// `DIR`, whatever else the old folder held (a `checkpoint/` inside, a README) moves across, and
 /// `DIR.old` goes. A crash or a full disk before the swap leaves the old folder as it was; a crash
 /// between the two renames leaves `DIR.old` complete, which `readable_folder` falls back to.
+///
+/// Weights that are not finite are never written: the save is refused, naming the tensor, and the
+/// folder keeps what it held (a diverged run's last checkpoint stays the last good one).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn write_folder_atomic<S: AsRef<str>, B: AsRef<[u8]>>(dir: &std::path::Path, files: &[(S, B)]) -> Result<()> {
+    for (n, bytes) in files {
+        let n = n.as_ref();
+        if n.ends_with(".safetensors") {
+            let origin = dir.join(n).display().to_string();
+            NamedTensors::from_bytes(bytes.as_ref(), &origin)?.check_finite_to_save()?;
+        }
+    }
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
     let sibling = |suffix: &str| dir.with_file_name(format!("{name}.{suffix}"));
     let (tmp, old) = (sibling(&format!("tmp-{}", std::process::id())), sibling("old"));

@@ -80,6 +80,17 @@ impl MethodKind for LoraConfig {
             return Err(Error::invalid(format!("LoRA target `{}` is listed twice", t.cli_name())));
         }
         let (c, f) = (enc.config.hidden_size, enc.config.intermediate_size);
+        for &t in &self.targets {
+            let (out, inp) = t.dims(c, f);
+            if self.r > out.min(inp) {
+                return Err(Error::invalid(format!(
+                    "LoRA rank r={} is more than target `{}` ({out}×{inp}) has: at most {} (ranks of 4 to 64 are usual)",
+                    self.r,
+                    t.cli_name(),
+                    out.min(inp)
+                )));
+            }
+        }
         let mut ids = vec![[None; 6]; enc.layers.len()];
         for (l, layer_ids) in ids.iter_mut().enumerate() {
             let lk = layer_key(&enc.desc, l);

@@ -37,6 +37,13 @@ pub(super) fn build(length: usize, enc: &Encoder, params: &mut ParamSet, rng: &m
     if length == 0 {
         return Err(Error::invalid("prefix length must be at least 1"));
     }
+    // Attention runs over prefix + text: a prefix longer than the model's window is no prefix.
+    if length > enc.max_len() {
+        return Err(Error::invalid(format!(
+            "prefix length {length} is more than the model's {} positions (10 to 30 are usual)",
+            enc.max_len()
+        )));
+    }
     let c = enc.config.hidden_size;
     let mut rows = Vec::with_capacity(enc.layers.len());
     for l in 0..enc.layers.len() {

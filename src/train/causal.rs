@@ -10,7 +10,8 @@ use crate::model::llama::{LinearDelta, Llama};
 use crate::peft::causal_lora::CausalLora;
 use crate::rng::Rng;
 use crate::tensor::Device;
-use crate::train::optim::{AdamW, OptimConfig};
+use crate::train::optim::{exploded, AdamW, OptimConfig, EXPLOSION_FACTOR};
+use crate::train::trainer::{MAX_BATCH, MAX_EPOCHS};
 
 /// One training sequence: its ids and the positions p whose next token ids[p + 1] trains.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,7 +80,11 @@ pub fn parse_chats(text: &str, path: &Path, tok: &BpeTokenizer, max_len: usize) 
                     };
                     let role = field("role")?;
                     if !["system", "user", "assistant"].contains(&role.as_str()) {
-                        return Err(at(format!("message {} has role `{role}` (system, user or assistant)", j + 1)));
+                        return Err(at(format!(
+                            "message {} has role `{}` (system, user or assistant)",
+                            j + 1,
+                            crate::error::excerpt(&role, 40)
+                        )));
                     }
                     Ok(Message { role, content: field("content")? })
                 })
@@ -169,6 +174,9 @@ struct RunState {
     seen: usize,
     /// A hash of the training ids and trained positions, to check that a resumed run has the same data.
     data: u64,
+    /// The run's first step loss, which an exploding loss is measured against.
+    #[serde(default)]
+    first_loss: Option<f64>,
 }
 
 /// A hash (FNV-1a) of the training sequences.
@@ -224,6 +232,12 @@ impl CausalRun {
         if s.batch == 0 || s.epochs == 0 || train.is_empty() {
             return Err(Error::invalid("training needs a batch and epochs of at least 1, and data"));
         }
+        if s.epochs > MAX_EPOCHS || s.batch > MAX_BATCH {
+            return Err(Error::invalid(format!(
+                "{} epochs of batch {}: at most {MAX_EPOCHS} epochs and batch {MAX_BATCH}",
+                s.epochs, s.batch
+            )));
+        }
         let steps_per_epoch = train.len().div_ceil(s.batch) as u64;
         let total = steps_per_epoch.checked_mul(s.epochs as u64).ok_or_else(|| Error::invalid("too many epochs"))?;
         Ok(CausalRun {
@@ -239,6 +253,7 @@ impl CausalRun {
                 tokens: 0,
                 seen: 0,
                 data: fingerprint(train),
+                first_loss: None,
             },
             epoch_start: web_time::Instant::now(),
         })
@@ -376,21 +391,28 @@ impl CausalRun {
             losses.push(model.loss_backward(&ex.ids, &ex.positions, &*adapter, &mut self.grads, 1.0 / n_tok as f32)?);
             st.seen += ex.ids.len();
         }
-        self.opt.step(&mut adapter.params, &self.grads)?;
+        // The loss is read before the update: an exploded one must not reach the weights.
         let mut loss = 0.0;
         for l in losses {
             loss += l.to_vec().await?.iter().map(|&x| x as f64).sum::<f64>();
         }
+        let mean = loss / n_tok.max(1) as f64;
+        if exploded(mean, st.first_loss, 1.0) {
+            let why = match st.first_loss {
+                Some(s) if mean.is_finite() => format!("{mean:.4e}, over {EXPLOSION_FACTOR}× its start ({s:.4})"),
+                _ => format!("{mean}"),
+            };
+            return Err(Error::invalid(format!(
+                "training diverged: the loss is {why} at step {}; lower the learning rate",
+                self.opt.step + 1
+            )));
+        }
+        st.first_loss.get_or_insert(mean);
+        self.opt.step(&mut adapter.params, &self.grads)?;
         st.loss_sum += loss;
         st.tokens += n_tok;
         st.at += chunk.len();
-        let loss = loss / n_tok.max(1) as f64;
-        if !loss.is_finite() {
-            return Err(Error::invalid(format!(
-                "the loss diverged at step {} ({loss}); lower the learning rate",
-                self.opt.step
-            )));
-        }
+        let loss = mean;
         let epoch_end = if st.at >= st.order.len() {
             st.at = 0;
             let secs = self.epoch_start.elapsed().as_secs_f64();

@@ -86,7 +86,45 @@ impl Dataset {
         if ds.examples.is_empty() {
             return Err(Error::file(origin, "no usable rows: each needs a text and a label"));
         }
+        ds.normalize_numeric_labels();
         Ok(ds)
+    }
+
+    /// When every label is a number, writes each the one way (`1.0`, `1` and `1e0` are one class,
+    /// `1`); `labels()` then orders them by value (2 before 10).
+    fn normalize_numeric_labels(&mut self) {
+        let values: Option<Vec<f64>> = self.examples.iter().map(|e| numeric_label(&e.label)).collect();
+        if let Some(values) = values {
+            for (e, v) in self.examples.iter_mut().zip(values) {
+                e.label = canonical_number(v);
+            }
+        }
+    }
+
+    /// The labels to train on, from this file's training split `train` (the rest held out in
+    /// `valid`): at least two, or an error that says whether the file or the split lacks them.
+    pub fn training_labels(&self, train: &Dataset, valid: &Dataset) -> Result<Vec<String>> {
+        let all = self.labels();
+        let labels = train.labels();
+        if all.len() < 2 {
+            return Err(Error::file(
+                &self.origin,
+                format!("needs at least 2 distinct labels, found {}", quote_labels(&all)),
+            ));
+        }
+        if labels.len() < 2 {
+            return Err(Error::file(
+                &self.origin,
+                format!(
+                    "the training split ({} rows, {} held out for validation) has only label {}, where the file has {}: hold out less for validation",
+                    train.examples.len(),
+                    valid.examples.len(),
+                    quote_labels(&labels),
+                    quote_labels(&all)
+                ),
+            ));
+        }
+        Ok(labels)
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -95,11 +133,15 @@ impl Dataset {
         Self::parse(&bytes, &path.display().to_string(), skip_bad_rows)
     }
 
-    /// The sorted distinct labels.
+    /// The distinct labels, sorted: by value when all are numbers, else as text.
     pub fn labels(&self) -> Vec<String> {
         let mut l: Vec<String> = self.examples.iter().map(|e| e.label.clone()).collect();
         l.sort();
         l.dedup();
+        if let Some(mut v) = l.iter().map(|s| numeric_label(s).map(|x| (x, s.clone()))).collect::<Option<Vec<_>>>() {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            l = v.into_iter().map(|(_, s)| s).collect();
+        }
         l
     }
 
@@ -122,7 +164,11 @@ impl Dataset {
                 labels.iter().position(|l| *l == e.label).map(|i| i as u32).ok_or_else(|| {
                     Error::file(
                         format!("{}:{}", self.origin, e.line),
-                        format!("label `{}` was not seen in training (known: {})", e.label, labels.join(", ")),
+                        format!(
+                            "label `{}` was not seen in training (known: {})",
+                            crate::error::excerpt(&e.label, 40),
+                            quote_labels(labels)
+                        ),
                     )
                 })
             })
@@ -203,6 +249,32 @@ pub fn parse_texts(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
         return Err(Error::file(origin, "no texts"));
     }
     Ok(out)
+}
+
+/// A label that is a finite number (`1`, `-2`, `0.5`, `1e3`).
+fn numeric_label(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let looks_numeric =
+        s.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) && s.chars().any(|c| c.is_ascii_digit());
+    s.parse::<f64>().ok().filter(|v| looks_numeric && v.is_finite())
+}
+
+/// The one way a numeric label is written: integers without a fraction, others in the shortest form.
+fn canonical_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Labels for an error message: each quoted, each cut short, at most 10.
+fn quote_labels(labels: &[String]) -> String {
+    let mut v: Vec<String> = labels.iter().take(10).map(|l| format!("`{}`", crate::error::excerpt(l, 40))).collect();
+    if labels.len() > 10 {
+        v.push(format!("… ({} in all)", labels.len()));
+    }
+    v.join(", ")
 }
 
 fn label_text(v: &serde_json::Value) -> Option<String> {

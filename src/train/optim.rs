@@ -1,7 +1,7 @@
 //! AdamW with a linear warm-up and linear decay (Hugging Face's get_linear_schedule_with_warmup) and
 //! global-norm gradient clipping (torch's clip_grad_norm_), computed on the device without a readback.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::weights::NamedTensors;
 use crate::model::ParamSet;
 use crate::ops::{self, AdamWStep};
@@ -34,6 +34,49 @@ impl Default for OptimConfig {
     }
 }
 
+/// The largest learning rate accepted. Adam moves every weight by about the learning rate each step,
+/// whatever the gradient's size, so above 1 a run is destroyed in its first steps (1e-5 to 1e-2 are
+/// the usual range).
+pub const MAX_LR: f32 = 1.0;
+
+/// A loss this many times its start is an explosion, not learning: the run stops there.
+pub const EXPLOSION_FACTOR: f64 = 50.0;
+
+/// Whether `loss` has exploded against the run's first loss `start`; `floor` is the smallest start to
+/// measure against (a classifier's chance level ln K), so a run that starts near 0 is not stopped by
+/// noise.
+pub fn exploded(loss: f64, start: Option<f64>, floor: f64) -> bool {
+    let base = start.filter(|s| s.is_finite()).unwrap_or(floor).max(floor);
+    !loss.is_finite() || loss > EXPLOSION_FACTOR * base
+}
+
+impl OptimConfig {
+    /// Refuses settings no run can learn with, naming the setting.
+    pub fn check(&self) -> Result<()> {
+        let bad = |what: &str, v: f32, want: &str| Err(Error::invalid(format!("{what} {v}: {want}")));
+        if !(self.lr > 0.0 && self.lr <= MAX_LR) {
+            return bad(
+                "learning rate",
+                self.lr,
+                "must be above 0 and at most 1 (Adam moves each weight by about this much per step; 1e-5 to 1e-2 are usual)",
+            );
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight decay", self.weight_decay, "must be a finite number ≥ 0");
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return bad("max gradient norm", self.max_grad_norm, "must be a finite number ≥ 0 (0 turns clipping off)");
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return bad("warm-up", self.warmup_ratio, "is a fraction of the steps, in [0, 1]");
+        }
+        if !((0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2) && self.eps > 0.0) {
+            return Err(Error::invalid("Adam's betas must be in [0, 1) and eps above 0"));
+        }
+        Ok(())
+    }
+}
+
 /// The optimiser state: moments shaped like the parameters, and the step count.
 pub struct AdamW {
     pub config: OptimConfig,
@@ -47,6 +90,7 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(config: OptimConfig, params: &ParamSet, total_steps: u64, device: &Device) -> Result<AdamW> {
+        config.check()?;
         Ok(AdamW {
             config,
             m: params.zeros_like(device)?,
@@ -141,5 +185,23 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod explosion_tests {
+    use super::exploded;
+
+    #[test]
+    fn a_loss_far_above_its_start_is_an_explosion() {
+        let ln2 = 2f64.ln();
+        assert!(!exploded(0.7, None, ln2));
+        assert!(!exploded(30.0, Some(0.69), ln2), "noisy but not exploded");
+        assert!(exploded(1.86e9, Some(0.69), ln2));
+        assert!(exploded(f64::NAN, Some(0.69), ln2));
+        assert!(exploded(f64::INFINITY, None, ln2));
+        // A start near 0 is measured against the floor, not against itself.
+        assert!(!exploded(0.5, Some(1e-4), ln2));
+        assert!(exploded(200.0, Some(3.0), 1.0) && !exploded(100.0, Some(3.0), 1.0));
     }
 }

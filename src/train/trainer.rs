@@ -5,7 +5,7 @@
 
 use super::data::Dataset;
 use super::metrics::{argmax_rows, Metrics};
-use super::optim::{AdamW, OptimConfig};
+use super::optim::{exploded, AdamW, OptimConfig, EXPLOSION_FACTOR};
 use crate::error::{Error, Result};
 use crate::model::hooks::Dropout;
 use crate::model::{Model, ParamSet};
@@ -118,6 +118,11 @@ pub struct Trainer {
     soft_targets: Option<Vec<f32>>,
 }
 
+/// The most epochs a run may ask for (more is a typo, and would overflow the step count).
+pub const MAX_EPOCHS: usize = 10_000;
+/// The largest batch (and accumulation) a run may ask for.
+pub const MAX_BATCH: usize = 65_536;
+
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     Rng::new(seed ^ (0xE90C_0000 + epoch as u64)).shuffle(&mut order);
@@ -138,6 +143,15 @@ impl Trainer {
         }
         if config.batch_size == 0 || config.grad_accum == 0 || config.epochs == 0 {
             return Err(Error::invalid("epochs, batch size and gradient accumulation must be at least 1"));
+        }
+        for (what, v, max) in [
+            ("epochs", config.epochs, MAX_EPOCHS),
+            ("batch size", config.batch_size, MAX_BATCH),
+            ("gradient accumulation", config.grad_accum, MAX_BATCH),
+        ] {
+            if v > max {
+                return Err(Error::invalid(format!("{what} {v} is more than this trainer takes ({max})")));
+            }
         }
         if !(2..=model.encoder.max_len()).contains(&config.max_len) {
             return Err(Error::invalid(format!(
@@ -267,11 +281,18 @@ impl Trainer {
             Some(n) => n.to_vec().await?[0] as f64,
             None => 0.0,
         };
-        if !loss.is_finite() || !norm.is_finite() {
-            let what = if loss.is_finite() {
+        let start = self.state.losses.first().map(|&l| l as f64);
+        let chance = (self.labels.len().max(2) as f64).ln();
+        if exploded(loss, start, chance) || !norm.is_finite() {
+            let what = if !loss.is_finite() {
+                format!("the loss is {loss}")
+            } else if !norm.is_finite() {
                 format!("the gradient norm is {}", norm.sqrt())
             } else {
-                format!("the loss is {loss}")
+                format!(
+                    "the loss is {loss:.4e}, over {EXPLOSION_FACTOR}× its start ({:.4})",
+                    start.unwrap_or(chance).max(chance)
+                )
             };
             self.grads.zero()?;
             self.accumulated = 0;
@@ -374,13 +395,30 @@ impl Trainer {
     }
 
     /// Restores a run from checkpoint files (as `checkpoint_files` wrote them), on the same data.
-    pub fn resume(model: Rc<Model>, files: &CheckpointFiles, train: Examples, valid: Examples) -> Result<Self> {
+    /// With `asked`, the settings the resume was given: a checkpoint made with others is refused,
+    /// naming each (a resumed run cannot change its lr, epochs or method halfway and stay one run).
+    pub fn resume(
+        model: Rc<Model>,
+        files: &CheckpointFiles,
+        train: Examples,
+        valid: Examples,
+        asked: Option<&TrainConfig>,
+    ) -> Result<Self> {
         let origin = &files.origin;
         let st: serde_json::Value = serde_json::from_slice(&files.trainer_state)
             .map_err(|e| Error::file(format!("{origin}/trainer_state.json"), e))?;
         let bad =
             |what: &str| Error::file(format!("{origin}/trainer_state.json"), format!("missing or invalid `{what}`"));
         let mut config: TrainConfig = serde_json::from_value(st["config"].clone()).map_err(|_| bad("config"))?;
+        if let Some(asked) = asked {
+            let differ = settings_differ(&config, asked);
+            if !differ.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{origin}: this checkpoint was made with {}; resume with the settings it was made with",
+                    differ.join(", ")
+                )));
+            }
+        }
         let labels: Vec<String> = serde_json::from_value(st["labels"].clone()).map_err(|_| bad("labels"))?;
         let state: TrainState = serde_json::from_value(st["state"].clone()).map_err(|_| bad("state"))?;
         if state.train_fingerprint != train.fingerprint() || state.valid_fingerprint != valid.fingerprint() {
@@ -407,6 +445,46 @@ impl Trainer {
         t.state = state;
         Ok(t)
     }
+}
+
+/// What differs between the settings a checkpoint was made with and those a resume asks for, as
+/// the command line's flags (`--lr 0.001 (asked: 0.01)`); empty when they agree.
+pub fn settings_differ(saved: &TrainConfig, asked: &TrainConfig) -> Vec<String> {
+    let mut differ = vec![];
+    let (o, p) = (&saved.optim, &asked.optim);
+    for (name, a, b) in [
+        ("method", saved.method.name().to_string(), asked.method.name().to_string()),
+        ("epochs", saved.epochs.to_string(), asked.epochs.to_string()),
+        ("batch", saved.batch_size.to_string(), asked.batch_size.to_string()),
+        ("grad-accum", saved.grad_accum.to_string(), asked.grad_accum.to_string()),
+        ("max-len", saved.max_len.to_string(), asked.max_len.to_string()),
+        ("seed", saved.seed.to_string(), asked.seed.to_string()),
+        ("head", format!("{:?}", saved.head).to_lowercase(), format!("{:?}", asked.head).to_lowercase()),
+        ("lr", o.lr.to_string(), p.lr.to_string()),
+        ("weight-decay", o.weight_decay.to_string(), p.weight_decay.to_string()),
+        ("max-grad-norm", o.max_grad_norm.to_string(), p.max_grad_norm.to_string()),
+        ("warmup", o.warmup_ratio.to_string(), p.warmup_ratio.to_string()),
+    ] {
+        if a != b {
+            differ.push(format!("--{name} {a} (asked: {b})"));
+        }
+    }
+    if saved.dropout != asked.dropout {
+        differ.push(format!("dropout {} (asked: {})", saved.dropout, asked.dropout));
+    }
+    // The method's own options (rank, alpha, targets, …); ScaLearn's sources travel in the weights.
+    if saved.method.name() == asked.method.name() && saved.method.scalearn().is_none() {
+        let (a, b) = (serde_json::to_value(&saved.method).unwrap(), serde_json::to_value(&asked.method).unwrap());
+        if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+            for (k, va) in a {
+                let vb = b.get(k).cloned().unwrap_or_default();
+                if *va != vb {
+                    differ.push(format!("{} `{k}` {va} (asked: {vb})", saved.method.name()));
+                }
+            }
+        }
+    }
+    differ
 }
 
 /// The files of a checkpoint.
@@ -442,6 +520,56 @@ pub fn save_checkpoint(dir: &std::path::Path, files: &[(String, Vec<u8>)]) -> Re
     crate::peft::format::write_folder_atomic(dir, files)
 }
 
+/// Checkpoints every `every` optimiser steps, written one step late: a checkpoint is held until the
+/// next step's forward pass, on exactly its weights, gave a finite loss that has not exploded, so
+/// that weights an absurd step made never become "the last good checkpoint". The checkpoint of a
+/// run's last step is never written (the run's own output is). Used by both trainers' loops.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct Checkpointer {
+    pub dir: std::path::PathBuf,
+    every: Option<u64>,
+    pending: Option<Vec<(String, Vec<u8>)>>,
+    last_step: u64,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Checkpointer {
+    /// `step` is the optimiser step the run starts at (not 0 on a resumed run).
+    pub fn new(dir: std::path::PathBuf, every: Option<u64>, step: u64) -> Checkpointer {
+        Checkpointer { dir, every: every.map(|e| e.max(1)), pending: None, last_step: step }
+    }
+
+    /// After a step that succeeded: the held checkpoint, whose weights that step just checked, is written.
+    pub fn step_ok(&mut self) -> Result<()> {
+        match self.pending.take() {
+            Some(files) => save_checkpoint(&self.dir, &files),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a checkpoint is due after reaching optimiser step `step` (`done`: the run is finished).
+    pub fn due(&mut self, step: u64, done: bool) -> bool {
+        let due = self.every.is_some_and(|e| step != self.last_step && step % e == 0) && !done;
+        self.last_step = step;
+        due
+    }
+
+    /// Holds the checkpoint of the step just taken until the next one vouches for it.
+    pub fn hold(&mut self, files: Vec<(String, Vec<u8>)>) {
+        self.pending = Some(files);
+    }
+
+    /// A step failed: what it says, and where the last good checkpoint is when there is one.
+    pub fn failed(&mut self, e: Error) -> Error {
+        self.pending = None;
+        if self.every.is_some() && self.dir.exists() {
+            Error::invalid(format!("{e}; the last good checkpoint is in {}", self.dir.display()))
+        } else {
+            e
+        }
+    }
+}
+
 /// Logits (n, K) of `texts` under trained parameters, in evaluation mode, `batch` texts at a time.
 pub async fn predict_logits(
     model: &Model,
@@ -456,7 +584,9 @@ pub async fn predict_logits(
     for chunk in texts.chunks(batch.max(1)) {
         let enc = model.encode(chunk, max_len)?;
         let (logits, _) = clf.forward(&enc.inputs, None, false)?;
-        out.extend(logits.to_vec().await?);
+        let rows = logits.to_vec().await?;
+        crate::error::check_rows_finite(&rows, params.classes(), out.len() / params.classes().max(1), chunk, "logits")?;
+        out.extend(rows);
     }
     Ok(out)
 }
