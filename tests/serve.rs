@@ -307,3 +307,60 @@ fn a_full_queue_answers_busy_and_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Random request heads (a fixed-seed generator: bytes, broken request lines, odd headers): every
+/// one is answered or closed, and the server still serves a valid request afterwards.
+#[test]
+fn garbage_requests_are_survived() {
+    let server = start("garbage", &["--timeout", "1"]);
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let pieces: [&[u8]; 12] = [
+        b"GET ",
+        b"HEAD ",
+        b"POST ",
+        b"/",
+        b"/index.html",
+        b"/../",
+        b" HTTP/1.1",
+        b"\r\n",
+        b"\n",
+        b"Host: ",
+        b"127.0.0.1",
+        b"\x00\xff",
+    ];
+    let cases = 300;
+    let t = Instant::now();
+    for i in 0..cases {
+        let mut req = vec![];
+        for _ in 0..(next() % 12) {
+            let r = next();
+            if r % 5 == 0 {
+                req.extend((0..r % 40).map(|_| next() as u8));
+            } else {
+                req.extend_from_slice(pieces[(r % 12) as usize]);
+            }
+        }
+        req.extend_from_slice(if i % 2 == 0 { b"\r\n\r\n" } else { b"" });
+        let mut s = server.connect();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&req);
+        if i % 2 == 1 {
+            // No blank line: the client then hangs up, mid-head.
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        let mut reply = vec![];
+        let _ = s.read_to_end(&mut reply);
+        if !reply.is_empty() {
+            assert!(reply.starts_with(b"HTTP/1.1 "), "case {i}: {:?} → {:?}", req, String::from_utf8_lossy(&reply));
+        }
+    }
+    eprintln!("garbage: {cases} random requests in {:?}", t.elapsed());
+    assert_eq!(server.get("/").0, 200, "the server stopped answering");
+    assert!(server.child.id() > 0);
+}

@@ -113,6 +113,32 @@ impl EncoderConfig {
                 return bad(format!("{name} must be positive"));
             }
         }
+        // Far above any encoder this runs, far below what would overflow an allocation: a config
+        // asking for 2^64 layers is refused here, not by a panic while the model is built.
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 14),
+            ("embedding_size", self.embedding_size, 1 << 14),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 8),
+            ("intermediate_size", self.intermediate_size, 1 << 16),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 20),
+            ("type_vocab_size", self.type_vocab_size, 1 << 10),
+        ] {
+            if v > max {
+                return bad(format!("{name} {v} is more than localtune takes ({max})"));
+            }
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
+            return bad(format!("layer_norm_eps {} must be a finite number ≥ 0", self.layer_norm_eps));
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} {p} must be in [0, 1)"));
+            }
+        }
         Ok(())
     }
 
