@@ -31,6 +31,11 @@ pub enum Error {
     /// A bad argument or configuration value.
     #[error("{0}")]
     Invalid(String),
+
+    /// A training run whose loss or gradient went non-finite or exploded: its latest weights are
+    /// not to be kept.
+    #[error("{0}")]
+    Diverged(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -425,8 +425,8 @@ mod cli {
             Command::RankSources(a) => transfer::rank_sources(&a),
             Command::Distill(a) => transfer::distill(&a),
             Command::Serve { port, www, model, chat_model, data, tiny, no_default_model, workers, timeout } => {
-                if !(timeout.is_finite() && timeout > 0.0 && timeout <= 3600.0) {
-                    return Err(Error::invalid(format!("--timeout {timeout}: give seconds in (0, 3600]")));
+                if !(timeout.is_finite() && (0.1..=3600.0).contains(&timeout)) {
+                    return Err(Error::invalid(format!("--timeout {timeout}: give seconds from 0.1 to 3600")));
                 }
                 if !(1..=1024).contains(&workers) {
                     return Err(Error::invalid(format!("--workers {workers}: give 1 to 1024")));

@@ -130,6 +130,9 @@ impl Default for Limits {
 /// reach the worker scripts), with frame-ancestors, which only a header can carry.
 pub const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; img-src 'self' data: blob:; style-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// The slowest download the server waits for, in bytes per second (a 90 MB model: 6 minutes).
+const MIN_RATE: u64 = 256 * 1024;
+
 /// Bytes read from or written to a socket at a time.
 const CHUNK: usize = 64 * 1024;
 
@@ -198,6 +201,9 @@ fn read_head(stream: &mut TcpStream, limits: &Limits) -> std::result::Result<Str
         let old = head.len();
         head.extend_from_slice(&buf[..n]);
         if let Some(end) = head_end(&head, old) {
+            if end > limits.head_bytes {
+                return Err(HeadError::TooLarge);
+            }
             head.truncate(end);
             return String::from_utf8(head).map_err(|_| HeadError::Malformed);
         }
@@ -213,10 +219,28 @@ fn head_end(head: &[u8], old: usize) -> Option<usize> {
         let from = old.saturating_sub(pat.len() - 1);
         head[from..].windows(pat.len()).position(|w| w == pat).map(|i| from + i + pat.len())
     };
-    match (find(b"\r\n\r\n"), find(b"\n\n")) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    // CRLF heads, and the bare-LF heads (and their mixes) that RFC 9112 asks servers to accept.
+    [&b"\r\n\r\n"[..], b"\n\n", b"\n\r\n"].iter().filter_map(|p| find(p)).min()
+}
+
+/// The Host header's value among the header lines: `None` for malformed heads (a line without a
+/// colon, a name with spaces, a folded line, two Host headers: RFC 9112 answers them with 400), and
+/// `Some(None)` when there is no Host header.
+fn host_header<'a>(lines: impl Iterator<Item = &'a str>) -> Option<Option<&'a str>> {
+    let mut host = None;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':')?;
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace()) {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return None;
+            }
+            host = Some(value);
+        }
     }
+    Some(host)
 }
 
 /// Whether a Host header names this server: 127.0.0.1 or localhost, on our port when it gives one.
@@ -250,8 +274,9 @@ fn handle(mut stream: TcpStream, site: &Site, limits: &Limits, port: u16, buf: &
     };
     let mut lines = head.lines();
     let request_line = lines.next().unwrap_or("");
-    let host =
-        lines.filter_map(|l| l.split_once(':')).find(|(k, _)| k.trim().eq_ignore_ascii_case("host")).map(|(_, v)| v);
+    let Some(host) = host_header(lines) else {
+        return respond(&mut stream, "400 Bad Request", "text/plain", b"malformed header lines\n", false);
+    };
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
     match host {
@@ -276,12 +301,18 @@ fn handle(mut stream: TcpStream, site: &Site, limits: &Limits, port: u16, buf: &
     let Ok(mut file) = std::fs::File::open(&path) else {
         return respond(&mut stream, "404 Not Found", "text/plain", b"not found\n", head_only);
     };
-    // Streamed in chunks: a download costs one buffer, whatever the file's size.
+    // Streamed in chunks: a download costs one buffer, whatever the file's size. It must also end
+    // by a deadline (the timeout, plus the file at MIN_RATE): a client that keeps reading a trickle
+    // would otherwise hold a worker for hours, each write resetting the write timeout.
     let len = file.metadata()?.len();
     stream.write_all(header("200 OK", content_type(&path.to_string_lossy()), len).as_bytes())?;
     if !head_only {
+        let deadline = std::time::Instant::now() + limits.timeout + std::time::Duration::from_secs(len / MIN_RATE);
         let mut left = len;
         while left > 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "download too slow"));
+            }
             let n = file.read(&mut buf[..CHUNK.min(left as usize)])?;
             if n == 0 {
                 break; // the file shrank while we sent it; the client sees a short body
@@ -330,14 +361,18 @@ pub fn serve(listener: TcpListener, site: Site, limits: Limits) -> Result<()> {
             .map_err(|e| Error::invalid(format!("cannot start the server's worker threads: {e}")))?;
     }
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let Ok(stream) = stream else {
+            // Out of file descriptors (or another accept error): wait a little instead of spinning.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        };
         match tx.try_send(stream) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Full(mut stream)) => {
                 let _ = stream.set_write_timeout(Some(std::time::Duration::from_millis(200)));
-                let _ = stream.write_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nRetry-After: 1\r\nConnection: close\r\n\r\nbusy\n",
-                );
+                let busy = header("503 Service Unavailable", "text/plain", 5)
+                    .replace("\r\n\r\n", "\r\nRetry-After: 1\r\n\r\n");
+                let _ = stream.write_all(format!("{busy}busy\n").as_bytes());
                 // Brief, on the accepting thread: a flood of clients is slowed down, not queued.
                 linger(&mut stream, 16 * 1024, std::time::Duration::from_millis(50));
             }
@@ -360,6 +395,17 @@ mod tests {
         // The blank line split across two reads.
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 25), Some(27));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+    }
+
+    #[test]
+    fn malformed_header_lines_are_refused() {
+        use super::host_header;
+        assert_eq!(host_header(["Host: a", "X-Y: z"].into_iter()), Some(Some(" a")));
+        assert_eq!(host_header(["Accept: */*"].into_iter()), Some(None));
+        for bad in [&["Host: a", "host: b"][..], &["Host : a"], &[" Host: a"], &["no colon"], &[": x"]] {
+            assert_eq!(host_header(bad.iter().copied()), None, "{bad:?}");
+        }
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\r\n", 0), Some(25));
     }
 
     #[test]

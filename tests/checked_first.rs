@@ -117,6 +117,15 @@ fn numeric_labels_are_one_class_each_and_ordered_by_value() {
     assert_eq!(ds.labels(), ["10", "2", "x"]);
     let ds = Dataset::parse(b"text,label\na,007\nb,pos\n", "z.csv", false).unwrap();
     assert_eq!(ds.examples[0].label, "007", "a label in a text column keeps its spelling");
+    // Codes written with leading zeros or a sign are not numbers: kept as written, as text.
+    let ds = Dataset::parse(b"text,label\na,007\nb,010\nc,+1\n", "z.csv", false).unwrap();
+    assert_eq!(ds.labels(), ["+1", "007", "010"]);
+    // Integers beyond 2^53 would round into one class: such a file stays text.
+    let ds = Dataset::parse(b"text,label\na,9007199254740993\nb,9007199254740992\n", "b.csv", false).unwrap();
+    assert_eq!(ds.labels().len(), 2);
+    // An adapter trained before normalisation knows `0.0` and `1.0`: a file saying `1` still matches.
+    let ds = Dataset::parse(b"text,label\na,1\nb,0\n", "e.csv", false).unwrap();
+    assert_eq!(ds.label_ids(&["0.0".into(), "1.0".into()]).unwrap(), [1, 0]);
 }
 
 #[test]
@@ -216,6 +225,7 @@ fn adapter_files_that_disagree_are_refused_naming_both() {
     edit("\"r\": 8", "\"r\": 4");
     std::fs::remove_file(a.join("localtune.json")).unwrap();
     let e = AdapterFiles::load(&a).err().unwrap().to_string();
-    assert!(e.contains("adapter_config.json: says r 4") && e.contains("adapter_model.safetensors has rank 8"), "{e}");
+    assert!(e.contains("adapter_model.safetensors: tensor") && e.contains("has shape [8, 16]"), "{e}");
+    assert!(e.contains("not of rank 4 as") && e.contains("adapter_config.json says"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }

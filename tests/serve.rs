@@ -113,6 +113,8 @@ fn answers_its_own_host_only_with_the_security_headers() {
         (format!("GET /../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", server.port), 404),
         (format!("GET /data/../www/index.html HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", server.port), 404),
         (format!("GET /models/x/config.json HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", server.port), 404),
+        (format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nHost: evil.example\r\n\r\n", server.port), 400),
+        (format!("GET / HTTP/1.1\r\nHost : 127.0.0.1:{}\r\n\r\n", server.port), 400),
     ] {
         let (code, head, _) = server.raw(&request);
         assert_eq!(code, want, "{request:?} → {head}");
@@ -122,10 +124,11 @@ fn answers_its_own_host_only_with_the_security_headers() {
 
 #[test]
 fn a_closed_stdout_does_not_stop_the_server() {
-    let mut server = start("stdout", &[]);
-    // start() drains what the server prints; here nobody reads it at all.
+    let server = start("stdout", &[]);
+    // A port known beforehand, so nobody needs to read what this server prints.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_localtune"))
-        .args(["serve", "--port", "0", "--no-default-model", "--www"])
+        .args(["serve", "--port", &port.to_string(), "--no-default-model", "--www"])
         .arg(server.dir.join("www"))
         .arg("--data")
         .arg(server.dir.join("data"))
@@ -133,12 +136,44 @@ fn a_closed_stdout_does_not_stop_the_server() {
         .spawn()
         .unwrap();
     drop(child.stdout.take());
-    std::thread::sleep(Duration::from_millis(500));
+    // It prints before it serves: once it answers, it has written into the closed pipe and lived.
+    let t = Instant::now();
+    let answered = loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes());
+            let mut all = vec![];
+            let _ = s.read_to_end(&mut all);
+            break all.starts_with(b"HTTP/1.1 200");
+        }
+        if t.elapsed() > Duration::from_secs(10) || child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let alive = child.try_wait().unwrap().is_none();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(alive, "the server exited when its stdout closed");
-    assert!(server.child.try_wait().unwrap().is_none());
+    assert!(answered && alive, "the server stopped when its stdout closed (answered {answered}, alive {alive})");
+}
+
+/// A client that asks for a big file and stops reading is dropped after the timeout: its worker
+/// is not held for ever by a full socket.
+#[test]
+fn a_stalled_download_is_dropped() {
+    let server = start("stalled", &["--timeout", "1"]);
+    let mut s = server.connect();
+    s.write_all(format!("GET /data/big.csv HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n", server.port).as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert!(got < BIG, "a stalled client still got the whole file ({got} bytes)");
+    assert_eq!(server.get("/").0, 200);
 }
 
 #[test]
@@ -362,5 +397,6 @@ fn garbage_requests_are_survived() {
     }
     eprintln!("garbage: {cases} random requests in {:?}", t.elapsed());
     assert_eq!(server.get("/").0, 200, "the server stopped answering");
-    assert!(server.child.id() > 0);
+    let mut child = server;
+    assert!(child.child.try_wait().unwrap().is_none(), "the server exited");
 }

@@ -123,7 +123,10 @@ impl AdapterFiles {
             let meta_origin = format!("{origin}/{META_FILE}");
             let m: Meta = serde_json::from_str(meta)
                 .map_err(|e| Error::file(&meta_origin, format!("not a localtune adapter description: {e}")))?;
-            config_agrees(&config, &m.method, &cfg_origin, &meta_origin)?;
+            config_agrees(&config, &m.method, m.head, &cfg_origin, &meta_origin)?;
+            if let Method::Lora(l) = &m.method {
+                lora_shapes_agree(&tensors, l.r, &meta_origin)?;
+            }
             let (mut method, mut tensors) = (m.method, tensors);
             if let Some(c) = method.scalearn_mut() {
                 c.unpack_sources(&mut tensors)?;
@@ -160,17 +163,7 @@ impl AdapterFiles {
                 }
                 // PEFT scales by alpha / r from the config: a config whose r is not the tensors' rank
                 // would be read with another scale.
-                if let Some((k, t)) =
-                    tensors.tensors.iter().find(|(k, t)| k.ends_with(".lora_A.weight") && t.shape[0] != r)
-                {
-                    return Err(Error::file(
-                        &cfg_origin,
-                        format!(
-                            "says r {r}, but tensor `{k}` in {origin}/{WEIGHTS_FILE} has rank {}: the files disagree",
-                            t.shape[0]
-                        ),
-                    ));
-                }
+                lora_shapes_agree(&tensors, r, &cfg_origin)?;
                 let use_dora = config.get("use_dora").and_then(|v| v.as_bool()).unwrap_or(false);
                 if use_dora {
                     return Err(Error::file(&cfg_origin, "DoRA adapters are not supported"));
@@ -216,8 +209,11 @@ impl AdapterFiles {
                 ))
             }
         };
-        let classes =
-            tensors.tensors.get("base_model.model.classifier.weight").map(|t| t.shape[0]).ok_or_else(|| {
+        let classes = tensors
+            .tensors
+            .get("base_model.model.classifier.weight")
+            .and_then(|t| t.shape.first().copied())
+            .ok_or_else(|| {
                 Error::tensor(
                     format!("{origin}/{WEIGHTS_FILE}"),
                     "base_model.model.classifier.weight",
@@ -312,9 +308,38 @@ impl AdapterFiles {
     }
 }
 
-/// Refuses an adapter_config.json that says otherwise than localtune.json about the method: PEFT
-/// reads the one, localtune the other, and they would compute different models from one folder.
-fn config_agrees(config: &serde_json::Value, method: &Method, cfg_origin: &str, meta_origin: &str) -> Result<()> {
+/// Refuses LoRA tensors that are not (r, in) for A and (out, r) for B with the rank `r` the file
+/// `says` gives: PEFT and localtune would read them with another scale, or not at all.
+fn lora_shapes_agree(tensors: &NamedTensors, r: usize, says: &str) -> Result<()> {
+    for (k, t) in &tensors.tensors {
+        let rank = if k.ends_with(".lora_A.weight") {
+            t.shape.first()
+        } else if k.ends_with(".lora_B.weight") {
+            t.shape.get(1)
+        } else {
+            continue;
+        };
+        if t.shape.len() != 2 || rank != Some(&r) {
+            return Err(Error::tensor(
+                &tensors.origin,
+                k,
+                format!("has shape {:?}, not of rank {r} as {says} says: the files disagree", t.shape),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an adapter_config.json that says otherwise than localtune.json about the method or the
+/// head: PEFT reads the one, localtune the other, and they would compute different models from one
+/// folder.
+fn config_agrees(
+    config: &serde_json::Value,
+    method: &Method,
+    head: HeadKind,
+    cfg_origin: &str,
+    meta_origin: &str,
+) -> Result<()> {
     let peft_type = config.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
     let base = peft_type.trim_start_matches("LOCALTUNE_").trim_end_matches("_MEAN_HEAD");
     let mut differ: Vec<String> = vec![];
@@ -341,12 +366,22 @@ fn config_agrees(config: &serde_json::Value, method: &Method, cfg_origin: &str, 
             }
         }
         m => {
-            // localtune's own methods carry the whole method in the config.
-            differ.extend(field("localtune_method", serde_json::to_value(m).unwrap()));
+            // localtune's own methods carry the whole method in the config; read as a method, so
+            // options added since (with their defaults) compare equal.
+            let theirs = config.get("localtune_method").cloned().unwrap_or_default();
+            if serde_json::from_value::<Method>(theirs.clone()).ok().as_ref() != Some(m) {
+                let ours = serde_json::to_value(m).unwrap();
+                differ.push(format!("`localtune_method` {theirs} where {meta_origin} has {ours}"));
+            }
             if !peft_type.starts_with("LOCALTUNE_") {
                 differ.push(format!("`peft_type` {peft_type:?} where {meta_origin} has method {}", m.name()));
             }
         }
+    }
+    // The mean head is marked in peft_type, so that PEFT does not load it on the pooler.
+    let mean_marked = peft_type.ends_with("_MEAN_HEAD");
+    if matches!(method, Method::Lora(_) | Method::Ia3(_)) && mean_marked != (head == HeadKind::Mean) {
+        differ.push(format!("`peft_type` {peft_type:?} where {meta_origin} has the {head:?} head"));
     }
     if differ.is_empty() {
         Ok(())

@@ -402,7 +402,7 @@ impl CausalRun {
                 Some(s) if mean.is_finite() => format!("{mean:.4e}, over {EXPLOSION_FACTOR}× its start ({s:.4})"),
                 _ => format!("{mean}"),
             };
-            return Err(Error::invalid(format!(
+            return Err(Error::Diverged(format!(
                 "training diverged: the loss is {why} at step {}; lower the learning rate",
                 self.opt.step + 1
             )));

@@ -161,7 +161,7 @@ impl Dataset {
         self.examples
             .iter()
             .map(|e| {
-                labels.iter().position(|l| *l == e.label).map(|i| i as u32).ok_or_else(|| {
+                labels.iter().position(|l| same_label(l, &e.label)).map(|i| i as u32).ok_or_else(|| {
                     Error::file(
                         format!("{}:{}", self.origin, e.line),
                         format!(
@@ -251,17 +251,60 @@ pub fn parse_texts(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// A label that is a finite number (`1`, `-2`, `0.5`, `1e3`).
+/// A label written as a plain number (`1`, `-2`, `0.5`, `1.0`, `1e3`), as JSON writes numbers: no
+/// leading zeros or `+` (`007` and `+1` are codes, kept as text), and exactly representable when it
+/// is an integer (|n| ≤ 2^53), so that two labels never become one by rounding.
 fn numeric_label(s: &str) -> Option<f64> {
     let s = s.trim();
-    let looks_numeric =
-        s.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c)) && s.chars().any(|c| c.is_ascii_digit());
-    s.parse::<f64>().ok().filter(|v| looks_numeric && v.is_finite())
+    let b = s.as_bytes();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    let int_start = i;
+    let n = digits(&mut i);
+    if n == 0 || (n > 1 && b[int_start] == b'0') {
+        return None;
+    }
+    let mut significant = n;
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        match digits(&mut i) {
+            0 => return None,
+            f => significant += f,
+        }
+    }
+    // Any two decimals of at most 15 digits are two distinct f64 values; beyond, they may round
+    // into one (9007199254740993 and 9007199254740992).
+    if significant > 15 {
+        return None;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return None;
+        }
+    }
+    let v: f64 = s.parse().ok().filter(|v: &f64| v.is_finite())?;
+    (i == b.len() && (v.fract() != 0.0 || v.abs() <= 9_007_199_254_740_992.0)).then_some(v)
+}
+
+/// Whether two labels name one class: the same text, or the same number (an adapter trained on
+/// `1.0` before labels were normalised, asked about `1`).
+pub fn same_label(a: &str, b: &str) -> bool {
+    a == b || matches!((numeric_label(a), numeric_label(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// The one way a numeric label is written: integers without a fraction, others in the shortest form.
 fn canonical_number(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
+    if v.fract() == 0.0 && v.abs() <= 9_007_199_254_740_992.0 {
         format!("{}", v as i64)
     } else {
         format!("{v}")

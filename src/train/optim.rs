@@ -39,8 +39,10 @@ impl Default for OptimConfig {
 /// the usual range).
 pub const MAX_LR: f32 = 1.0;
 
-/// A loss this many times its start is an explosion, not learning: the run stops there.
-pub const EXPLOSION_FACTOR: f64 = 50.0;
+/// A loss this many times its start is an explosion, not learning: the run stops there. For two
+/// classes that is a mean of 69 nats, a true label given probability e^-69 ≈ 1e-30: no healthy
+/// batch, even of one mislabelled example, gets there.
+pub const EXPLOSION_FACTOR: f64 = 100.0;
 
 /// Whether `loss` has exploded against the run's first loss `start`; `floor` is the smallest start to
 /// measure against (a classifier's chance level ln K), so a run that starts near 0 is not stopped by
@@ -197,11 +199,12 @@ mod explosion_tests {
         let ln2 = 2f64.ln();
         assert!(!exploded(0.7, None, ln2));
         assert!(!exploded(30.0, Some(0.69), ln2), "noisy but not exploded");
+        assert!(!exploded(60.0, Some(0.69), ln2), "one confidently wrong example in a batch of 1");
         assert!(exploded(1.86e9, Some(0.69), ln2));
         assert!(exploded(f64::NAN, Some(0.69), ln2));
         assert!(exploded(f64::INFINITY, None, ln2));
         // A start near 0 is measured against the floor, not against itself.
         assert!(!exploded(0.5, Some(1e-4), ln2));
-        assert!(exploded(200.0, Some(3.0), 1.0) && !exploded(100.0, Some(3.0), 1.0));
+        assert!(exploded(400.0, Some(3.0), 1.0) && !exploded(200.0, Some(3.0), 1.0));
     }
 }

@@ -296,7 +296,7 @@ impl Trainer {
             };
             self.grads.zero()?;
             self.accumulated = 0;
-            return Err(Error::invalid(format!(
+            return Err(Error::Diverged(format!(
                 "training diverged: {what} at step {} (epoch {}); try a lower learning rate",
                 self.state.micro_step + 1,
                 self.state.epoch + 1
@@ -559,9 +559,18 @@ impl Checkpointer {
         self.pending = Some(files);
     }
 
-    /// A step failed: what it says, and where the last good checkpoint is when there is one.
+    /// A step failed: what it says, and where the last good checkpoint is when there is one. A
+    /// held checkpoint is dropped when the run diverged (its weights are what the next step could
+    /// not use), and written when the step failed otherwise (a lost device, a full disk): its weights
+    /// are finite and came from a sane step, and dropping them would lose up to `every` steps.
     pub fn failed(&mut self, e: Error) -> Error {
-        self.pending = None;
+        if let Some(files) = self.pending.take() {
+            if !matches!(e, Error::Diverged(_)) {
+                if let Err(save) = save_checkpoint(&self.dir, &files) {
+                    return Error::invalid(format!("{e}; saving the checkpoint failed too: {save}"));
+                }
+            }
+        }
         if self.every.is_some() && self.dir.exists() {
             Error::invalid(format!("{e}; the last good checkpoint is in {}", self.dir.display()))
         } else {
