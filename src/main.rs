@@ -437,7 +437,7 @@ mod cli {
                     timeout: std::time::Duration::from_secs_f64(timeout),
                     ..Default::default()
                 };
-                serve(port, www, model, chat_model, data, tiny, no_default_model, limits)
+                serve(port, Offer { www, model, chat_model, data, tiny, no_default: no_default_model }, limits)
             }
             Command::TinyLlama { out, seed } => write_tiny_llama(&out, seed),
             Command::TinyModel { out, seed } => write_tiny(&out, seed),
@@ -782,17 +782,19 @@ mod cli {
         localtune::peft::format::write_atomic(out, &localtune::model::tiny_llama::tiny_llama_gguf(seed)?)
     }
 
-    fn serve(
-        port: u16,
+    /// What `serve` offers: the app folder, the models and the example data.
+    struct Offer {
         www: PathBuf,
         model: Option<PathBuf>,
         chat_model: Option<PathBuf>,
         data: Option<PathBuf>,
         tiny: bool,
         no_default: bool,
-        limits: localtune::serve::Limits,
-    ) -> Result<()> {
+    }
+
+    fn serve(port: u16, offer: Offer, limits: localtune::serve::Limits) -> Result<()> {
         use localtune::serve;
+        let Offer { www, model, chat_model, data, tiny, no_default } = offer;
         if !www.join("index.html").exists() {
             return Err(Error::file(&www, "no index.html here: pass --www with the web app folder"));
         }

@@ -178,7 +178,7 @@ fn f16_bf16_and_prefixed_checkpoints_load() {
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let tokenizer = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
     let named = localtune::model::NamedTensors::load(&dir.join("model.safetensors")).unwrap();
-    assert_eq!(named.skipped, vec!["embeddings.position_ids".to_string()]);
+    assert_eq!(named.skipped, vec![("embeddings.position_ids".to_string(), "I64".to_string())]);
     let base = Model::load(&dir, &localtune::Device::Cpu).unwrap();
     let text = ["a small test sentence"];
     let (want, _) = futures::executor::block_on(base.embed(&text, 64, 1)).unwrap();

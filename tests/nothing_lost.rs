@@ -210,8 +210,7 @@ fn weights_that_are_not_finite_are_never_saved_over_a_good_folder() {
     );
     let bytes = t.to_bytes(None).unwrap();
     let e = write_folder_atomic(&out, &[("adapter_config.json", &b"{}"[..]), ("adapter_model.safetensors", &bytes)])
-        .err()
-        .expect("NaN weights were saved")
+        .expect_err("NaN weights were saved")
         .to_string();
     assert!(e.contains("x.lora_A.weight") && e.contains("NaN at index 1") && e.contains("not saved"), "{e}");
     assert_eq!(names(&out), ["adapter_model.safetensors"]);

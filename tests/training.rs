@@ -266,7 +266,7 @@ fn an_exploding_run_stops_and_never_checkpoints_the_exploded_weights() {
     }
     assert!(ck.due(t.opt.step, t.finished()));
     ck.hold(futures::executor::block_on(t.checkpoint_files("tiny")).unwrap());
-    let e = step(&mut t, &mut ck).err().expect("the exploded loss must stop the run").to_string();
+    let e = step(&mut t, &mut ck).expect_err("the exploded loss must stop the run").to_string();
     assert!(e.contains("training diverged: the loss is") && e.contains("× its start"), "{e}");
     assert!(e.contains("at step 3") && e.contains("last good checkpoint"), "{e}");
     let files = CheckpointFiles::load(&dir).unwrap();

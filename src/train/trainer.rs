@@ -549,7 +549,7 @@ impl Checkpointer {
 
     /// Whether a checkpoint is due after reaching optimiser step `step` (`done`: the run is finished).
     pub fn due(&mut self, step: u64, done: bool) -> bool {
-        let due = self.every.is_some_and(|e| step != self.last_step && step % e == 0) && !done;
+        let due = self.every.is_some_and(|e| step != self.last_step && step.is_multiple_of(e)) && !done;
         self.last_step = step;
         due
     }
