@@ -32,6 +32,33 @@ pub struct NamedTensors {
     pub skipped: Vec<(String, String)>,
 }
 
+/// Refuses safetensors bytes about to be written whose float tensors hold NaN or infinity, naming
+/// the tensor and index; `origin` is where they would go. Reads the bytes in place (a full model's
+/// checkpoint is not copied into f32 to be checked).
+pub fn check_finite_to_save(bytes: &[u8], origin: &str) -> Result<()> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::file(origin, format!("not a valid safetensors file: {e}")))?;
+    for (name, view) in st.tensors() {
+        let raw = view.data();
+        let bad = match view.dtype() {
+            Dtype::F32 => raw.chunks_exact(4).position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            Dtype::F16 => raw.chunks_exact(2).position(|b| !half::f16::from_le_bytes([b[0], b[1]]).is_finite()),
+            Dtype::BF16 => raw.chunks_exact(2).position(|b| !half::bf16::from_le_bytes([b[0], b[1]]).is_finite()),
+            Dtype::F64 => raw.chunks_exact(8).position(|b| !f64::from_le_bytes(b.try_into().unwrap()).is_finite()),
+            _ => None,
+        };
+        if let Some(i) = bad {
+            let v = NamedTensors::from_bytes(bytes, origin)?.tensors[&name].data[i];
+            return Err(Error::tensor(
+                origin,
+                &name,
+                format!("holds {v} at index {i}: not saved, and what the folder held is kept"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl NamedTensors {
     /// Parses safetensors bytes; `origin` names the file in errors.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
@@ -70,18 +97,6 @@ impl NamedTensors {
                 &self.origin,
                 name,
                 format!("{what} holds {v} at index {i}: the file is damaged (or was saved from a diverged run)"),
-            )),
-            None => Ok(()),
-        }
-    }
-
-    /// `check_finite` for weights about to be written (`origin` is where they would go).
-    pub fn check_finite_to_save(&self) -> Result<()> {
-        match self.first_non_finite() {
-            Some((name, i, v)) => Err(Error::tensor(
-                &self.origin,
-                name,
-                format!("holds {v} at index {i}: not saved, and what the folder held is kept"),
             )),
             None => Ok(()),
         }

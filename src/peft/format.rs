@@ -410,7 +410,7 @@ pub fn write_folder_atomic<S: AsRef<str>, B: AsRef<[u8]>>(dir: &std::path::Path,
         let n = n.as_ref();
         if n.ends_with(".safetensors") {
             let origin = dir.join(n).display().to_string();
-            NamedTensors::from_bytes(bytes.as_ref(), &origin)?.check_finite_to_save()?;
+            crate::model::weights::check_finite_to_save(bytes.as_ref(), &origin)?;
         }
     }
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
