@@ -192,7 +192,12 @@ pub async fn load_model(
 #[wasm_bindgen(js_name = loadData)]
 pub fn load_data(bytes: Vec<u8>, name: String, skip_bad_rows: bool) -> std::result::Result<String, JsError> {
     let mut s = take()?;
-    let r = Dataset::parse(&bytes, &name, skip_bad_rows);
+    let r = Dataset::parse_with_hint(
+        &bytes,
+        &name,
+        skip_bad_rows,
+        "tick “skip rows that cannot be read” to skip such rows",
+    );
     let out = r.map(|ds| {
         let v = serde_json::json!({
             "name": name,

@@ -57,6 +57,12 @@ impl Dataset {
     /// Parses file contents. `origin` names the file in errors; with `skip_bad_rows` unreadable rows
     /// are counted in `skipped` instead of failing.
     pub fn parse(bytes: &[u8], origin: &str, skip_bad_rows: bool) -> Result<Dataset> {
+        Self::parse_with_hint(bytes, origin, skip_bad_rows, "use --skip-bad-rows to skip such rows")
+    }
+
+    /// `parse`, with `hint` saying how to skip unreadable rows where the reader is (a flag on the
+    /// command line, a checkbox on the page).
+    pub fn parse_with_hint(bytes: &[u8], origin: &str, skip_bad_rows: bool, hint: &str) -> Result<Dataset> {
         let text = std::str::from_utf8(bytes).map_err(|e| {
             let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
             Error::file(format!("{origin}:{line}"), "invalid UTF-8: the file must be UTF-8 text")
@@ -76,10 +82,7 @@ impl Dataset {
                 Ok(e) => ds.examples.push(e),
                 Err(bad) if skip_bad_rows => ds.skipped.push(bad),
                 Err(bad) => {
-                    return Err(Error::file(
-                        format!("{origin}:{}", bad.line),
-                        format!("{} (use --skip-bad-rows to skip such rows)", bad.reason),
-                    ))
+                    return Err(Error::file(format!("{origin}:{}", bad.line), format!("{} ({hint})", bad.reason)))
                 }
             }
         }
@@ -232,7 +235,7 @@ pub fn parse_texts(bytes: &[u8], origin: &str) -> Result<Vec<String>> {
                 arr.iter().enumerate().map(|(i, v)| field(v, i + 1)).collect::<Result<_>>()?
             }
             Format::Csv => {
-                let sep = if origin.to_ascii_lowercase().ends_with(".tsv") { '\t' } else { ',' };
+                let sep = csv_separator(text, origin);
                 let records =
                     csv_records(text, sep).map_err(|b| Error::file(format!("{origin}:{}", b.line), b.reason))?;
                 let Some(((hline, header), rows)) = records.split_first() else {
@@ -366,16 +369,61 @@ fn parse_json_array(text: &str, origin: &str) -> Result<Vec<std::result::Result<
     Ok(arr.iter().enumerate().map(|(i, v)| example_from_object(v, i + 1)).collect())
 }
 
-/// RFC 4180 records: fields separated by commas (tabs for .tsv files), optionally quoted with `"`,
-/// `""` an escaped quote, newlines allowed inside quotes. Returns (first line, fields) per record.
-pub fn csv_records(text: &str, sep: char) -> std::result::Result<Vec<(usize, Vec<String>)>, BadRow> {
+/// RFC 4180 records: fields separated by `sep`, optionally quoted with `"`, `""` an escaped quote,
+/// newlines allowed inside quotes. Returns (first line, fields) per record; the first unreadable
+/// record is an error.
+pub fn csv_records(text: &str, sep: char) -> std::result::Result<Records, BadRow> {
+    match csv_scan(text, sep, 1) {
+        (records, None) => Ok(records),
+        (_, Some((bad, _))) => Err(bad),
+    }
+}
+
+/// `csv_records` that skips what it cannot read: a row with a stray quote is dropped and reading
+/// goes on at the next line; a quote never closed drops its row and reading goes on at the line
+/// after the row's start (not the rest of the file).
+pub fn csv_records_skipping(text: &str, sep: char) -> (Records, Vec<BadRow>) {
+    let starts: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let (mut records, mut bad, mut line) = (vec![], vec![], 1);
+    // Each unclosed quote scans to the end before reading resumes: bounded, so that a file of many
+    // of them costs a few passes, not one per row.
+    let mut budget = 8 * text.len() + (1 << 20);
+    loop {
+        let from = starts.get(line - 1).copied().unwrap_or(text.len());
+        if text.len() - from > budget {
+            let reason = "too many unreadable rows before this one: stopped reading here".to_string();
+            bad.push(BadRow { line, reason });
+            return (records, bad);
+        }
+        budget -= text.len() - from;
+        let (got, err) = csv_scan(&text[from..], sep, line);
+        records.extend(got);
+        match err {
+            None => return (records, bad),
+            Some((b, resume)) => {
+                bad.push(b);
+                if resume <= line || resume > starts.len() {
+                    return (records, bad);
+                }
+                line = resume;
+            }
+        }
+    }
+}
+
+/// CSV records: (first line, fields) each.
+pub type Records = Vec<(usize, Vec<String>)>;
+
+/// Scans records from `text`, whose first line is line `first`. On an unreadable record, returns the
+/// records before it, the error and the line to resume at.
+fn csv_scan(text: &str, sep: char, first: usize) -> (Records, Option<(BadRow, usize)>) {
     let mut records = vec![];
     let mut fields: Vec<String> = vec![];
     let mut field = String::new();
     let mut in_quotes = false;
     let mut quoted_field = false;
-    let mut line = 1;
-    let mut start = 1;
+    let mut line = first;
+    let mut start = first;
     let mut chars = text.chars().peekable();
     while let Some(ch) = chars.next() {
         if in_quotes {
@@ -399,11 +447,8 @@ pub fn csv_records(text: &str, sep: char) -> std::result::Result<Vec<(usize, Vec
                 quoted_field = true;
             }
             '"' => {
-                return Err(BadRow {
-                    line,
-                    reason: "a quote inside an unquoted field (quote the whole field and double the inner quotes)"
-                        .into(),
-                })
+                let reason = "a quote inside an unquoted field (quote the whole field and double the inner quotes)";
+                return (records, Some((BadRow { line, reason: reason.into() }, line + 1)));
             }
             c if c == sep => {
                 fields.push(std::mem::take(&mut field));
@@ -422,25 +467,56 @@ pub fn csv_records(text: &str, sep: char) -> std::result::Result<Vec<(usize, Vec
             }
             _ => {
                 if quoted_field {
-                    return Err(BadRow { line, reason: "text after a closing quote".into() });
+                    let reason = "text after a closing quote";
+                    return (records, Some((BadRow { line, reason: reason.into() }, line + 1)));
                 }
                 field.push(ch)
             }
         }
     }
     if in_quotes {
-        return Err(BadRow { line: start, reason: "a quoted field is never closed".into() });
+        let reason = "a quoted field is never closed";
+        return (records, Some((BadRow { line: start, reason: reason.into() }, start + 1)));
     }
     if !field.is_empty() || !fields.is_empty() || quoted_field {
         fields.push(field);
         records.push((start, fields));
     }
-    Ok(records)
+    (records, None)
 }
 
+/// The field separator of a CSV file: tab for `.tsv`, else whichever of `,` `;` tab `|` its header
+/// line holds most often outside quotes (a comma when none): a semicolon-separated export reads as
+/// it is, instead of as one column with stray quotes.
+pub fn csv_separator(text: &str, origin: &str) -> char {
+    if origin.to_ascii_lowercase().ends_with(".tsv") {
+        return '\t';
+    }
+    let header = text.lines().next().unwrap_or("");
+    let mut counts = [(',', 0usize), (';', 0), ('\t', 0), ('|', 0)];
+    let mut quoted = false;
+    for ch in header.chars() {
+        if ch == '"' {
+            quoted = !quoted;
+        } else if !quoted {
+            if let Some(c) = counts.iter_mut().find(|(c, _)| *c == ch) {
+                c.1 += 1;
+            }
+        }
+    }
+    let best = counts.iter().max_by_key(|(c, n)| (*n, *c == ',')).unwrap();
+    if best.1 == 0 {
+        ','
+    } else {
+        best.0
+    }
+}
+
+/// The rows of a CSV file, unreadable ones (a stray or unclosed quote) among them as errors in
+/// line order: the caller fails on the first or skips them.
 fn parse_csv(text: &str, origin: &str) -> Result<Vec<std::result::Result<Example, BadRow>>> {
-    let sep = if origin.to_ascii_lowercase().ends_with(".tsv") { '\t' } else { ',' };
-    let records = csv_records(text, sep).map_err(|b| Error::file(format!("{origin}:{}", b.line), b.reason))?;
+    let sep = csv_separator(text, origin);
+    let (records, unreadable) = csv_records_skipping(text, sep);
     let Some(((hline, header), rows)) = records.split_first() else {
         return Err(Error::file(origin, "the file is empty"));
     };
@@ -451,21 +527,34 @@ fn parse_csv(text: &str, origin: &str) -> Result<Vec<std::result::Result<Example
             format!("the header must name a `text` and a `label` column; it has: {}", header.join(", ")),
         ));
     };
-    Ok(rows
-        .iter()
-        .map(|(line, f)| {
-            let bad = |reason: String| BadRow { line: *line, reason };
-            let text = f.get(ti).ok_or_else(|| bad(format!("{} fields, no `text` column", f.len())))?;
-            let label = f.get(li).ok_or_else(|| bad(format!("{} fields, no `label` column", f.len())))?;
-            if text.trim().is_empty() {
-                return Err(bad("empty text".into()));
-            }
-            if label.trim().is_empty() {
-                return Err(bad("empty label".into()));
-            }
-            Ok(Example { text: text.clone(), label: label.trim().to_string(), line: *line })
-        })
-        .collect())
+    let rows = rows.iter().map(|(line, f)| {
+        let bad = |reason: String| BadRow { line: *line, reason };
+        // More fields than the header names: a separator inside an unquoted text, most likely.
+        if f.len() > header.len() {
+            return Err(bad(format!(
+                "{} fields where the header has {} (quote a text that holds `{}`)",
+                f.len(),
+                header.len(),
+                if sep == '\t' { "\\t".to_string() } else { sep.to_string() }
+            )));
+        }
+        let text = f.get(ti).ok_or_else(|| bad(format!("{} fields, no `text` column", f.len())))?;
+        let label = f.get(li).ok_or_else(|| bad(format!("{} fields, no `label` column", f.len())))?;
+        if text.trim().is_empty() {
+            return Err(bad("empty text".into()));
+        }
+        if label.trim().is_empty() {
+            return Err(bad("empty label".into()));
+        }
+        Ok(Example { text: text.clone(), label: label.trim().to_string(), line: *line })
+    });
+    let mut out: Vec<std::result::Result<Example, BadRow>> = rows.collect();
+    out.extend(unreadable.into_iter().map(Err));
+    out.sort_by_key(|r| match r {
+        Ok(e) => e.line,
+        Err(b) => b.line,
+    });
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -502,6 +591,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("j.jsonl:2:") && e.contains("label"), "{e}");
+    }
+
+    #[test]
+    fn separators_extra_fields_and_broken_quotes() {
+        // A semicolon export read as it is (it used to fail on "a quote inside an unquoted field").
+        let ds =
+            Dataset::parse("text;label\n\"good; really\";pos\nbad, sadly;neg\n".as_bytes(), "s.csv", false).unwrap();
+        assert_eq!(ds.examples[0].text, "good; really");
+        assert_eq!(ds.examples[1].text, "bad, sadly");
+        let ds = Dataset::parse(b"text|label\na|x\nb|y\n", "p.csv", false).unwrap();
+        assert_eq!(ds.labels(), ["x", "y"]);
+        // A row with more fields than the header: its third field became the label, silently.
+        let csv = "text,label\ngood,pos\n\"too\",\"many\",\"fields\"\nbad,neg\n";
+        let e = Dataset::parse(csv.as_bytes(), "x.csv", false).unwrap_err().to_string();
+        assert!(e.starts_with("x.csv:3:") && e.contains("3 fields where the header has 2"), "{e}");
+        let ds = Dataset::parse(csv.as_bytes(), "x.csv", true).unwrap();
+        assert_eq!(ds.labels(), ["neg", "pos"]);
+        assert_eq!(ds.skipped[0].line, 3);
+        // One unclosed quote rejected the whole file even with skipping: now only its row goes.
+        let csv = "text,label\ngood,pos\n\"never closed,neg\nfine,pos\nbad,neg\n";
+        let e = Dataset::parse(csv.as_bytes(), "q.csv", false).unwrap_err().to_string();
+        assert!(e.starts_with("q.csv:3:") && e.contains("never closed") && e.contains("--skip-bad-rows"), "{e}");
+        let ds = Dataset::parse(csv.as_bytes(), "q.csv", true).unwrap();
+        let texts: Vec<&str> = ds.examples.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, ["good", "fine", "bad"]);
+        assert_eq!(ds.skipped.iter().map(|b| b.line).collect::<Vec<_>>(), [3]);
+        // A stray quote mid-field: that row is skipped, the next ones read.
+        let ds = Dataset::parse(b"text,label\nsa\"y,pos\nok,neg\nfine,pos\n", "r.csv", true).unwrap();
+        assert_eq!(ds.examples.len(), 2);
+        assert_eq!(ds.skipped[0].line, 2);
+        // The page names its checkbox, not the command line's flag.
+        let e =
+            Dataset::parse_with_hint(b"text,label\n\"x,pos\n", "p.csv", false, "tick the box").unwrap_err().to_string();
+        assert!(e.contains("(tick the box)") && !e.contains("--skip"), "{e}");
     }
 
     #[test]
