@@ -270,10 +270,13 @@ async function loadDataBytes(bytes, name) {
     for (const r of info.preview) table.append(el('tr', {}, el('td', {}, r.text), el('td', {}, r.label)));
     $('data-preview').replaceChildren(el('div', { class: 'hint' }, `First ${info.preview.length} rows:`), table);
   } catch (e) {
-    state.data = null;
-    $('data-info').textContent = '';
-    $('data-preview').textContent = '';
-    showError(`${e.message}. A data file is a CSV with a header naming "text" and "label" columns, or JSONL with one {"text": …, "label": …} object per line.`);
+    // The data loaded before stays (the wasm keeps it too): a bad file costs nothing.
+    const kept = state.data ? ` The data loaded before (${state.data.name}, ${state.data.rows} rows) is kept.` : '';
+    if (!state.data) {
+      $('data-info').textContent = '';
+      $('data-preview').textContent = '';
+    }
+    showError(`${e.message}. A data file is a CSV with a header naming "text" and "label" columns (separated by commas, semicolons, tabs or |), or JSONL with one {"text": …, "label": …} object per line.${kept}`);
   }
   refreshButtons();
 }

@@ -152,6 +152,21 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   await page.waitForFunction(() => /60 rows/.test(document.querySelector('#data-info').textContent));
   assert.match(await page.textContent('#data-info'), /negative: 30, positive: 30/);
   assert.equal(await page.isHidden('#error'), true);
+  // A broken file after a good one: its error names the checkbox, and the good data stays.
+  await page.setInputFiles('#data-file', { name: 'broken.csv', mimeType: 'text/csv', buffer: Buffer.from('text,label\n"never closed,pos\n') });
+  await page.waitForSelector('#error:not([hidden])');
+  assert.match(await page.textContent('#error'), /The data loaded before \(toy\.csv, 60 rows\) is kept/);
+  assert.match(await page.textContent('#data-info'), /60 rows/);
+  await page.uncheck('#skip-bad');
+  await page.setInputFiles('#data-file', { name: 'broken2.csv', mimeType: 'text/csv', buffer: Buffer.from('text,label\nfine,pos\n"never closed,pos\n') });
+  await page.waitForFunction(() => /skip rows that cannot be read/.test(document.querySelector('#error').textContent));
+  assert.doesNotMatch(await page.textContent('#error'), /--skip-bad-rows/);
+  await page.check('#skip-bad');
+  // A semicolon-separated export reads as it is.
+  await page.setInputFiles('#data-file', { name: 'semi.csv', mimeType: 'text/csv', buffer: Buffer.from('text;label\n"good; really";pos\nbad, sadly;neg\n') });
+  await page.waitForFunction(() => /semi\.csv — 2 rows/.test(document.querySelector('#data-info').textContent));
+  await page.setInputFiles('#data-file', { name: 'toy.csv', mimeType: 'text/csv', buffer: Buffer.from(toyCsv()) });
+  await page.waitForFunction(() => /toy\.csv — 60 rows/.test(document.querySelector('#data-info').textContent));
 
   // 3. settings, 4. training
   await page.fill('#epochs', '4');
