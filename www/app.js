@@ -635,8 +635,35 @@ async function useAdapter(name) {
 async function downloadAdapter(name) {
   const it = await readStored(name);
   if (!it) return;
-  const zip = makeZip(it.files.map((f) => ({ name: `${name}/${f.name}`, data: new Uint8Array(f.bytes) })));
-  download(`${name}.zip`, zip, 'application/zip');
+  const files = it.files.map((f) => ({ name: `${name}/${f.name}`, data: new Uint8Array(f.bytes) }));
+  const readme = adapterReadme(name, it.files);
+  if (readme && !it.files.some((f) => f.name === 'README.md')) files.push({ name: `${name}/README.md`, data: new TextEncoder().encode(readme) });
+  download(`${name}.zip`, makeZip(files, it.created ? new Date(it.created) : new Date()), 'application/zip');
+}
+
+// The README.md of a downloaded adapter: what it is and the exact Python lines that load it.
+function adapterReadme(name, files) {
+  const text = (n) => {
+    const f = files.find((x) => x.name === n);
+    return f ? new TextDecoder().decode(f.bytes) : null;
+  };
+  let config, meta;
+  try {
+    config = JSON.parse(text('adapter_config.json') || 'null');
+    meta = JSON.parse(text('localtune.json') || 'null');
+  } catch {
+    return null;
+  }
+  if (!config) return null;
+  const labels = meta?.labels || [];
+  const base = config.base_model_name_or_path || 'BASE_MODEL';
+  const id2label = `{${labels.map((l, i) => `${i}: ${JSON.stringify(l)}`).join(', ')}}`;
+  const label2id = `{${labels.map((l, i) => `${JSON.stringify(l)}: ${i}`).join(', ')}}`;
+  const head = `# ${name}\n\nA ${config.peft_type} adapter (${meta?.method || 'localtune'}) for \`${base}\`, trained on your own device with localtune: no data left it.\nLabels, in the order of the classifier's outputs: ${labels.map((l, i) => `${i} = ${l}`).join(', ')}.\n\n`;
+  if (config.peft_type === 'LORA' || config.peft_type === 'IA3') {
+    return `${head}Load it with PEFT and transformers (\`pip install peft transformers\`), from the folder this README is in:\n\n\`\`\`python\nfrom peft import PeftModel\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\nbase = "${base}"\ntokenizer = AutoTokenizer.from_pretrained(base)\nmodel = AutoModelForSequenceClassification.from_pretrained(\n    base, num_labels=${labels.length}, id2label=${id2label}, label2id=${label2id}\n)\nmodel = PeftModel.from_pretrained(model, "${name}")\nmodel.eval()\n\nlogits = model(**tokenizer(["The food was great"], return_tensors="pt")).logits\nprint(model.config.id2label[int(logits.argmax(-1))])\n\`\`\`\n\nOr with localtune: \`localtune predict --adapter ${name}\`.\n`;
+  }
+  return `${head}This method is localtune's own (PEFT has no loader for it): use it with localtune, e.g.\n\n\`\`\`sh\necho "The food was great" | localtune predict --adapter ${name}\n\`\`\`\n`;
 }
 
 async function deleteAdapter(name) {

@@ -17,8 +17,17 @@ export function crc32(data) {
   return (c ^ 0xffffffff) >>> 0;
 }
 
-// files: [{name, data: Uint8Array}] → Uint8Array of a .zip
-export function makeZip(files) {
+// A date as a zip stores it (MS-DOS time and date, local time, two-second steps): 0 is no date at
+// all, which unzip tools show as 1980-00-00 or refuse.
+export function dosDateTime(d) {
+  const time = (d.getHours() << 11) | (d.getMinutes() << 5) | (d.getSeconds() >> 1);
+  const date = ((Math.max(d.getFullYear(), 1980) - 1980) << 9) | ((d.getMonth() + 1) << 5) | d.getDate();
+  return { time, date };
+}
+
+// files: [{name, data: Uint8Array}] → Uint8Array of a .zip, its entries dated `when` (now by default)
+export function makeZip(files, when = new Date()) {
+  const { time, date } = dosDateTime(when);
   const enc = new TextEncoder();
   const chunks = [];
   const central = [];
@@ -31,6 +40,8 @@ export function makeZip(files) {
     local.setUint16(4, 20, true); // version needed
     local.setUint16(6, 0x0800, true); // UTF-8 names
     local.setUint16(8, 0, true); // stored
+    local.setUint16(10, time, true);
+    local.setUint16(12, date, true);
     local.setUint32(14, crc, true);
     local.setUint32(18, f.data.length, true);
     local.setUint32(22, f.data.length, true);
@@ -42,6 +53,8 @@ export function makeZip(files) {
     c.setUint16(6, 20, true);
     c.setUint16(8, 0x0800, true);
     c.setUint16(10, 0, true);
+    c.setUint16(12, time, true);
+    c.setUint16(14, date, true);
     c.setUint32(16, crc, true);
     c.setUint32(20, f.data.length, true);
     c.setUint32(24, f.data.length, true);

@@ -491,6 +491,14 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   assert.deepEqual(header['base_model.model.classifier.weight'].shape, [2, 16]);
   const meta = JSON.parse(files['tiny-lora/localtune.json'].toString());
   assert.deepEqual(meta.labels, ['negative', 'positive']);
+  // The zip says how to load it, with the labels as id2label, and its entries carry real dates.
+  const readme = files['tiny-lora/README.md'].toString();
+  assert.match(readme, /PeftModel\.from_pretrained\(model, "tiny-lora"\)/);
+  assert.match(readme, /id2label=\{0: "negative", 1: "positive"\}/);
+  const zipBytes = fs.readFileSync(zipPath);
+  const dosDate = zipBytes.readUInt16LE(12);
+  const [year, month, day] = [(dosDate >> 9) + 1980, (dosDate >> 5) & 15, dosDate & 31];
+  assert.ok(year >= 2024 && month >= 1 && month <= 12 && day >= 1, `zip date ${year}-${month}-${day}`);
 
   // The saved adapter loads again and classifies.
   await page.click('#model-load');
