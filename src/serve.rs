@@ -44,6 +44,29 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
+/// The Hugging Face hub id a model folder's card (README.md) gives in its usage lines
+/// (`SentenceTransformer('org/name')`, `from_pretrained("org/name")`): what an adapter should name
+/// as its base, so that PEFT's AutoPeftModel finds it. None without a card that says.
+pub fn hub_id(dir: &Path) -> Option<String> {
+    let mut card = String::new();
+    std::fs::File::open(dir.join("README.md")).ok()?.take(1 << 20).read_to_string(&mut card).ok()?;
+    for call in ["SentenceTransformer(", "from_pretrained("] {
+        for (at, _) in card.match_indices(call) {
+            let rest = &card[at + call.len()..];
+            let Some(q) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') else { continue };
+            let Some(id) = rest[1..].split(q).next() else { continue };
+            let ok =
+                |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if let Some((org, name)) = id.split_once('/') {
+                if ok(org) && ok(name) {
+                    return Some(id.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
 impl Site {
     /// The index of models and data the page offers (served as /index.json).
     pub fn index(&self) -> serde_json::Value {
@@ -57,7 +80,7 @@ impl Site {
                     .filter(|f| dir.join(f).is_file())
                     .map(|f| (f.to_string(), format!("models/{id}/{f}").into()))
                     .collect();
-                serde_json::json!({"id": id, "name": name, "bytes": bytes, "files": MODEL_FILES.iter().map(|f| format!("models/{id}/{f}")).collect::<Vec<_>>(), "pooling": pooling})
+                serde_json::json!({"id": id, "name": name, "hub_id": hub_id(dir), "bytes": bytes, "files": MODEL_FILES.iter().map(|f| format!("models/{id}/{f}")).collect::<Vec<_>>(), "pooling": pooling})
             })
             .collect();
         let data: Vec<serde_json::Value> = self
@@ -395,6 +418,23 @@ mod tests {
         // The blank line split across two reads.
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 25), Some(27));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+    }
+
+    #[test]
+    fn a_model_card_names_the_hub_id() {
+        let dir = std::env::temp_dir().join(format!("localtune-card-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(super::hub_id(&dir), None);
+        let card = "# all-MiniLM-L6-v2\n```python\nmodel = SentenceTransformer('sentence-transformers/all-MiniLM-L6-v2')\n```\n";
+        std::fs::write(dir.join("README.md"), card).unwrap();
+        assert_eq!(super::hub_id(&dir).as_deref(), Some("sentence-transformers/all-MiniLM-L6-v2"));
+        std::fs::write(
+            dir.join("README.md"),
+            "from_pretrained(path) and from_pretrained(\"a b/c\") then AutoModel.from_pretrained(\"org/m-1.5\")",
+        )
+        .unwrap();
+        assert_eq!(super::hub_id(&dir).as_deref(), Some("org/m-1.5"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

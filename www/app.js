@@ -187,7 +187,9 @@ async function loadServedModel() {
   $('model-info').textContent = `Loading ${m.name} (${fmtBytes(m.bytes)})…`;
   try {
     const info = await call('loadModel', {
-      name: m.name,
+      // Adapters name their base by its hub id where the model's card gives one (PEFT's
+      // AutoPeftModel then finds it), else by the served folder's name.
+      name: m.hub_id || m.name,
       urls: {
         config: `models/${id}/config.json`,
         weights: `models/${id}/model.safetensors`,

@@ -101,6 +101,14 @@ function unzip(buf) {
   return files;
 }
 
+test('the served model names its hub id, for adapters to name as their base', async () => {
+  const index = await (await fetch(`${url}index.json`)).json();
+  const def = index.models.find((m) => m.id === 'default');
+  if (!def) return; // served without the real model (not fetched)
+  assert.equal(def.hub_id, 'sentence-transformers/all-MiniLM-L6-v2');
+  assert.equal(index.models.find((m) => m.id === 'tiny').hub_id, null);
+});
+
 test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }, async () => {
   const context = await browser.newContext({ acceptDownloads: true });
   const page = await context.newPage();
