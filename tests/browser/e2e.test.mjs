@@ -475,6 +475,21 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   assert.equal(JSON.parse(mergedFiles['tiny-merged/adapter_config.json'].toString()).peft_type, 'LORA');
   assert.ok(mergedFiles['tiny-merged/adapter_model.safetensors'].length > 0);
 
+  // Phone width, with every step's results on the page: nothing wider than the screen (tables and
+  // charts scroll or shrink inside their sections).
+  await page.setViewportSize({ width: 390, height: 844 });
+  const wide = await page.evaluate(() => {
+    const w = document.documentElement.clientWidth;
+    const over = [...document.querySelectorAll('body *')]
+      .filter((e) => e.getBoundingClientRect().right > w + 1 && e.offsetParent !== null)
+      .slice(0, 6)
+      .map((e) => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}${e.className ? '.' + e.className : ''} ${Math.round(e.getBoundingClientRect().right)}px`);
+    return { scroll: document.documentElement.scrollWidth, w, over };
+  });
+  await shot('phone');
+  assert.ok(wide.scroll <= wide.w, `at 390 px the page is ${wide.scroll} px wide: ${wide.over.join('; ')}`);
+  await page.setViewportSize({ width: 1280, height: 720 });
+
   // Reload: the adapter is still there, and downloads as PEFT files.
   phase = 'reload';
   await page.reload();
