@@ -279,7 +279,7 @@ fn start_run(s: &mut State, run: RunParts, soft: Option<Vec<f32>>) -> Result<ser
         "labels": run.labels,
         "total_steps": t.total_micro_steps(),
         "trainable": t.params.count(),
-        "lr": lr,
+        "lr": crate::train::optim::as_written(lr),
     });
     if let Some(c) = t.config.method.scalearn_mut() {
         // The sources' own values: frozen, used as they are (their classifiers are not).
@@ -499,7 +499,7 @@ pub async fn train_step() -> std::result::Result<String, JsError> {
         let r = t.step().await.map(|o| {
             json(serde_json::json!({
                 "loss": o.loss,
-                "lr": o.lr,
+                "lr": crate::train::optim::as_written(o.lr),
                 "epoch": o.epoch,
                 "step": o.micro_step,
                 "total": t.total_micro_steps(),

@@ -34,6 +34,12 @@ impl Default for OptimConfig {
     }
 }
 
+/// `x` as the f64 with the same shortest decimal (0.02f32 → 0.02, not 0.019999999552965164): for
+/// showing an f32 setting through JSON, which widens it to f64 digit for digit.
+pub fn as_written(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
+}
+
 /// The largest learning rate accepted. Adam moves every weight by about the learning rate each step,
 /// whatever the gradient's size, so above 1 a run is destroyed in its first steps (1e-5 to 1e-2 are
 /// the usual range).
@@ -193,6 +199,14 @@ impl AdamW {
 #[cfg(test)]
 mod explosion_tests {
     use super::exploded;
+
+    #[test]
+    fn an_f32_setting_shows_as_written() {
+        assert_eq!(super::as_written(0.02).to_string(), "0.02");
+        assert_eq!(super::as_written(1e-3).to_string(), "0.001");
+        assert_eq!(serde_json::json!(super::as_written(3e-4)).to_string(), "0.0003");
+        assert_ne!(serde_json::json!(0.02f32).to_string(), "0.02", "what the page showed");
+    }
 
     #[test]
     fn a_loss_far_above_its_start_is_an_explosion() {

@@ -183,6 +183,9 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   await page.fill('#max-len', '32');
   phase = 'train';
   await page.click('#train-start');
+  // The learning rate as typed, without float noise (it read 0.019999999552965164).
+  await page.waitForFunction(() => /learning rate/.test(document.querySelector('#train-status').textContent), null, { timeout: 120000 });
+  assert.match(await page.textContent('#train-status'), /learning rate 0\.02$/);
   await page.waitForSelector('body[data-trained=yes]', { timeout: 15 * 60 * 1000 });
   await shot('3-trained');
   const { losses, epochs } = await page.evaluate(() => ({ losses: window.__localtune.losses, epochs: window.__localtune.epochs }));
