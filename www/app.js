@@ -669,6 +669,8 @@ function adapterReadme(name, files) {
 }
 
 async function deleteAdapter(name) {
+  // One click used to delete at once (the autosave vanished so): ask first.
+  if (!window.confirm(`Delete “${name}”? It is kept only in this browser; download it first to keep a copy.`)) return;
   await storeDelete(name);
   await showSaved();
 }

@@ -499,6 +499,19 @@ test('private on-device fine-tuning in the browser', { timeout: 20 * 60 * 1000 }
   await page.waitForSelector('body[data-ready=yes]', { timeout: 120000 });
   await page.waitForSelector('#saved li[data-name="tiny-lora"]');
   await page.waitForSelector('#saved li[data-name="autosave"]');
+  // Delete asks first; dismissed, the adapter stays.
+  const asked = [];
+  const dismiss = (d) => {
+    asked.push(d.message());
+    d.dismiss();
+  };
+  page.on('dialog', dismiss);
+  await page.click('#saved li[data-name="autosave"] button:text("Delete")');
+  await page.waitForTimeout(300);
+  page.off('dialog', dismiss);
+  assert.equal(asked.length, 1);
+  assert.match(asked[0], /Delete “autosave”\?/);
+  assert.ok(await page.isVisible('#saved li[data-name="autosave"]'), 'a dismissed delete removed the adapter');
   const [download] = await Promise.all([
     page.waitForEvent('download'),
     page.click('#saved li[data-name="tiny-lora"] button:text("Download")'),
