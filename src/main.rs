@@ -1033,13 +1033,9 @@ mod cli {
             if a.out.is_file() {
                 return Err(Error::file(&a.out, "is a file; --out is the adapter folder to write"));
             }
-            if let Some(lr) = a.lr {
-                if !(lr > 0.0 && lr <= localtune::train::optim::MAX_LR) {
-                    return Err(Error::invalid(format!(
-                        "--lr {lr}: a learning rate must be above 0 and at most {} (Adam moves each weight by about this much per step; 1e-5 to 1e-2 are usual)",
-                        localtune::train::optim::MAX_LR
-                    )));
-                }
+            // Checked before the lock and the model load (the trainer checks it again, for every caller).
+            if let Some(why) = a.lr.and_then(localtune::train::optim::lr_problem) {
+                return Err(Error::invalid(format!("--lr {}: {why}", a.lr.unwrap_or_default())));
             }
             // One run per output folder: a second one into the same --out is refused while this one lives.
             let _lock = localtune::peft::format::OutputLock::take(&a.out)?;

@@ -1,6 +1,8 @@
 //! Bad settings and data are refused before the work starts, and labels and adapter files mean one
 //! thing each (issue 15, items 4–6): each test reproduces what used to go wrong.
 
+mod common;
+
 use localtune::model::weights::NamedTensors;
 use localtune::peft::format::AdapterFiles;
 use localtune::train::Dataset;
@@ -15,11 +17,7 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn tiny_model(dir: &Path) {
-    let f = localtune::model::tiny::tiny_files(2).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), &f.config_json).unwrap();
-    std::fs::write(dir.join("model.safetensors"), &f.safetensors).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), &f.tokenizer_json).unwrap();
+    common::write_tiny_model(dir, 2);
 }
 
 fn localtune(args: &[&str]) -> Output {

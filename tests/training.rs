@@ -207,11 +207,7 @@ fn gpu_losses_follow_the_cpu_on_the_real_model() {
 fn an_absurd_learning_rate_is_refused_before_any_work() {
     let dir = std::env::temp_dir().join(format!("localtune-absurd-lr-{}", std::process::id()));
     let model_dir = dir.join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    let f = localtune::model::tiny::tiny_files(3).unwrap();
-    std::fs::write(model_dir.join("config.json"), &f.config_json).unwrap();
-    std::fs::write(model_dir.join("model.safetensors"), &f.safetensors).unwrap();
-    std::fs::write(model_dir.join("tokenizer.json"), &f.tokenizer_json).unwrap();
+    write_tiny_model(&model_dir, 3);
     std::fs::write(dir.join("d.csv"), "text,label\ngood,pos\nbad,neg\nfine,pos\npoor,neg\n").unwrap();
     // 1e9 ended "successfully" with a loss of 1.86e9; 3e38 made weights of 1e38; 1e39 is infinity.
     for lr in ["1e9", "3e38", "1e39", "1.5"] {

@@ -32,6 +32,21 @@ pub struct NamedTensors {
     pub skipped: Vec<(String, String)>,
 }
 
+/// Reads one little-endian value as f32.
+type Decode = fn(&[u8]) -> f32;
+
+/// How a float dtype's values are read: bytes per value and the little-endian decoding to f32 (f16
+/// and bf16 widened, f64 narrowed); None for the dtypes that are not floats.
+fn float_decoder(dtype: Dtype) -> Option<(usize, Decode)> {
+    Some(match dtype {
+        Dtype::F32 => (4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::F16 => (2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        Dtype::BF16 => (2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        Dtype::F64 => (8, |b| f64::from_le_bytes(b[..8].try_into().unwrap()) as f32),
+        _ => return None,
+    })
+}
+
 /// Refuses safetensors bytes about to be written whose float tensors hold NaN or infinity, naming
 /// the tensor and index; `origin` is where they would go. Reads the bytes in place (a full model's
 /// checkpoint is not copied into f32 to be checked).
@@ -40,15 +55,10 @@ pub fn check_finite_to_save(bytes: &[u8], origin: &str) -> Result<()> {
         .map_err(|e| Error::file(origin, format!("not a valid safetensors file: {e}")))?;
     for (name, view) in st.tensors() {
         let raw = view.data();
-        let bad = match view.dtype() {
-            Dtype::F32 => raw.chunks_exact(4).position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
-            Dtype::F16 => raw.chunks_exact(2).position(|b| !half::f16::from_le_bytes([b[0], b[1]]).is_finite()),
-            Dtype::BF16 => raw.chunks_exact(2).position(|b| !half::bf16::from_le_bytes([b[0], b[1]]).is_finite()),
-            Dtype::F64 => raw.chunks_exact(8).position(|b| !f64::from_le_bytes(b.try_into().unwrap()).is_finite()),
-            _ => None,
-        };
+        let Some((width, decode)) = float_decoder(view.dtype()) else { continue };
+        let bad = raw.chunks_exact(width).position(|b| !decode(b).is_finite());
         if let Some(i) = bad {
-            let v = NamedTensors::from_bytes(bytes, origin)?.tensors[&name].data[i];
+            let v = decode(&raw[i * width..]);
             return Err(Error::tensor(
                 origin,
                 &name,
@@ -67,16 +77,11 @@ impl NamedTensors {
         let mut out = NamedTensors { origin: origin.to_string(), ..Default::default() };
         for (name, view) in st.tensors() {
             let raw = view.data();
-            let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                Dtype::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                Dtype::F64 => raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
-                _ => {
-                    out.skipped.push((name.to_string(), format!("{:?}", view.dtype())));
-                    continue;
-                }
+            let Some((width, decode)) = float_decoder(view.dtype()) else {
+                out.skipped.push((name.to_string(), format!("{:?}", view.dtype())));
+                continue;
             };
+            let data: Vec<f32> = raw.chunks_exact(width).map(decode).collect();
             out.tensors.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
         }
         Ok(out)

@@ -86,13 +86,7 @@ impl CausalLora {
         }
         for &m in &targets {
             let (out, inp) = module_shape(cfg, m);
-            if r > out.min(inp) {
-                return Err(Error::invalid(format!(
-                    "LoRA rank r={r} is more than target `{}` ({out}×{inp}) has: at most {} (ranks of 4 to 64 are usual)",
-                    MODULES[m],
-                    out.min(inp)
-                )));
-            }
+            super::check_rank(r, MODULES[m], out, inp)?;
         }
         let mut rng = Rng::new(seed);
         let mut params = ParamSet::new();

@@ -413,9 +413,7 @@ pub fn write_folder_atomic<S: AsRef<str>, B: AsRef<[u8]>>(dir: &std::path::Path,
             crate::model::weights::check_finite_to_save(bytes.as_ref(), &origin)?;
         }
     }
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let sibling = |suffix: &str| dir.with_file_name(format!("{name}.{suffix}"));
-    let (tmp, old) = (sibling(&format!("tmp-{}", std::process::id())), sibling("old"));
+    let (tmp, old) = (sibling(dir, &format!("tmp-{}", std::process::id())), sibling(dir, "old"));
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::file(parent, e))?;
     }
@@ -454,6 +452,13 @@ pub fn write_folder_atomic<S: AsRef<str>, B: AsRef<[u8]>>(dir: &std::path::Path,
     Ok(())
 }
 
+/// `DIR.suffix` beside `dir`: the temporary, old and lock names of an output folder.
+#[cfg(not(target_arch = "wasm32"))]
+fn sibling(dir: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
+
 /// The folder to read for `dir`: `dir` itself, or `DIR.old` when only that is left by a save that was
 /// cut short between its two renames (said on stderr).
 #[cfg(not(target_arch = "wasm32"))]
@@ -461,8 +466,7 @@ pub fn readable_folder(dir: &std::path::Path) -> std::path::PathBuf {
     if dir.exists() {
         return dir.to_path_buf();
     }
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let old = dir.with_file_name(format!("{name}.old"));
+    let old = sibling(dir, "old");
     if old.is_dir() {
         eprintln!(
             "{} is missing; reading {} (left complete by a save that was cut short)",
@@ -486,8 +490,7 @@ pub struct OutputLock {
 impl OutputLock {
     pub fn take(dir: &std::path::Path) -> Result<OutputLock> {
         use std::io::Write;
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-        let path = dir.with_file_name(format!("{name}.lock"));
+        let path = sibling(dir, "lock");
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::file(parent, e))?;
         }

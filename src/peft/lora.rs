@@ -82,14 +82,7 @@ impl MethodKind for LoraConfig {
         let (c, f) = (enc.config.hidden_size, enc.config.intermediate_size);
         for &t in &self.targets {
             let (out, inp) = t.dims(c, f);
-            if self.r > out.min(inp) {
-                return Err(Error::invalid(format!(
-                    "LoRA rank r={} is more than target `{}` ({out}×{inp}) has: at most {} (ranks of 4 to 64 are usual)",
-                    self.r,
-                    t.cli_name(),
-                    out.min(inp)
-                )));
-            }
+            super::check_rank(self.r, t.cli_name(), out, inp)?;
         }
         let mut ids = vec![[None; 6]; enc.layers.len()];
         for (l, layer_ids) in ids.iter_mut().enumerate() {

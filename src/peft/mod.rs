@@ -37,6 +37,18 @@ pub use adapter::{AdapterConfig, Placement};
 pub use bitfit::BitfitConfig;
 pub use full::FullConfig;
 pub use head::{Classifier, HeadKind, HeadOnly};
+
+/// Refuses a LoRA rank larger than a target (out × in) can use: past min(out, in) it adds nothing
+/// over full fine-tuning, only memory (`--r 100000` ran out of it).
+pub fn check_rank(r: usize, target: &str, out: usize, inp: usize) -> crate::Result<()> {
+    if r > out.min(inp) {
+        return Err(crate::Error::invalid(format!(
+            "LoRA rank r={r} is more than target `{target}` ({out}×{inp}) has: at most {} (ranks of 4 to 64 are usual)",
+            out.min(inp)
+        )));
+    }
+    Ok(())
+}
 pub use ia3::Ia3Config;
 pub use lora::LoraConfig;
 pub use mam::MamConfig;

@@ -10,7 +10,7 @@ use crate::model::llama::{LinearDelta, Llama};
 use crate::peft::causal_lora::CausalLora;
 use crate::rng::Rng;
 use crate::tensor::Device;
-use crate::train::optim::{exploded, AdamW, OptimConfig, EXPLOSION_FACTOR};
+use crate::train::optim::{explosion, AdamW, OptimConfig};
 use crate::train::trainer::{MAX_BATCH, MAX_EPOCHS};
 
 /// One training sequence: its ids and the positions p whose next token ids[p + 1] trains.
@@ -397,13 +397,9 @@ impl CausalRun {
             loss += l.to_vec().await?.iter().map(|&x| x as f64).sum::<f64>();
         }
         let mean = loss / n_tok.max(1) as f64;
-        if exploded(mean, st.first_loss, 1.0) {
-            let why = match st.first_loss {
-                Some(s) if mean.is_finite() => format!("{mean:.4e}, over {EXPLOSION_FACTOR}× its start ({s:.4})"),
-                _ => format!("{mean}"),
-            };
+        if let Some(why) = explosion(mean, st.first_loss, 1.0) {
             return Err(Error::Diverged(format!(
-                "training diverged: the loss is {why} at step {}; lower the learning rate",
+                "training diverged: {why} at step {}; lower the learning rate",
                 self.opt.step + 1
             )));
         }

@@ -54,20 +54,34 @@ pub const EXPLOSION_FACTOR: f64 = 100.0;
 /// measure against (a classifier's chance level ln K), so a run that starts near 0 is not stopped by
 /// noise.
 pub fn exploded(loss: f64, start: Option<f64>, floor: f64) -> bool {
+    explosion(loss, start, floor).is_some()
+}
+
+/// `exploded`, said: "the loss is NaN", "the loss is 1.8600e9, over 100× its start (0.6931)".
+pub fn explosion(loss: f64, start: Option<f64>, floor: f64) -> Option<String> {
     let base = start.filter(|s| s.is_finite()).unwrap_or(floor).max(floor);
-    !loss.is_finite() || loss > EXPLOSION_FACTOR * base
+    if !loss.is_finite() {
+        Some(format!("the loss is {loss}"))
+    } else if loss > EXPLOSION_FACTOR * base {
+        Some(format!("the loss is {loss:.4e}, over {EXPLOSION_FACTOR}× its start ({base:.4})"))
+    } else {
+        None
+    }
+}
+
+/// Why `lr` cannot train, or None: the one rule for the command line's `--lr` and every run.
+pub fn lr_problem(lr: f32) -> Option<&'static str> {
+    (!(lr > 0.0 && lr <= MAX_LR)).then_some(
+        "must be above 0 and at most 1 (Adam moves each weight by about this much per step; 1e-5 to 1e-2 are usual)",
+    )
 }
 
 impl OptimConfig {
     /// Refuses settings no run can learn with, naming the setting.
     pub fn check(&self) -> Result<()> {
         let bad = |what: &str, v: f32, want: &str| Err(Error::invalid(format!("{what} {v}: {want}")));
-        if !(self.lr > 0.0 && self.lr <= MAX_LR) {
-            return bad(
-                "learning rate",
-                self.lr,
-                "must be above 0 and at most 1 (Adam moves each weight by about this much per step; 1e-5 to 1e-2 are usual)",
-            );
+        if let Some(why) = lr_problem(self.lr) {
+            return bad("learning rate", self.lr, why);
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad("weight decay", self.weight_decay, "must be a finite number ≥ 0");

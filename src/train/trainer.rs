@@ -5,7 +5,7 @@
 
 use super::data::Dataset;
 use super::metrics::{argmax_rows, Metrics};
-use super::optim::{exploded, AdamW, OptimConfig, EXPLOSION_FACTOR};
+use super::optim::{explosion, AdamW, OptimConfig};
 use crate::error::{Error, Result};
 use crate::model::hooks::Dropout;
 use crate::model::{Model, ParamSet};
@@ -283,17 +283,9 @@ impl Trainer {
         };
         let start = self.state.losses.first().map(|&l| l as f64);
         let chance = (self.labels.len().max(2) as f64).ln();
-        if exploded(loss, start, chance) || !norm.is_finite() {
-            let what = if !loss.is_finite() {
-                format!("the loss is {loss}")
-            } else if !norm.is_finite() {
-                format!("the gradient norm is {}", norm.sqrt())
-            } else {
-                format!(
-                    "the loss is {loss:.4e}, over {EXPLOSION_FACTOR}× its start ({:.4})",
-                    start.unwrap_or(chance).max(chance)
-                )
-            };
+        let why = explosion(loss, start, chance)
+            .or_else(|| (!norm.is_finite()).then(|| format!("the gradient norm is {}", norm.sqrt())));
+        if let Some(what) = why {
             self.grads.zero()?;
             self.accumulated = 0;
             return Err(Error::Diverged(format!(

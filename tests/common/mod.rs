@@ -140,3 +140,13 @@ pub fn llm_file() -> Option<std::path::PathBuf> {
     eprintln!("skipping: no GGUF model at {} (run scripts/fetch-assets.sh)", f.display());
     None
 }
+
+/// Writes the tiny random BERT of `seed` (config.json, model.safetensors, tokenizer.json) into `dir`,
+/// for tests that run the command line on a model.
+pub fn write_tiny_model(dir: &std::path::Path, seed: u64) {
+    let f = localtune::model::tiny::tiny_files(seed).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), &f.config_json).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &f.safetensors).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), &f.tokenizer_json).unwrap();
+}
